@@ -1,0 +1,149 @@
+"""FastAPI routes of the backend contract.
+
+Every response names the replica that served it (`X-Backend-Id`), so a client can watch the
+proxy's balancing without any access to the containers. The routes are the knobs experiments
+need: latency (`/delay`), CPU load (`/cpu`), payload size (`/bytes`, `/stream`), chosen statuses
+(`/status`), and `/echo` to see exactly what the proxy forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+BACKEND_ID = os.environ.get("BACKEND_ID") or socket.gethostname()
+MAX_DELAY_MS = 60_000
+MAX_BYTES = 64 * 1024 * 1024
+MAX_CHUNKS = 10_000
+MAX_CHUNK_SIZE = 1024 * 1024
+# Paths probes use; left out of the request counts so that /stats reflects client traffic only.
+UNCOUNTED = frozenset({"/health", "/stats"})
+REQUEST_COUNTS: Counter[str] = Counter()
+
+
+class BackendIdentity:
+    """Pure ASGI middleware: tags responses and counts requests.
+
+    Written against ASGI directly rather than as a BaseHTTPMiddleware because it runs on every
+    request and must not cost a task and a body copy each time.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._header = (b"x-backend-id", BACKEND_ID.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path not in UNCOUNTED:
+            REQUEST_COUNTS[path] += 1
+        header = self._header
+
+        async def send_tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_tagged)
+
+
+api = FastAPI(title="asgi-lab backend", docs_url=None, redoc_url=None)
+
+
+@api.get("/")
+async def root() -> dict[str, str]:
+    return {"backend": BACKEND_ID}
+
+
+@api.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok", "backend": BACKEND_ID}
+
+
+@api.get("/stats")
+async def stats() -> dict[str, object]:
+    """Requests this replica served, by path: tests compare them with what clients counted."""
+    return {"backend": BACKEND_ID, "requests": sum(REQUEST_COUNTS.values()), "by_path": dict(REQUEST_COUNTS)}
+
+
+@api.api_route("/echo", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def echo(request: Request) -> dict[str, object]:
+    """What arrived, as the backend saw it; the body is hashed as it streams, never held whole."""
+    digest = hashlib.sha256()
+    length = 0
+    async for chunk in request.stream():
+        digest.update(chunk)
+        length += len(chunk)
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return {
+        "backend": BACKEND_ID,
+        "method": request.method,
+        "path": request.url.path,
+        "query": request.url.query,
+        "client": request.client.host if request.client else None,
+        "headers": headers,
+        "body": {"length": length, "sha256": digest.hexdigest()},
+    }
+
+
+@api.get("/delay/{ms}")
+async def delay(ms: Annotated[int, Path(ge=0, le=MAX_DELAY_MS)]) -> dict[str, object]:
+    await asyncio.sleep(ms / 1000)
+    return {"backend": BACKEND_ID, "delay_ms": ms}
+
+
+@api.get("/cpu/{ms}")
+async def cpu(ms: Annotated[int, Path(ge=0, le=MAX_DELAY_MS)]) -> dict[str, object]:
+    """Busy-loops on the event loop on purpose: one slow request stalls the whole replica."""
+    deadline = time.perf_counter() + ms / 1000
+    spins = 0
+    while time.perf_counter() < deadline:
+        spins += 1
+    return {"backend": BACKEND_ID, "cpu_ms": ms, "spins": spins}
+
+
+@api.get("/bytes/{n}")
+async def some_bytes(n: Annotated[int, Path(ge=0, le=MAX_BYTES)]) -> Response:
+    return Response(content=b"x" * n, media_type="application/octet-stream")
+
+
+@api.get("/stream/{chunks}")
+async def stream(
+    chunks: Annotated[int, Path(ge=0, le=MAX_CHUNKS)],
+    size: Annotated[int, Query(ge=1, le=MAX_CHUNK_SIZE)] = 1024,
+) -> StreamingResponse:
+    """A chunked response (no Content-Length), yielding to the loop between chunks."""
+
+    async def body() -> AsyncIterator[bytes]:
+        block = b"y" * size
+        for _ in range(chunks):
+            yield block
+            await asyncio.sleep(0)
+
+    return StreamingResponse(body(), media_type="application/octet-stream")
+
+
+@api.api_route("/status/{code}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+async def status(code: Annotated[int, Path(ge=200, le=599)]) -> Response:
+    if code in (204, 304):
+        return Response(status_code=code)
+    return JSONResponse({"backend": BACKEND_ID, "status": code}, status_code=code)
+
+
+# The ASGI entry point: the middleware wraps the whole FastAPI app (its exception handlers
+# included), so that 404s and 422s are tagged with the replica too.
+app = BackendIdentity(api)
