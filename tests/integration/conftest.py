@@ -1,0 +1,190 @@
+"""Fixtures that stand the lab up with testcontainers' DockerCompose and always tear it down.
+
+There is no Ryuk here to reap what a crashed run leaves, so the suite cleans up itself: the stack
+is removed in a finalizer whatever the tests did, and a run first removes containers and networks
+of earlier runs whose pytest process is gone (their project name carries its pid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# Ryuk, testcontainers' reaper, is an image that cannot be pulled here: switch it off before import.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+import docker
+import httpx
+import pytest
+from testcontainers.compose import DockerCompose
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT_PREFIX = "asgilab-it-"
+LABEL_PROJECT = "com.docker.compose.project"
+LABEL_SERVICE = "com.docker.compose.service"
+
+
+def _docker_problem() -> str | None:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        return f"no usable Docker engine ({exc.__class__.__name__}: {exc}); run ./scripts/provision"
+    result = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return "no `docker compose` CLI plugin; run ./scripts/provision"
+    return None
+
+
+def _repo_env() -> dict[str, str]:
+    """Variables from the repo's .env (PYTHON_IMAGE from scripts/provision), kept for our env file."""
+    env: dict[str, str] = {}
+    dotenv = REPO / ".env"
+    if dotenv.exists():
+        for line in dotenv.read_text().splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                key, _, value = line.partition("=")
+                env[key.strip()] = value.strip()
+    if "PYTHON_IMAGE" in os.environ:
+        env["PYTHON_IMAGE"] = os.environ["PYTHON_IMAGE"]
+    return env
+
+
+def _is_stale(project: str) -> bool:
+    """A test project whose pytest process (its pid is in the name) no longer runs."""
+    match = re.match(rf"^{PROJECT_PREFIX}(\d+)-", project)
+    return bool(match) and not Path(f"/proc/{match.group(1)}").exists()
+
+
+def _remove_projects(client: docker.DockerClient, wanted: Callable[[str], bool]) -> None:
+    """Force-remove the containers, networks and volumes of every Compose project `wanted` picks."""
+    label = {"label": LABEL_PROJECT}
+    for container in client.containers.list(all=True, filters=label):
+        if wanted(container.labels.get(LABEL_PROJECT, "")):
+            container.remove(force=True, v=True)
+    for network in client.networks.list(filters=label):
+        if wanted(network.attrs["Labels"].get(LABEL_PROJECT, "")):
+            network.remove()
+    for volume in client.volumes.list(filters=label):
+        if wanted((volume.attrs.get("Labels") or {}).get(LABEL_PROJECT, "")):
+            volume.remove(force=True)
+
+
+class Lab:
+    """A running lab stack under its own Compose project, reachable on ephemeral host ports."""
+
+    def __init__(self, compose: DockerCompose, project: str, results_dir: Path) -> None:
+        self.compose = compose
+        self.project = project
+        self.results_dir = results_dir
+        self.docker = docker.from_env()
+        self.base_url = ""
+        self.admin_url = ""
+
+    # --- compose --------------------------------------------------------------------------
+    def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [*self.compose.docker_compose_command(), *args]
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            output = f"{result.stdout}\n{result.stderr}"
+            raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{output}")
+        return result
+
+    def publish(self) -> None:
+        _, port = self.compose.get_service_host_and_port("proxy", 8000)
+        self.base_url = f"http://127.0.0.1:{port}"
+        _, port = self.compose.get_service_host_and_port("proxy", 8080)
+        self.admin_url = f"http://127.0.0.1:{port}"
+
+    def scale(self, replicas: int) -> None:
+        """Scale the backend service and wait until its replicas are healthy."""
+        self.run("up", "-d", "--wait", "--no-recreate", "--scale", f"backend={replicas}", "backend")
+
+    # --- containers -----------------------------------------------------------------------
+    def containers(self, service: str, all: bool = False) -> list[docker.models.containers.Container]:
+        filters = {"label": [f"{LABEL_PROJECT}={self.project}", f"{LABEL_SERVICE}={service}"]}
+        return self.docker.containers.list(all=all, filters=filters)
+
+    def backend_stats(self) -> dict[str, int]:
+        """Requests each running backend counted itself, by its id (the container hostname)."""
+        counts: dict[str, int] = {}
+        code = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8001/stats').read().decode())"
+        for container in self.containers("backend"):
+            exit_code, output = container.exec_run(["python", "-c", code])
+            assert exit_code == 0, output
+            stats = json.loads(output)
+            counts[stats["backend"]] = stats["requests"]
+        return counts
+
+    # --- proxy ----------------------------------------------------------------------------
+    def endpoints(self) -> list[dict]:
+        return httpx.get(f"{self.admin_url}/upstreams", timeout=5).json()["endpoints"]
+
+    def wait_for_endpoints(self, count: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        seen: list[dict] = []
+        while time.monotonic() < deadline:
+            seen = self.endpoints()
+            if len(seen) == count:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"proxy saw {len(seen)} endpoints, expected {count}: {seen}")
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    problem = _docker_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Build the images, start proxy + 3 backends, and remove everything at the end, pass or fail."""
+    _remove_projects(docker.from_env(), _is_stale)
+    project = f"{PROJECT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    work = tmp_path_factory.mktemp("lab")
+    results = work / "results"
+    results.mkdir()
+    env = {
+        **_repo_env(),
+        "COMPOSE_PROJECT_NAME": project,
+        "PROXY_BIND": "127.0.0.1",
+        "PROXY_PORT": "0",
+        "PROXY_ADMIN_PORT": "0",
+        "LOADGEN_DURATION": "5",
+        "LOADGEN_CONCURRENCY": "10",
+        "LOADGEN_RESULTS": str(results),
+    }
+    env_file = work / "lab.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    compose = DockerCompose(REPO, compose_file_name="docker-compose.yml", env_file=str(env_file))
+    lab = Lab(compose, project, results)
+    try:
+        lab.run("build", timeout=900)
+        lab.run("up", "-d", "--wait", "--scale", "backend=3", "proxy", "backend")
+        lab.publish()
+        lab.wait_for_endpoints(3)
+        yield lab
+    finally:
+        if os.environ.get("ASGI_LAB_KEEP_LOGS"):
+            print(lab.run("logs", "--no-color", check=False).stdout[-20000:])
+        lab.run("down", "--volumes", "--remove-orphans", "--timeout", "3", check=False)
+        _remove_projects(lab.docker, lambda name: name == project)  # whatever `down` missed
+
+
+@pytest.fixture
+def lab3(lab: Lab) -> Lab:
+    """The lab with exactly 3 healthy backends that the proxy routes to, whatever earlier tests did."""
+    lab.scale(3)
+    lab.wait_for_endpoints(3)
+    return lab

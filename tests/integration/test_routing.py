@@ -1,0 +1,98 @@
+"""What a client of the lab sees through the proxy with three healthy backends."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections import Counter
+
+import httpx
+
+from .conftest import Lab
+
+
+def test_sixty_gets_spread_evenly_over_three_replicas(lab3: Lab) -> None:
+    ids = {c.attrs["Config"]["Hostname"] for c in lab3.containers("backend")}
+    with httpx.Client(base_url=lab3.base_url, timeout=10) as client:
+        replies = [client.get("/") for _ in range(60)]
+    assert all(r.status_code == 200 for r in replies)
+    seen = Counter(r.headers["x-backend-id"] for r in replies)
+    assert set(seen) == ids, f"replies came from {seen}, replicas are {ids}"
+    for backend, count in seen.items():
+        # A third is 20; round-robin over a stable set should keep each within 10 % of it.
+        assert 18 <= count <= 22, f"{backend} served {count} of 60: {seen}"
+    assert all(r.json()["backend"] == r.headers["x-backend-id"] for r in replies)
+
+
+def test_echo_shows_forwarded_headers_and_request_id(lab3: Lab) -> None:
+    with httpx.Client(base_url=lab3.base_url, timeout=10) as client:
+        r = client.get("/echo?probe=1", headers={"Connection": "keep-alive, X-Secret", "X-Secret": "hop"})
+        mine = client.get("/echo", headers={"X-Request-ID": "lab-test-123"})
+    assert r.status_code == 200
+    seen = r.json()
+    headers = seen["headers"]
+    # The proxy saw the test's connection arrive from Docker's gateway; that address must be forwarded.
+    assert headers["x-forwarded-for"], headers
+    assert seen["client"] == headers["x-forwarded-for"].split(",")[-1].strip()
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == lab3.base_url.removeprefix("http://")
+    assert headers["x-request-id"] and r.headers["x-request-id"] == headers["x-request-id"]
+    assert seen["query"] == "probe=1"
+    assert "x-secret" not in headers, "a header named in Connection is hop-by-hop and must be dropped"
+    assert mine.headers["x-request-id"] == "lab-test-123"
+    assert mine.json()["headers"]["x-request-id"] == "lab-test-123"
+
+
+def test_one_mebibyte_post_arrives_intact(lab3: Lab) -> None:
+    body = os.urandom(1024 * 1024)
+    r = httpx.post(f"{lab3.base_url}/echo", content=body, timeout=30)
+    assert r.status_code == 200
+    assert r.json()["body"] == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_chunked_upload_arrives_intact(lab3: Lab) -> None:
+    parts = [os.urandom(50_000) for _ in range(8)]
+    r = httpx.post(f"{lab3.base_url}/echo", content=iter(parts), timeout=30)  # an iterator goes chunked
+    whole = b"".join(parts)
+    assert r.json()["body"] == {"length": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+
+
+def test_chunked_stream_arrives_whole(lab3: Lab) -> None:
+    with httpx.stream("GET", f"{lab3.base_url}/stream/200?size=5000", timeout=30) as r:
+        assert r.status_code == 200
+        assert r.headers.get("transfer-encoding") == "chunked"
+        received = sum(len(chunk) for chunk in r.iter_bytes())
+    assert received == 200 * 5000
+
+
+def test_large_fixed_length_download(lab3: Lab) -> None:
+    r = httpx.get(f"{lab3.base_url}/bytes/{8 * 1024 * 1024}", timeout=30)
+    assert r.headers["content-length"] == str(8 * 1024 * 1024)
+    assert len(r.content) == 8 * 1024 * 1024
+
+
+def test_backend_status_and_validation_pass_through(lab3: Lab) -> None:
+    with httpx.Client(base_url=lab3.base_url, timeout=10) as client:
+        assert client.get("/status/418").status_code == 418
+        assert client.get("/delay/nope").status_code == 422
+
+
+def test_malformed_request_gets_400_and_close(lab3: Lab) -> None:
+    port = int(lab3.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+
+
+def test_all_backends_stopped_gives_502(lab3: Lab) -> None:
+    lab3.run("stop", "--timeout", "3", "backend")
+    r = httpx.get(f"{lab3.base_url}/", timeout=30)
+    assert r.status_code == 502
+    assert r.headers["content-type"].startswith("text/plain")
+    assert len(r.text.strip()) > 10, "a 502 names its reason"
+    # The proxy itself keeps serving: its own health endpoint still answers.
+    assert httpx.get(f"{lab3.admin_url}/healthz", timeout=5).status_code == 200
