@@ -1,0 +1,220 @@
+"""Command-line flags and ``LOADGEN_*`` environment variables, validated into one :class:`Config`.
+
+Every option can come from a flag or from an environment variable ``LOADGEN_<NAME>`` because the
+load generator runs both by hand and as a compose service, where env is the natural knob. Flags
+win over env so a one-off override on the command line never needs the environment cleared.
+
+| flag              | env                   | default | meaning                                     |
+|-------------------|-----------------------|---------|---------------------------------------------|
+| ``URL``           | ``LOADGEN_URL``       | -       | target, ``http://host[:port][/path][?q]``    |
+| ``--concurrency`` | ``LOADGEN_CONCURRENCY`` | 10    | connections, each one request at a time     |
+| ``--duration``    | ``LOADGEN_DURATION``  | 20      | seconds to keep issuing requests            |
+| ``--timeout``     | ``LOADGEN_TIMEOUT``   | 10      | per-request seconds (connect included)      |
+| ``--method``      | ``LOADGEN_METHOD``    | GET     | request method (upper-cased)                |
+| ``--header``      | ``LOADGEN_HEADER``    | none    | ``'Name: value'``; flag repeatable, env     |
+|                   |                       |         | takes several separated by newlines; any    |
+|                   |                       |         | ``--header`` replaces all env headers       |
+| ``--json``        | ``LOADGEN_JSON``      | none    | write the whole report to this file         |
+| ``--results-dir`` | ``LOADGEN_RESULTS_DIR`` | none  | write ``DIR/<UTC stamp>/report.json`` + md  |
+| ``--quiet``       | ``LOADGEN_QUIET``     | off     | no live line (env: 1/true/yes/on)           |
+
+Validation is strict and up front: a typo should cost one line of stderr and exit status 2, not
+twenty seconds of a run against the wrong thing. Errors are raised as :class:`ConfigError` with a
+message that names the offending flag or variable; ``__main__`` turns it into
+``loadgen: error: <message>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "LOADGEN_"
+DEFAULT_CONCURRENCY = 10
+DEFAULT_DURATION_S = 20.0
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_METHOD = "GET"
+
+# RFC 9110 "token": what a method or a header name may be made of.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TRUTHY = {"1", "true", "yes", "on"}
+_FALSY = {"", "0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A bad flag, env value or URL; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect and what to put in the request line, split once so the hot path never parses."""
+
+    host: str  # for connecting: an IPv6 literal has no brackets here
+    port: int
+    host_header: str  # for the Host header: brackets kept, port only when not 80
+    path: str  # path plus ``?query``; never empty
+
+
+@dataclass(frozen=True)
+class Config:
+    url: str
+    target: Target
+    concurrency: int = DEFAULT_CONCURRENCY
+    duration_s: float = DEFAULT_DURATION_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    method: str = DEFAULT_METHOD
+    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    json_path: str | None = None
+    results_dir: str | None = None
+    quiet: bool = False
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage, so every error is the same single line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(
+        prog="python -m loadgen",
+        description="Closed-loop HTTP/1.1 load generator: C keep-alive connections, each sending "
+        "requests back to back for S seconds, then a latency/status/backend report.",
+        epilog="Every option also reads LOADGEN_<NAME> from the environment (e.g. LOADGEN_URL, "
+        "LOADGEN_CONCURRENCY, LOADGEN_RESULTS_DIR); flags win.",
+    )
+    p.add_argument("url", nargs="?", metavar="URL", help="target, http://host[:port][/path] (LOADGEN_URL)")
+    p.add_argument("-c", "--concurrency", metavar="C", help=f"connections (default {DEFAULT_CONCURRENCY})")
+    p.add_argument("-d", "--duration", metavar="S", help=f"seconds (default {DEFAULT_DURATION_S:g})")
+    p.add_argument("--timeout", metavar="S", help=f"per-request seconds (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("-m", "--method", metavar="METHOD", help=f"request method (default {DEFAULT_METHOD})")
+    p.add_argument(
+        "-H", "--header", action="append", metavar="'NAME: VALUE'", help="extra request header, repeatable"
+    )
+    p.add_argument("--json", metavar="FILE", help="write the whole report as JSON to FILE")
+    p.add_argument("--results-dir", metavar="DIR", help="write DIR/<UTC stamp>/report.json and summary.md")
+    p.add_argument("-q", "--quiet", action="store_true", default=None, help="no live line on stderr")
+    return p
+
+
+def parse_target(url: str) -> Target:
+    """Reject anything the minimal client cannot speak, before any connection is made."""
+    if not url:
+        raise ConfigError("empty URL")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ConfigError(f"URL must not contain whitespace or control characters: {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise ConfigError(f"https is not supported, use http://: {url}")
+    if scheme != "http":
+        raise ConfigError(f"URL must start with http://: {url}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"credentials in the URL are not supported: {url}")
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"URL has no host: {url}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"bad port in URL: {url}") from None
+    if port == 0:
+        raise ConfigError(f"bad port in URL: {url}")
+    shown_host = f"[{host}]" if ":" in host else host
+    host_header = shown_host if port in (None, 80) else f"{shown_host}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(host=host, port=port or 80, host_header=host_header, path=path)
+
+
+def parse_header(raw: str, source: str) -> tuple[str, str]:
+    """Split ``'Name: value'``; reject anything that could break the prebuilt request bytes."""
+    name, sep, value = raw.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _TOKEN.match(name):
+        raise ConfigError(f"{source}: malformed header {raw!r}, expected 'Name: value'")
+    if any(c in value for c in "\r\n\0"):
+        raise ConfigError(f"{source}: header value of {name!r} contains CR, LF or NUL")
+    return name, value
+
+
+def _number(raw: str, source: str, kind: type, minimum: float, inclusive: bool) -> float:
+    op = ">=" if inclusive else ">"
+    want = f"{'an integer' if kind is int else 'a number'} {op} {minimum:g}"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{source} must be {want}, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):  # NaN / inf
+        raise ConfigError(f"{source} must be {want}, got {raw!r}")
+    if value < minimum or (not inclusive and value == minimum):
+        raise ConfigError(f"{source} must be {want}, got {raw!r}")
+    return value
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Merge flags over env over defaults and validate; raises :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    args = _build_parser().parse_args(argv)
+
+    def pick(flag_value: str | None, name: str) -> tuple[str | None, str]:
+        if flag_value is not None:
+            return flag_value, "--" + name.lower().replace("_", "-")
+        env_name = ENV_PREFIX + name
+        raw = env.get(env_name)
+        return (raw if raw not in (None, "") else None), env_name
+
+    url, _ = pick(args.url, "URL")
+    if url is None:
+        raise ConfigError("a target URL is required (positional URL or LOADGEN_URL)")
+    target = parse_target(url)
+
+    raw, src = pick(args.concurrency, "CONCURRENCY")
+    concurrency = DEFAULT_CONCURRENCY if raw is None else int(_number(raw, src, int, 1, True))
+    raw, src = pick(args.duration, "DURATION")
+    duration = DEFAULT_DURATION_S if raw is None else float(_number(raw, src, float, 0, False))
+    raw, src = pick(args.timeout, "TIMEOUT")
+    timeout = DEFAULT_TIMEOUT_S if raw is None else float(_number(raw, src, float, 0, False))
+
+    raw, src = pick(args.method, "METHOD")
+    method = DEFAULT_METHOD if raw is None else raw.strip().upper()
+    if not _TOKEN.match(method):
+        raise ConfigError(f"{src}: bad method {raw!r}")
+
+    if args.header is not None:
+        headers = tuple(parse_header(h, "--header") for h in args.header)
+    else:
+        env_headers = env.get(ENV_PREFIX + "HEADER", "")
+        headers = tuple(
+            parse_header(line, ENV_PREFIX + "HEADER") for line in env_headers.splitlines() if line.strip()
+        )
+
+    json_path, _ = pick(args.json, "JSON")
+    results_dir, _ = pick(args.results_dir, "RESULTS_DIR")
+
+    if args.quiet:
+        quiet = True
+    else:
+        raw_quiet = env.get(ENV_PREFIX + "QUIET", "").strip().lower()
+        if raw_quiet not in _TRUTHY | _FALSY:
+            raise ConfigError(f"LOADGEN_QUIET must be one of 1/0/true/false/yes/no/on/off, got {raw_quiet!r}")
+        quiet = raw_quiet in _TRUTHY
+
+    return Config(
+        url=url,
+        target=target,
+        concurrency=concurrency,
+        duration_s=duration,
+        timeout_s=timeout,
+        method=method,
+        headers=headers,
+        json_path=json_path,
+        results_dir=results_dir,
+        quiet=quiet,
+    )

@@ -1,0 +1,103 @@
+"""``python -m loadgen`` end to end, in process, against a server running in another thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadgen.__main__ import main
+
+
+class ThreadedServer:
+    """A keep-alive HTTP server on its own loop/thread (main() runs its own loop)."""
+
+    def __init__(self) -> None:
+        self.served = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                self.served += 1
+                backend = "ab"[self.served % 2]
+                writer.write(
+                    f"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend-Id: {backend}\r\n\r\nok".encode()
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        self.ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadedServer]:
+    with ThreadedServer() as srv:
+        yield srv
+
+
+def test_main_runs_prints_summary_and_writes_files(
+    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{server.port}/"
+    json_path = tmp_path / "out" / "report.json"
+    rc = main(
+        [url, "-c", "2", "-d", "0.5", "--json", str(json_path), "--results-dir", str(tmp_path / "res")], {}
+    )
+    assert rc == 0
+    out, err = capsys.readouterr()
+    report = json.loads(json_path.read_text())
+    assert report["requests"] == report["responses"] == server.served > 0
+    assert set(report["backends"]) == {"a", "b"}
+    assert out.startswith("# loadgen summary") and f"| target | GET {url} |" in out
+    assert f"| responses | {report['responses']} |" in out  # verbatim, no thousands separators
+    (run_dir,) = (tmp_path / "res").iterdir()
+    assert json.loads((run_dir / "report.json").read_text()) == report
+    assert (run_dir / "summary.md").read_text() == out
+    assert "results in" in err
+
+
+def test_live_line_each_second_unless_quiet(server: ThreadedServer, capsys: pytest.CaptureFixture) -> None:
+    url = f"http://127.0.0.1:{server.port}/"
+    assert main([url, "-c", "1", "-d", "1.05"], {}) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("[   1s]") and "req/s" in err
+    assert main([url, "-c", "1", "-d", "0.2", "--quiet"], {}) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_refused_target_writes_report_then_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    json_path = tmp_path / "r.json"
+    rc = main([f"http://127.0.0.1:{port}/", "-c", "2", "-d", "0.3", "-q", "--json", str(json_path)], {})
+    assert rc == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "loadgen: no request succeeded"
+    report = json.loads(json_path.read_text())
+    assert report["responses"] == 0
+    assert report["errors"]["connect"] == report["requests"] == report["failed"] > 0
