@@ -1,0 +1,7 @@
+"""``python -m proxy``."""
+
+import sys
+
+from proxy.server import main
+
+sys.exit(main())

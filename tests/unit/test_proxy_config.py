@@ -1,0 +1,92 @@
+"""CLI/env configuration and its validation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.config import Config, load_config
+
+
+def test_defaults() -> None:
+    cfg = load_config([], {})
+    assert cfg == Config()
+    assert cfg.upstream == "backend:8001" and (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", 8000)
+    assert (cfg.admin_host, cfg.admin_port) == ("0.0.0.0", 8080)
+    assert cfg.resolve_interval == 1.0 and cfg.pool_idle_timeout == 4.0 and cfg.pool_max_idle == 128
+    assert cfg.connect_timeout == 2.0 and cfg.upstream_timeout == 30.0
+    assert cfg.client_header_timeout == 30.0 and cfg.drain_timeout == 10.0
+    assert cfg.access_log is True and cfg.log_level == "INFO"
+
+
+def test_env_and_flags_flags_win() -> None:
+    env = {
+        "PROXY_UPSTREAM": "svc:9000",
+        "PROXY_POOL_MAX_IDLE": "7",
+        "PROXY_ACCESS_LOG": "false",
+        "PROXY_LISTEN": ":8001",
+        "PROXY_ADMIN_LISTEN": "off",
+    }
+    cfg = load_config(["--pool-max-idle", "9", "--log-level", "debug"], env)
+    assert (cfg.upstream_host, cfg.upstream_port) == ("svc", 9000)
+    assert cfg.pool_max_idle == 9 and cfg.access_log is False and cfg.log_level == "DEBUG"
+    assert (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", 8001) and cfg.admin_host is None
+    assert load_config(["--access-log"], env).access_log is True
+    assert load_config(["--no-access-log"], {}).access_log is False
+    with pytest.raises(AttributeError):
+        cfg.pool_max_idle = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--pool-max-idle", "lots"], {}, "--pool-max-idle / PROXY_POOL_MAX_IDLE"),
+        (["--connect-timeout", "0"], {}, "--connect-timeout / PROXY_CONNECT_TIMEOUT"),
+        ([], {"PROXY_UPSTREAM_TIMEOUT": "-3"}, "--upstream-timeout / PROXY_UPSTREAM_TIMEOUT"),
+        ([], {"PROXY_DRAIN_TIMEOUT": "nan"}, "--drain-timeout / PROXY_DRAIN_TIMEOUT"),
+        (["--upstream", "backend"], {}, "--upstream / PROXY_UPSTREAM"),
+        (["--listen", "0.0.0.0:99999"], {}, "--listen / PROXY_LISTEN"),
+        ([], {"PROXY_ACCESS_LOG": "maybe"}, "--access-log / PROXY_ACCESS_LOG"),
+        (["--log-level", "loud"], {}, "--log-level / PROXY_LOG_LEVEL"),
+        (["--policy", "random"], {}, "--policy / PROXY_POLICY"),
+        (["--resolve-interval", "0"], {}, "--resolve-interval / PROXY_RESOLVE_INTERVAL"),
+    ],
+)
+def test_bad_values_exit_2_naming_flag_and_env(
+    argv: list[str], env: dict[str, str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        load_config(argv, env)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_cli_process_exit_code_and_help() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "proxy", "--pool-idle-timeout", "soon"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 2
+    assert "--pool-idle-timeout / PROXY_POOL_IDLE_TIMEOUT" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert (
+        proc.returncode == 0
+        and "default backend:8001" in proc.stdout
+        and "PROXY_DRAIN_TIMEOUT" in proc.stdout
+    )
