@@ -37,6 +37,7 @@ class Config:
     pool_idle_timeout: float = 4.0
     pool_max_idle: int = 128
     connect_timeout: float = 2.0
+    fail_timeout: float = 1.0
     upstream_timeout: float = 30.0
     client_header_timeout: float = 30.0
     drain_timeout: float = 10.0
@@ -134,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--pool-idle-timeout", d.pool_idle_timeout, "seconds an idle upstream connection is kept")
     opt("--pool-max-idle", d.pool_max_idle, "max idle upstream connections kept per endpoint")
     opt("--connect-timeout", d.connect_timeout, "seconds to establish an upstream connection")
+    opt(
+        "--fail-timeout",
+        d.fail_timeout,
+        "seconds an endpoint gets no new requests after a failed connect (nginx's fail_timeout; 0 = off)",
+    )
     opt("--upstream-timeout", d.upstream_timeout, "seconds to wait for upstream response headers (then 504)")
     opt("--client-header-timeout", d.client_header_timeout, "seconds to receive request headers (then 408)")
     opt("--drain-timeout", d.drain_timeout, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
@@ -178,6 +184,7 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         ("--pool-idle-timeout", float, 0.0, True),
         ("--pool-max-idle", int, 0, False),
         ("--connect-timeout", float, 0.0, True),
+        ("--fail-timeout", float, 0.0, False),
         ("--upstream-timeout", float, 0.0, True),
         ("--client-header-timeout", float, 0.0, True),
         ("--drain-timeout", float, 0.0, False),

@@ -4,11 +4,16 @@ Everything is driven by callbacks from the two protocols (no Task per request
 except while a brand-new upstream connection is being opened), so a request on
 a pooled connection costs a handful of method calls.
 
-Retry policy: an idempotent request without a body (GET/HEAD/OPTIONS) is tried
-at most twice: once more after a connect failure (on another endpoint, when
-one exists) or after its upstream connection failed before any response byte
-(on a fresh connection, another endpoint if available, else the same one).
-Requests with a body are never retried because their body was already streamed.
+Retry policy, in two parts, as nginx's ``proxy_next_upstream error``:
+- A failed connect means the request never left the proxy (its body, if any, is
+  still held here), so any request moves on to the next endpoint it has not tried
+  yet, until every live endpoint was tried. The failed endpoint also gets no new
+  requests for ``--fail-timeout`` (see ``UpstreamGroup.mark_failed``).
+- An upstream connection that fails after the request was written but before any
+  response byte may or may not have reached the application: only an idempotent
+  request without a body (GET/HEAD/OPTIONS) is tried again, once, on a fresh
+  connection (another endpoint if available, else the same one). Requests with a
+  body are never retried then, because their body was already streamed.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class Exchange:
         "t_upstream",
         "target",
         "timer",
+        "tried",
         "upstream_close",
         "upstream_label",
     )
@@ -105,6 +111,7 @@ class Exchange:
         self.has_body = not (req.framing == NO_BODY or (req.framing == LENGTH and req.content_length == 0))
         self.retries_left = 1 if (not self.has_body and method in IDEMPOTENT) else 0
         self.endpoint: Endpoint | None = None
+        self.tried: list[Endpoint] = []
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Future | None = None
         self.connect_timer: asyncio.TimerHandle | None = None
@@ -125,7 +132,8 @@ class Exchange:
     # -- choosing and attaching an upstream ------------------------------------------------------
     def start(self) -> None:
         self.started = True
-        ep = self.state.balancer.pick(self.state.group.live)
+        group = self.state.group
+        ep = self.state.balancer.pick(group.live, group.unavailable())
         if ep is None:
             self.fail(502, self.state.no_endpoints)
             return
@@ -134,6 +142,7 @@ class Exchange:
     def _use(self, ep: Endpoint, pooled: bool) -> None:
         self.endpoint = ep
         self.upstream_label = ep.label
+        self.tried.append(ep)
         ep.in_flight += 1
         ep.requests += 1
         if pooled:
@@ -175,16 +184,19 @@ class Exchange:
             self._attach(fut.result()[1])
             return
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
-        self._retry_or_fail(ep, pooled=True, reason=reason)
+        self.state.group.mark_failed(ep)
+        self._retry_or_fail(ep, pooled=True, reason=reason, sent=False)
 
-    def _retry_or_fail(self, ep: Endpoint, pooled: bool, reason: str) -> None:
+    def _retry_or_fail(self, ep: Endpoint, pooled: bool, reason: str, sent: bool) -> None:
+        """Try another endpoint if the retry policy (module docstring) allows, else answer 502."""
         ep.release()
         self.endpoint = None
-        if self.retries_left:
-            self.retries_left -= 1
-            live = self.state.group.live
-            nxt = self.state.balancer.pick(live, (ep,))
-            if nxt is None and not pooled and ep.live:
+        if not sent or self.retries_left:
+            if sent:
+                self.retries_left -= 1
+            group = self.state.group
+            nxt = self.state.balancer.pick(group.live, {*self.tried, *group.unavailable()})
+            if nxt is None and sent and ep.live:
                 nxt = ep  # a stale pooled connection is retried on a fresh one to the same endpoint
             if nxt is not None:
                 self._use(nxt, pooled)
@@ -356,7 +368,7 @@ class Exchange:
         reason = f"upstream {conn.endpoint.label} closed the connection before responding ({_reason(exc)})"
         if not conn.received and self.retries_left and self.endpoint is not None:
             log.info("%s; retrying request %s", reason, self.req.request_id.decode("latin-1"))
-            self._retry_or_fail(self.endpoint, pooled=False, reason=reason)
+            self._retry_or_fail(self.endpoint, pooled=False, reason=reason, sent=True)
             return
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
         self.fail(502, f"502 Bad Gateway: {reason}\n".encode())

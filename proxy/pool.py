@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,7 +27,18 @@ Address = tuple[str, int]
 class Endpoint:
     """One backend address, its idle pool and load counters."""
 
-    __slots__ = ("address", "group", "host", "idle", "in_flight", "label", "live", "port", "requests")
+    __slots__ = (
+        "address",
+        "failed_until",
+        "group",
+        "host",
+        "idle",
+        "in_flight",
+        "label",
+        "live",
+        "port",
+        "requests",
+    )
 
     def __init__(self, address: Address, group: UpstreamGroup) -> None:
         self.address = address
@@ -38,6 +49,7 @@ class Endpoint:
         self.in_flight = 0
         self.requests = 0
         self.live = True
+        self.failed_until = 0.0  # loop time until which a failed connect keeps new requests away
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} live={self.live} in_flight={self.in_flight}>"
@@ -89,11 +101,15 @@ class UpstreamGroup:
         *,
         max_idle: int = 128,
         idle_timeout: float = 4.0,
+        fail_timeout: float = 1.0,
     ) -> None:
         self.name = name
         self.loop = loop
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
+        self.fail_timeout = fail_timeout
+        # Endpoints whose last connect failed, skipped by new picks until their failed_until passes.
+        self.cooling: set[Endpoint] = set()
         # Replaced wholesale on change (never mutated) so a balancer always sees a consistent list.
         self.live: list[Endpoint] = []
         self.endpoints: dict[Address, Endpoint] = {}
@@ -124,6 +140,32 @@ class UpstreamGroup:
         log.info("endpoints %s -> %s", self.name, [ep.label for ep in live])
         log.debug("previous endpoints %s", old)
         return True
+
+    def mark_failed(self, ep: Endpoint) -> None:
+        """A connect to ``ep`` failed: send it no new requests for ``fail_timeout`` seconds.
+
+        This bridges the gap between a replica dying and DNS dropping it (up to one resolve
+        interval), like nginx's ``max_fails=1 fail_timeout=...``; outlier detection proper
+        (consecutive 5xx, growing ejection times) is a separate, later concept.
+        """
+        if self.fail_timeout <= 0:
+            return
+        ep.failed_until = self.loop.time() + self.fail_timeout
+        if ep not in self.cooling:
+            self.cooling.add(ep)
+            log.info("endpoint %s: connect failed, no new requests for %gs", ep.label, self.fail_timeout)
+
+    def unavailable(self) -> Collection[Endpoint]:
+        """Endpoints new picks should skip; empty when every live endpoint failed (try anyway)."""
+        cooling = self.cooling
+        if not cooling:
+            return ()
+        now = self.loop.time()
+        for ep in [ep for ep in cooling if ep.failed_until <= now or not ep.live]:
+            cooling.discard(ep)
+        if len(cooling) >= len(self.live):
+            return ()
+        return cooling
 
     def drained(self, ep: Endpoint) -> None:
         if not ep.live and self.endpoints.get(ep.address) is ep:
@@ -158,6 +200,7 @@ class UpstreamGroup:
                 "idle_connections": len(ep.idle),
                 "requests": ep.requests,
                 "draining": not ep.live,
+                "failed_recently": ep in self.cooling and ep.failed_until > self.loop.time(),
             }
             for ep in [*self.live, *(e for e in self.endpoints.values() if not e.live)]
         ]

@@ -50,7 +50,11 @@ class ProxyServer:
         cfg = self.config
         loop = asyncio.get_running_loop()
         group = UpstreamGroup(
-            cfg.upstream, loop, max_idle=cfg.pool_max_idle, idle_timeout=cfg.pool_idle_timeout
+            cfg.upstream,
+            loop,
+            max_idle=cfg.pool_max_idle,
+            idle_timeout=cfg.pool_idle_timeout,
+            fail_timeout=cfg.fail_timeout,
         )
         access_log = AccessLog(self._access_log_stream, loop) if cfg.access_log else None
         state = self.state = ProxyState(cfg, loop, group, make_balancer(cfg.policy), access_log)

@@ -176,8 +176,9 @@ def lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         lab.wait_for_endpoints(3)
         yield lab
     finally:
-        if os.environ.get("ASGI_LAB_KEEP_LOGS"):
-            print(lab.run("logs", "--no-color", check=False).stdout[-20000:])
+        keep_logs = os.environ.get("ASGI_LAB_KEEP_LOGS")  # a file to write the stack's logs to
+        if keep_logs:
+            Path(keep_logs).write_text(lab.run("logs", "--no-color", "--timestamps", check=False).stdout)
         lab.run("down", "--volumes", "--remove-orphans", "--timeout", "3", check=False)
         _remove_projects(lab.docker, lambda name: name == project)  # whatever `down` missed
 

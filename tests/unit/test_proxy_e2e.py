@@ -408,17 +408,53 @@ def test_502_when_nothing_listens(loop: str) -> None:
     run(main, loop)
 
 
-def test_connect_failure_fails_over_to_next_endpoint() -> None:
+def test_connect_failure_fails_over_to_next_endpoint_even_with_a_body() -> None:
     async def main() -> None:
         dead = ("127.0.0.1", free_port())
         async with FakeUpstream() as up:
             live = ("127.0.0.1", up.port)
-            async with proxy(endpoints=[dead, live]) as srv:
+            async with proxy(endpoints=[dead, live], fail_timeout=0) as srv:
                 for _ in range(6):
                     assert (await fetch(srv.port, get("/"))).status == 200
-                post = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz"
-                statuses = {(await fetch(srv.port, post)).status for _ in range(2)}
-                assert statuses == {200, 502}, "bodies are not retried, so one POST hits the dead endpoint"
+                # A refused connect means the request never left the proxy, so a POST moves on too,
+                # and its body (held by the proxy meanwhile) arrives whole.
+                post = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                for _ in range(2):
+                    assert (await fetch(srv.port, post)).status == 200
+                assert [r.body for r in up.requests if r.method == "POST"] == [b"hello", b"hello"]
+
+    run(main)
+
+
+def test_failed_endpoint_gets_no_new_requests_for_fail_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    dead = ("127.0.0.1", free_port())
+    refused = f"connect to 127.0.0.1:{dead[1]} failed"
+
+    async def main(fail_timeout: float) -> int:
+        caplog.clear()
+        async with FakeUpstream() as up, proxy(endpoints=[dead, addr(up)], fail_timeout=fail_timeout) as srv:
+            for _ in range(8):
+                assert (await fetch(srv.port, get("/"))).status == 200
+            if fail_timeout:
+                (view,) = [e for e in srv.state.group.snapshot() if e["address"] == f"127.0.0.1:{dead[1]}"]
+                assert view["failed_recently"] is True
+        return sum(refused in r.getMessage() for r in caplog.records)
+
+    assert asyncio.run(main(60)) == 1, "after one refused connect the endpoint is skipped"
+    # Without the cool-down the dead endpoint gets every request's first try: the retry's own pick
+    # advances the round-robin cursor, so the next request lands on the dead endpoint again.
+    assert asyncio.run(main(0)) == 8, "with --fail-timeout 0 every request tries it first"
+
+
+def test_every_endpoint_failing_gives_502_and_is_still_retried_later() -> None:
+    async def main() -> None:
+        dead = [("127.0.0.1", free_port()), ("127.0.0.1", free_port())]
+        async with proxy(endpoints=dead, fail_timeout=60) as srv:
+            first = await fetch(srv.port, get("/"))
+            assert first.status == 502 and b"failed: Connection refused" in first.body
+            # All endpoints cooling down: the proxy still tries them rather than refusing outright.
+            second = await fetch(srv.port, get("/"))
+            assert second.status == 502 and b"connect to" in second.body
 
     run(main)
 
