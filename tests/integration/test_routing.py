@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
+import time
 from collections import Counter
 
 import httpx
@@ -42,6 +44,25 @@ def test_echo_shows_forwarded_headers_and_request_id(lab3: Lab) -> None:
     assert "x-secret" not in headers, "a header named in Connection is hop-by-hop and must be dropped"
     assert mine.headers["x-request-id"] == "lab-test-123"
     assert mine.json()["headers"]["x-request-id"] == "lab-test-123"
+
+
+def test_access_log_has_one_json_line_per_request(lab3: Lab) -> None:
+    request_id = f"log-probe-{time.monotonic_ns()}"
+    r = httpx.get(f"{lab3.base_url}/bytes/123?x=1", headers={"X-Request-ID": request_id}, timeout=10)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 5
+    lines: list[dict] = []
+    while not lines and time.monotonic() < deadline:
+        logs = lab3.run("logs", "--no-color", "--no-log-prefix", "proxy").stdout
+        lines = [json.loads(line) for line in logs.splitlines() if request_id in line]
+        time.sleep(0.2)
+    assert len(lines) == 1, f"expected one access-log line for {request_id}, got {lines}"
+    (line,) = lines
+    assert line["method"] == "GET" and line["path"] == "/bytes/123?x=1"
+    assert line["status"] == 200 and line["bytes"] == 123
+    assert line["upstream"].endswith(":8001")
+    assert 0 <= line["upstream_time"] <= line["total_time"]
+    assert line["time"].endswith("Z")
 
 
 def test_one_mebibyte_post_arrives_intact(lab3: Lab) -> None:
