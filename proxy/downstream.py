@@ -123,6 +123,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self.in_message or self.served == 0:
             self.write(REQUEST_TIMEOUT_408)
+            self._log_rejection(408, "request headers not received in time", len(REQUEST_TIMEOUT_408))
         self.close()
 
     def shutdown(self) -> None:
@@ -152,6 +153,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.pending_error is not None:
             return
         self.pending_error = simple_response(status, message.encode(), None, True)
+        if self.parsing is None:  # a request with an Exchange is logged when that exchange fails
+            self._log_rejection(status, message.strip(), len(message))
         self.gate.pause(PIPELINED)
         ex = self.parsing
         if ex is not None and not ex.body_done:
@@ -167,6 +170,14 @@ class DownstreamProtocol(asyncio.Protocol):
             self.queue.remove(ex)
         if self.active is None and not self.queue:
             self._send_pending_error()
+
+    def _log_rejection(self, status: int, reason: str, nbytes: int) -> None:
+        """Requests refused before they had an Exchange still get a log line and an access-log line."""
+        log.info("rejected request from %s: %s", self.client_ip.decode("latin-1"), reason)
+        access_log = self.state.access_log
+        if access_log is not None:
+            elapsed = self.loop.time() - self.t0 if self.t0 else 0.0
+            access_log.log(b"", b"-", self.url or b"-", status, nbytes, None, None, elapsed)
 
     def _send_pending_error(self) -> None:
         if self.pending_error:

@@ -489,6 +489,8 @@ def test_400_on_malformed_request(raw: bytes) -> None:
             assert resp.get("Connection") == "close"
             assert await r.read() == b""  # connection closed
             assert up.requests == []
+            (line,) = access_lines(srv)  # refused requests are logged too, like nginx's 400s
+            assert line["status"] == 400 and line["upstream"] is None
 
     run(main)
 
@@ -501,6 +503,8 @@ def test_408_on_slow_headers() -> None:
             resp = await read_response(r)
             assert resp.status == 408 and resp.get("Connection") == "close"
             assert await r.read() == b""
+            (line,) = access_lines(srv)
+            assert line["status"] == 408 and line["path"] == "/"
 
     run(main)
 
