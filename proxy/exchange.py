@@ -287,22 +287,18 @@ class Exchange:
             self.resp_mode = R_NONE
         elif resp.content_length >= 0:
             self.resp_mode = R_LENGTH
-        elif not resp.chunked:
-            # Close-delimited upstream body: the upstream connection ends with it.
-            self.upstream_close = True
-            self.close_delimited = True
+        else:
+            if not resp.chunked:
+                # Close-delimited upstream body: the upstream connection ends with it.
+                self.upstream_close = True
+                self.close_delimited = True
+            # Either way the length is unknown: chunk it for HTTP/1.1, end it by closing for 1.0.
             if self.client_http11:
                 self.resp_mode = R_CHUNKED
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.resp_mode = R_CLOSE
                 keep = False
-        elif self.client_http11:
-            self.resp_mode = R_CHUNKED
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            self.resp_mode = R_CLOSE
-            keep = False
         if not keep:
             parts.append(b"Connection: close\r\n\r\n")
         elif not self.client_http11:
