@@ -153,7 +153,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         "# loadgen summary",
         "",
-        "| | |",
+        "| run | |",
         "|---|---|",
         f"| target | {r['method']} {r['url']} |",
         f"| started | {r['started_at']} |",
