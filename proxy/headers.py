@@ -66,6 +66,20 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+def _note_hop_by_hop(
+    lname: bytes, value: bytes, conn: set[bytes] | None, te: bytes | None
+) -> tuple[set[bytes] | None, bytes | None]:
+    """Keep what a dropped hop-by-hop header still tells us: the Connection tokens (more headers to
+    drop, keep-alive or close) and the Transfer-Encoding (how this hop's body is framed). The same
+    rules hold for requests and responses (RFC 9110 7.6.1), so both rewriters use this."""
+    if lname == b"connection":
+        tokens = connection_tokens(value)
+        return (tokens if conn is None else conn | tokens), te
+    if lname == b"transfer-encoding":
+        return conn, (value if te is None else te + b"," + value)
+    return conn, te
+
+
 class UpstreamRequest:
     """What the proxy learned from the client's headers plus the re-framed head to send upstream."""
 
@@ -114,10 +128,7 @@ def rewrite_request(
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
-            if lname == b"connection":
-                conn = connection_tokens(value) if conn is None else conn | connection_tokens(value)
-            elif lname == b"transfer-encoding":
-                te = value if te is None else te + b"," + value
+            conn, te = _note_hop_by_hop(lname, value, conn, te)
             continue
         if lname == b"host":
             if host is not None:
@@ -211,10 +222,7 @@ def rewrite_response(
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
-            if lname == b"connection":
-                conn = connection_tokens(value) if conn is None else conn | connection_tokens(value)
-            elif lname == b"transfer-encoding":
-                te = value if te is None else te + b"," + value
+            conn, te = _note_hop_by_hop(lname, value, conn, te)
             continue
         if lname == b"x-request-id":
             continue
