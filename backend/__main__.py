@@ -8,6 +8,8 @@ import sys
 
 import uvicorn
 
+from backend.faults import fault_config_from_env
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -48,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Uvicorn's access log; off because the proxy logs every request (env BACKEND_ACCESS_LOG)",
     )
     args = parser.parse_args(argv)
+    try:
+        fault_config_from_env(os.environ)  # checked here so a typo stops the start with one line
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 0 < args.port < 65536:
         parser.error(f"--port/BACKEND_PORT must be 1-65535, got {args.port}")
     if args.keep_alive < 1:

@@ -21,6 +21,8 @@ from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.faults import Faults, fault_config_from_env
+
 BACKEND_ID = os.environ.get("BACKEND_ID") or socket.gethostname()
 MAX_DELAY_MS = 60_000
 MAX_BYTES = 64 * 1024 * 1024
@@ -145,5 +147,6 @@ async def status(code: Annotated[int, Path(ge=200, le=599)]) -> Response:
 
 
 # The ASGI entry point: the middleware wraps the whole FastAPI app (its exception handlers
-# included), so that 404s and 422s are tagged with the replica too.
-app = BackendIdentity(api)
+# included), so that 404s and 422s are tagged with the replica too; injected faults (env
+# EXTRA_DELAY_MS, FAIL_RATE, FAIL_STATUS; see faults.py) sit inside it so they are tagged as well.
+app = BackendIdentity(Faults(api, fault_config_from_env(os.environ)))

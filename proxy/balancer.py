@@ -21,7 +21,9 @@ class Balancer(Protocol):
 
     name: str
 
-    def pick(self, endpoints: Sequence[Endpoint], exclude: Collection[Endpoint] = ()) -> Endpoint | None: ...
+    def pick(
+        self, endpoints: Sequence[Endpoint], exclude: Collection[Endpoint] = (), key: bytes | None = None
+    ) -> Endpoint | None: ...
 
 
 class RoundRobin:
@@ -38,7 +40,9 @@ class RoundRobin:
     def __init__(self) -> None:
         self._cursor = 0
 
-    def pick(self, endpoints: Sequence[Endpoint], exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+    def pick(
+        self, endpoints: Sequence[Endpoint], exclude: Collection[Endpoint] = (), key: bytes | None = None
+    ) -> Endpoint | None:
         n = len(endpoints)
         if n == 0:
             return None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from proxy.accesslog import AccessLog
 from proxy.balancer import Balancer
 from proxy.config import Config
+from proxy.counters import Counters
 from proxy.pool import UpstreamGroup
 
 if TYPE_CHECKING:
@@ -37,4 +38,5 @@ class ProxyState:
         self.access_log = access_log
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
+        self.counters = Counters()
         self.no_endpoints = f"502 Bad Gateway: no upstream endpoints for {config.upstream}\n".encode()

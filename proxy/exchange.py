@@ -66,6 +66,7 @@ class Exchange:
         "endpoint",
         "finished",
         "has_body",
+        "hash_key",
         "head_request",
         "head_sent",
         "method",
@@ -78,6 +79,7 @@ class Exchange:
         "state",
         "status",
         "t0",
+        "t_attempt",
         "t_upstream",
         "target",
         "timer",
@@ -128,12 +130,16 @@ class Exchange:
         self.close_delimited = False
         self.client_close = False
         self.t_upstream: float | None = None
+        self.t_attempt = t0
+        # Request key for hashing policies (header, cookie or client address); set by the balancer's
+        # ``key_for`` when the policy needs one, else None.
+        self.hash_key: bytes | None = None
 
     # -- choosing and attaching an upstream ------------------------------------------------------
     def start(self) -> None:
         self.started = True
         group = self.state.group
-        ep = self.state.balancer.pick(group.live, group.unavailable())
+        ep = self.state.balancer.pick(group.live, group.unavailable(), self.hash_key)
         if ep is None:
             self.fail(502, self.state.no_endpoints)
             return
@@ -143,6 +149,7 @@ class Exchange:
         self.endpoint = ep
         self.upstream_label = ep.label
         self.tried.append(ep)
+        self.t_attempt = self.state.loop.time()
         ep.in_flight += 1
         ep.requests += 1
         if pooled:
@@ -184,6 +191,7 @@ class Exchange:
             self._attach(fut.result()[1])
             return
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
+        self._observe(ep, 0, "connect")
         self.state.group.mark_failed(ep)
         self._retry_or_fail(ep, pooled=True, reason=reason, sent=False)
 
@@ -195,13 +203,17 @@ class Exchange:
             if sent:
                 self.retries_left -= 1
             group = self.state.group
-            nxt = self.state.balancer.pick(group.live, {*self.tried, *group.unavailable()})
+            nxt = self.state.balancer.pick(group.live, {*self.tried, *group.unavailable()}, self.hash_key)
             if nxt is None and sent and ep.live:
                 nxt = ep  # a stale pooled connection is retried on a fresh one to the same endpoint
             if nxt is not None:
                 self._use(nxt, pooled)
                 return
         self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
+
+    def _observe(self, ep: Endpoint, status: int, failure: str | None) -> None:
+        """Report one attempt's outcome to the endpoint (the seam for EWMA, outlier detection, metrics)."""
+        ep.observe(status, self.state.loop.time() - self.t_attempt, failure)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
@@ -278,6 +290,8 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.endpoint is not None:
+            self._observe(self.endpoint, status, None)
         resp = rewrite_response(status, headers, self.req.request_id, http11)
         self.status = status
         self.upstream_close = resp.close
@@ -362,6 +376,7 @@ class Exchange:
             self.timer.cancel()
             self.timer = None
         reason = f"upstream {conn.endpoint.label} closed the connection before responding ({_reason(exc)})"
+        self._observe(conn.endpoint, 0, "reset")
         if not conn.received and self.retries_left and self.endpoint is not None:
             log.info("%s; retrying request %s", reason, self.req.request_id.decode("latin-1"))
             self._retry_or_fail(self.endpoint, pooled=False, reason=reason, sent=True)
@@ -375,6 +390,8 @@ class Exchange:
             return
         self.conn = None
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
+        if not self.head_sent:
+            self._observe(conn.endpoint, 0, "protocol")
         if self.head_sent:
             self._abort_midstream(reason)
         else:
@@ -385,6 +402,8 @@ class Exchange:
         if self.finished or self.head_sent:
             return
         label = self.upstream_label
+        if self.endpoint is not None:
+            self._observe(self.endpoint, 0, "timeout")
         if self.conn is not None:
             conn, self.conn = self.conn, None
             conn.exchange = None

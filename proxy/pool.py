@@ -84,6 +84,16 @@ class Endpoint:
         while self.idle:
             self.idle.pop().close()
 
+    def observe(self, status: int, latency_s: float, failure: str | None) -> None:
+        """One attempt against this endpoint ended: a response head arrived, or it failed.
+
+        ``status`` is the upstream's status code (0 when there was none); ``latency_s`` runs from
+        picking this endpoint to the response head or the failure; ``failure`` is None, "connect",
+        "reset", "timeout" or "protocol". Called once per attempt, so a retried request reports
+        each endpoint it tried. Load-aware balancing (latency EWMA), passive outlier detection
+        and per-upstream metrics all hang off this one call.
+        """
+
     def release(self) -> None:
         """A request that was counted against this endpoint has finished with it."""
         self.in_flight -= 1
