@@ -3,7 +3,8 @@
 Every response names the replica that served it (`X-Backend-Id`), so a client can watch the
 proxy's balancing without any access to the containers. The routes are the knobs experiments
 need: latency (`/delay`), CPU load (`/cpu`), payload size (`/bytes`, `/stream`), chosen statuses
-(`/status`), and `/echo` to see exactly what the proxy forwarded.
+(`/status`), `/echo` to see exactly what the proxy forwarded, and `/ws`, a WebSocket echo, to
+see the proxy's Upgrade tunnel at work.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -144,6 +145,24 @@ async def status(code: Annotated[int, Path(ge=200, le=599)]) -> Response:
     if code in (204, 304):
         return Response(status_code=code)
     return JSONResponse({"backend": BACKEND_ID, "status": code}, status_code=code)
+
+
+@api.websocket("/ws")
+async def ws_echo(websocket: WebSocket) -> None:
+    """Echo every text or binary message until the client closes; counted once per connection."""
+    REQUEST_COUNTS["/ws"] += 1
+    await websocket.accept(headers=[(b"x-backend-id", BACKEND_ID.encode())])
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await websocket.send_text(message["text"])
+            elif message.get("bytes") is not None:
+                await websocket.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        return
 
 
 # The ASGI entry point: the middleware wraps the whole FastAPI app (its exception handlers

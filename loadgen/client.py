@@ -147,12 +147,20 @@ class Connection:
         """Whether a request is in flight (its callback has not been called yet)."""
         return self._on_done is not None
 
-    def send(self, on_done: DoneCallback) -> None:
-        """Start one request now; ``on_done`` gets the outcome (see the module docstring)."""
+    def send(self, on_done: DoneCallback, request: bytes | None = None, head: bool | None = None) -> None:
+        """Start one request now; ``on_done`` gets the outcome (see the module docstring).
+
+        ``request``/``head`` replace the connection's request from now on (a request mix); by
+        default the bytes given to the constructor are sent again.
+        """
         if self._on_done is not None:
             raise RuntimeError("a request is already in flight on this connection")
         if self._closed:
             raise RuntimeError("connection is closed")
+        if request is not None:
+            self._request = request
+            if head is not None:
+                self._head = head
         self._on_done = on_done
         self._sent_at = perf_counter()
         self._backend = None

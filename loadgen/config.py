@@ -7,7 +7,12 @@ win over env so a one-off override on the command line never needs the environme
 | flag              | env                   | default | meaning                                     |
 |-------------------|-----------------------|---------|---------------------------------------------|
 | ``URL``           | ``LOADGEN_URL``       | -       | target, ``http://host[:port][/path][?q]``    |
-| ``--concurrency`` | ``LOADGEN_CONCURRENCY`` | 10    | connections, each one request at a time     |
+| ``--concurrency`` | ``LOADGEN_CONCURRENCY`` | 10    | closed loop: connections, back to back      |
+| ``--rate``        | ``LOADGEN_RATE``      | none    | open loop: requests per second (intended)   |
+| ``--connections`` | ``LOADGEN_CONNECTIONS`` | auto  | open loop: most connections open at once    |
+| ``--workers``     | ``LOADGEN_WORKERS``   | 1       | processes sharing the load, merged exactly  |
+| ``--scenario``    | ``LOADGEN_SCENARIO``  | none    | YAML/TOML scenario: stages, mix, actions    |
+| ``--body-size``   | ``LOADGEN_BODY_SIZE`` | 0       | request body bytes (single-request mix)     |
 | ``--duration``    | ``LOADGEN_DURATION``  | 20      | seconds to keep issuing requests            |
 | ``--timeout``     | ``LOADGEN_TIMEOUT``   | 10      | per-request seconds (connect included)      |
 | ``--method``      | ``LOADGEN_METHOD``    | GET     | request method (upper-cased)                |
@@ -16,7 +21,13 @@ win over env so a one-off override on the command line never needs the environme
 |                   |                       |         | ``--header`` replaces all env headers       |
 | ``--json``        | ``LOADGEN_JSON``      | none    | write the whole report to this file         |
 | ``--results-dir`` | ``LOADGEN_RESULTS_DIR`` | none  | write ``DIR/<UTC stamp>/report.json`` + md  |
-| ``--quiet``       | ``LOADGEN_QUIET``     | off     | no live line (env: 1/true/yes/on)           |
+| ``--no-live``     | ``LOADGEN_NO_LIVE``   | off     | no live line (env: 1/true/yes/on); alias    |
+|                   | ``LOADGEN_QUIET``     |         | ``--quiet``/``-q``                          |
+
+``--concurrency`` and ``--rate`` choose the loop and exclude each other (a flag of one beats the
+environment's other). ``--scenario`` sets mode, load and duration itself, so it excludes
+``--rate``, ``--concurrency`` and ``--duration`` flags (their environment variables are ignored
+then); the URL may come from the scenario's ``url``, and a URL given here wins over it.
 
 Validation is strict and up front: a typo should cost one line of stderr and exit status 2, not
 twenty seconds of a run against the wrong thing. Errors are raised as :class:`ConfigError` with a
@@ -38,6 +49,8 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_DURATION_S = 20.0
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_METHOD = "GET"
+DEFAULT_WORKERS = 1
+MAX_BODY_SIZE = 64 * 1024 * 1024
 
 # RFC 9110 "token": what a method or a header name may be made of.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -61,9 +74,14 @@ class Target:
 
 @dataclass(frozen=True)
 class Config:
-    url: str
-    target: Target
+    url: str | None  # None only with a scenario that names the URL (see plan.make_plan)
+    target: Target | None
     concurrency: int = DEFAULT_CONCURRENCY
+    rate: float | None = None  # set: open loop
+    connections: int | None = None  # open loop pool cap; None: derived from the rate (plan.py)
+    workers: int = DEFAULT_WORKERS
+    scenario_path: str | None = None
+    body_size: int = 0
     duration_s: float = DEFAULT_DURATION_S
     timeout_s: float = DEFAULT_TIMEOUT_S
     method: str = DEFAULT_METHOD
@@ -71,6 +89,11 @@ class Config:
     json_path: str | None = None
     results_dir: str | None = None
     quiet: bool = False
+
+    @property
+    def mode(self) -> str:
+        """``open`` with a rate, else ``closed`` (a scenario's own mode is resolved in plan.py)."""
+        return "open" if self.rate is not None else "closed"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,13 +106,29 @@ class _Parser(argparse.ArgumentParser):
 def _build_parser() -> _Parser:
     p = _Parser(
         prog="python -m loadgen",
-        description="Closed-loop HTTP/1.1 load generator: C keep-alive connections, each sending "
-        "requests back to back for S seconds, then a latency/status/backend report.",
+        description="HTTP/1.1 load generator. Closed loop (--concurrency C: C keep-alive connections "
+        "back to back) or open loop (--rate R: requests at intended times, latency corrected for "
+        "coordinated omission, as wrk2). Writes a latency/status/backend report.",
+        allow_abbrev=False,
         epilog="Every option also reads LOADGEN_<NAME> from the environment (e.g. LOADGEN_URL, "
-        "LOADGEN_CONCURRENCY, LOADGEN_RESULTS_DIR); flags win.",
+        "LOADGEN_CONCURRENCY, LOADGEN_RESULTS_DIR); flags win. Compare two runs: "
+        "python -m loadgen compare A/report.json B/report.json.",
     )
     p.add_argument("url", nargs="?", metavar="URL", help="target, http://host[:port][/path] (LOADGEN_URL)")
-    p.add_argument("-c", "--concurrency", metavar="C", help=f"connections (default {DEFAULT_CONCURRENCY})")
+    p.add_argument(
+        "-c", "--concurrency", metavar="C", help=f"closed loop: connections (default {DEFAULT_CONCURRENCY})"
+    )
+    p.add_argument("-r", "--rate", metavar="R", help="open loop: requests per second")
+    p.add_argument(
+        "--connections",
+        metavar="N",
+        help="open loop: most connections open at once (default: rate/10, >= 64)",
+    )
+    p.add_argument("-w", "--workers", metavar="N", help=f"processes (default {DEFAULT_WORKERS})")
+    p.add_argument(
+        "-s", "--scenario", metavar="FILE", help="scenario file (.yaml/.toml): stages, mix, actions"
+    )
+    p.add_argument("--body-size", metavar="BYTES", help="request body size (default 0)")
     p.add_argument("-d", "--duration", metavar="S", help=f"seconds (default {DEFAULT_DURATION_S:g})")
     p.add_argument("--timeout", metavar="S", help=f"per-request seconds (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("-m", "--method", metavar="METHOD", help=f"request method (default {DEFAULT_METHOD})")
@@ -97,8 +136,20 @@ def _build_parser() -> _Parser:
         "-H", "--header", action="append", metavar="'NAME: VALUE'", help="extra request header, repeatable"
     )
     p.add_argument("--json", metavar="FILE", help="write the whole report as JSON to FILE")
-    p.add_argument("--results-dir", metavar="DIR", help="write DIR/<UTC stamp>/report.json and summary.md")
-    p.add_argument("-q", "--quiet", action="store_true", default=None, help="no live line on stderr")
+    p.add_argument(
+        "--results-dir",
+        metavar="DIR",
+        help="write DIR/<UTC stamp>/: report.json, timeline.csv, summary.md, plots",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        "--no-live",
+        dest="quiet",
+        action="store_true",
+        default=None,
+        help="no live line on stderr",
+    )
     return p
 
 
@@ -170,15 +221,52 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         raw = env.get(env_name)
         return (raw if raw not in (None, "") else None), env_name
 
+    scenario_path, _ = pick(args.scenario, "SCENARIO")
     url, _ = pick(args.url, "URL")
-    if url is None:
+    if url is None and scenario_path is None:
         raise ConfigError("a target URL is required (positional URL or LOADGEN_URL)")
-    target = parse_target(url)
+    target = parse_target(url) if url is not None else None
 
-    raw, src = pick(args.concurrency, "CONCURRENCY")
-    concurrency = DEFAULT_CONCURRENCY if raw is None else int(_number(raw, src, int, 1, True))
-    raw, src = pick(args.duration, "DURATION")
-    duration = DEFAULT_DURATION_S if raw is None else float(_number(raw, src, float, 0, False))
+    if scenario_path is not None:
+        given = [f for f, v in (("--rate", args.rate), ("--concurrency", args.concurrency),
+                                ("--duration", args.duration)) if v is not None]  # fmt: skip
+        if given:
+            raise ConfigError(
+                f"{given[0]} conflicts with --scenario (the scenario sets the load and duration)"
+            )
+        concurrency, rate, duration = DEFAULT_CONCURRENCY, None, DEFAULT_DURATION_S
+    else:
+        rate_raw, rate_src = pick(args.rate, "RATE")
+        conc_raw, conc_src = pick(args.concurrency, "CONCURRENCY")
+        if args.rate is not None and args.concurrency is not None:
+            raise ConfigError("--rate (open loop) and --concurrency (closed loop) exclude each other")
+        if args.rate is not None:
+            conc_raw = None
+        elif args.concurrency is not None:
+            rate_raw = None
+        elif rate_raw is not None and conc_raw is not None:
+            raise ConfigError(
+                "LOADGEN_RATE (open loop) and LOADGEN_CONCURRENCY (closed loop) exclude each other"
+            )
+        rate = None if rate_raw is None else float(_number(rate_raw, rate_src, float, 0, False))
+        concurrency = (
+            DEFAULT_CONCURRENCY if conc_raw is None else int(_number(conc_raw, conc_src, int, 1, True))
+        )
+        raw, src = pick(args.duration, "DURATION")
+        duration = DEFAULT_DURATION_S if raw is None else float(_number(raw, src, float, 0, False))
+
+    raw, src = pick(args.connections, "CONNECTIONS")
+    connections = None if raw is None else int(_number(raw, src, int, 1, True))
+    if connections is not None and scenario_path is None and rate is None:
+        if args.connections is not None:
+            raise ConfigError("--connections is the open-loop pool size (with --rate); use --concurrency")
+        connections = None  # LOADGEN_CONNECTIONS left in the environment of a closed-loop run
+    raw, src = pick(args.workers, "WORKERS")
+    workers = DEFAULT_WORKERS if raw is None else int(_number(raw, src, int, 1, True))
+    raw, src = pick(args.body_size, "BODY_SIZE")
+    body_size = 0 if raw is None else int(_number(raw, src, int, 0, True))
+    if body_size > MAX_BODY_SIZE:
+        raise ConfigError(f"{src} must be at most {MAX_BODY_SIZE} bytes, got {raw!r}")
     raw, src = pick(args.timeout, "TIMEOUT")
     timeout = DEFAULT_TIMEOUT_S if raw is None else float(_number(raw, src, float, 0, False))
 
@@ -201,15 +289,24 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     if args.quiet:
         quiet = True
     else:
-        raw_quiet = env.get(ENV_PREFIX + "QUIET", "").strip().lower()
-        if raw_quiet not in _TRUTHY | _FALSY:
-            raise ConfigError(f"LOADGEN_QUIET must be one of 1/0/true/false/yes/no/on/off, got {raw_quiet!r}")
-        quiet = raw_quiet in _TRUTHY
+        quiet = False
+        for name in ("NO_LIVE", "QUIET"):
+            raw_quiet = env.get(ENV_PREFIX + name, "").strip().lower()
+            if raw_quiet not in _TRUTHY | _FALSY:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name} must be one of 1/0/true/false/yes/no/on/off, got {raw_quiet!r}"
+                )
+            quiet = quiet or raw_quiet in _TRUTHY
 
     return Config(
         url=url,
         target=target,
         concurrency=concurrency,
+        rate=rate,
+        connections=connections,
+        workers=workers,
+        scenario_path=scenario_path,
+        body_size=body_size,
         duration_s=duration,
         timeout_s=timeout,
         method=method,

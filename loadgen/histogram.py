@@ -1,34 +1,46 @@
-"""Latency histograms (HDR) and the per-second timeline of a run.
+"""Latency histograms (HDR), the per-second timeline of a run, and merging runs across workers.
 
 :class:`LatencyHistogram` wraps ``hdrh``'s HdrHistogram with the lab's fixed settings:
 microsecond units, 1 us .. 60 s, 3 significant digits. Fixed settings make every histogram
-mergeable with every other one (same bucket layout), which is how the run total is made: the sum
-of the per-second histograms, not a second recording of every request.
+mergeable with every other one (same bucket layout): the run total is the exact sum of the
+per-second histograms, and a run with ``--workers N`` is the exact sum of N runs (HDR ``add``), not
+an average of percentiles, which would be meaningless.
 
-Attribution: every request is counted in the second in which it was SENT, not the second in which
-it completed. A request sent at 2.9 s that times out at 12.9 s is a failure of second 2. This is
-the choice that answers "what happened to traffic issued while X was going on" (e.g. after a
-backend was stopped at t=5 s, did requests sent from t=6 s on still fail?). Attributing by
-completion would smear slow failures into later, healthy seconds. The price is that the last few
-seconds of the timeline are only final once the run has drained, which is why a bucket is sealed
-only once nothing sent in it can still be in flight.
+Two latencies per request in open loop (see ``schedule``): *corrected*, from the request's intended
+send time to its response (wrk2's correction for coordinated omission: a stall delays the requests
+that should have been sent during it, and their wait is part of what a user would have seen), and
+*uncorrected*, from the moment it was actually written. In closed loop there is no intended time and
+the two are the same histogram.
 
-The hot path, :meth:`Timeline.record`, avoids HdrHistogram.record_value (pure Python, ~1 us): it
-counts exact integer microseconds in a dict, and the dict is folded into the bucket's histogram
-when someone needs percentiles (the live line, sealing, the report). Local latencies repeat a lot,
-so the dict stays small and one record_value call covers many requests.
+Attribution: every request is counted in the second in which it was INTENDED to be sent (open
+loop) or SENT (closed loop), not the second in which it completed. A request sent at 2.9 s that
+times out at 12.9 s is a failure of second 2. This is the choice that answers "what happened to
+traffic issued while X was going on" (after a backend was stopped at t=5 s, did requests issued
+from t=6 s on still fail?). The price is that the last seconds are only final once the run has
+drained, which is why a bucket is sealed only once nothing issued in it can still be in flight.
+
+The hot path (:meth:`Timeline.record`, :meth:`Timeline.record_open`) avoids
+HdrHistogram.record_value (pure Python, ~1 us): it counts exact integer microseconds in a dict,
+folded into the bucket's histogram when someone needs percentiles. Local latencies repeat a lot,
+so the dict stays small and one record_value call covers many requests. A sealed second keeps only
+its compressed HDR encoding (~1 KB instead of ~140 KB), which is also what a worker process hands to
+the parent: :func:`merge_exports` decodes and adds them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
 LOWEST_US = 1
 HIGHEST_US = 60_000_000
 SIGNIFICANT_DIGITS = 3
-PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9)
+PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9, 99.99)
+SUMMARY_KEYS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p99.9", "p99.99", "max")
 
 
 class LatencyHistogram:
@@ -36,8 +48,8 @@ class LatencyHistogram:
 
     __slots__ = ("_h",)
 
-    def __init__(self) -> None:
-        self._h = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+    def __init__(self, hdr: HdrHistogram | None = None) -> None:
+        self._h = hdr if hdr is not None else HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
 
     @property
     def count(self) -> int:
@@ -47,14 +59,18 @@ class LatencyHistogram:
         """Record ``count`` samples of ``us`` microseconds, clamped into the trackable range.
 
         Clamping instead of dropping keeps the sample count equal to the response count even for
-        a response faster than 1 us (impossible in practice) or slower than 60 s (longer than any
-        sane --timeout).
+        a response faster than 1 us (impossible in practice) or slower than 60 s.
         """
         if us < LOWEST_US:
             us = LOWEST_US
         elif us > HIGHEST_US:
             us = HIGHEST_US
         self._h.record_value(us, count)
+
+    def record_counts(self, counts: dict[int, int]) -> None:
+        record = self.record_us
+        for us, n in counts.items():
+            record(us, n)
 
     def record_seconds(self, seconds: float) -> None:
         self.record_us(int(seconds * 1_000_000))
@@ -63,6 +79,17 @@ class LatencyHistogram:
         """Add ``other``'s samples into this one (exact: both share the same bucket layout)."""
         if other.count:
             self._h.add(other._h)
+
+    def encode(self) -> str:
+        """The standard HdrHistogram V2 compressed encoding, base64 (readable by every HDR port)."""
+        return self._h.encode().decode("ascii")
+
+    @classmethod
+    def decode(cls, encoded: str | bytes) -> LatencyHistogram:
+        if not encoded:
+            return cls()
+        raw = encoded.encode("ascii") if isinstance(encoded, str) else encoded
+        return cls(HdrHistogram.decode(raw))
 
     def percentile_ms(self, percentile: float) -> float | None:
         """The value at ``percentile`` (0-100) in ms, or None when empty (nothing to report)."""
@@ -76,13 +103,29 @@ class LatencyHistogram:
     def max_ms(self) -> float | None:
         return self._h.get_max_value() / 1000.0 if self.count else None
 
-    def summary_ms(self) -> dict[str, float | None]:
-        """The report's ``latency_ms`` object: mean, p50, p90, p99, p99.9, max (None if empty)."""
-        out: dict[str, float | None] = {"mean": _round(self.mean_ms())}
+    def summary_ms(self, mean: bool = True) -> dict[str, float | None]:
+        """The report's ``latency_ms`` object: mean, p50 .. p99.99, max (all None if empty).
+
+        ``mean=False`` skips the mean (None): hdrh computes it with a pure-Python pass over every
+        bucket, which for a run of many seconds would cost more than the percentiles.
+        """
+        if not self.count:
+            return dict.fromkeys(SUMMARY_KEYS)
+        values = self._h.get_percentile_to_value_dict(list(PERCENTILES))
+        out: dict[str, float | None] = {"mean": _round(self.mean_ms()) if mean else None}
         for p in PERCENTILES:
-            out[f"p{p:g}"] = _round(self.percentile_ms(p))
+            out[f"p{p:g}"] = _round(values[p] / 1000.0)
         out["max"] = _round(self.max_ms())
         return out
+
+    def spectrum_ms(self, ticks_per_half_distance: int = 5) -> list[tuple[float, float]]:
+        """(percentile, ms) points of the HDR percentile spectrum, for plots and compare."""
+        if not self.count:
+            return []
+        return [
+            (item.percentile_level_iterated_to, item.value_iterated_to / 1000.0)
+            for item in self._h.get_percentile_iterator(ticks_per_half_distance)
+        ]
 
 
 def _round(value: float | None) -> float | None:
@@ -90,73 +133,105 @@ def _round(value: float | None) -> float | None:
 
 
 class SecondBucket:
-    """Everything about the requests sent during one whole second of the run."""
+    """Everything about the requests issued during one whole second of the run."""
 
     __slots__ = (
         "backends",
+        "enc_c",
+        "enc_u",
         "errors",
         "failed",
-        "hist",
-        "p50_ms",
-        "p99_ms",
-        "pending",
+        "hist_c",
+        "hist_u",
+        "intended",
+        "lag_max",
+        "pending_c",
+        "pending_u",
         "requests",
         "sealed",
         "second",
         "status",
+        "unsent",
+        "waited",
     )
 
     def __init__(self, second: int) -> None:
         self.second = second
+        self.intended = 0  # open loop: requests due in this second (sent or not)
+        self.unsent = 0  # open loop: due in this second but never sent (the run ended first)
+        self.waited = 0  # open loop: sent later than due because no connection was free
+        self.lag_max = 0.0  # open loop: worst actual-minus-intended send time, seconds
         self.requests = 0  # completed: responses + transport errors
         self.failed = 0  # transport errors + status >= 500
         self.status: dict[int, int] = {}
         self.errors: dict[str, int] = {}
         self.backends: dict[bytes, int] = {}
-        self.pending: dict[int, int] = {}  # latency us -> count, not yet in hist
-        self.hist: LatencyHistogram | None = LatencyHistogram()
+        self.pending_c: dict[int, int] = {}  # corrected (or the only) latency us -> count
+        self.pending_u: dict[int, int] = {}  # uncorrected latency us -> count (open loop)
+        self.hist_c: LatencyHistogram | None = None
+        self.hist_u: LatencyHistogram | None = None
+        self.enc_c = ""  # HDR encodings once sealed
+        self.enc_u = ""
         self.sealed = False
-        self.p50_ms: float | None = None
-        self.p99_ms: float | None = None
 
     @property
     def responses(self) -> int:
         return sum(self.status.values())
 
     def flush(self) -> None:
-        """Fold the pending latency counts into the histogram."""
-        if self.pending and self.hist is not None:
-            record = self.hist.record_us
-            for us, n in self.pending.items():
-                record(us, n)
-            self.pending.clear()
+        """Fold the pending latency counts into the histograms (created on first use)."""
+        if self.pending_c:
+            if self.hist_c is None:
+                self.hist_c = LatencyHistogram()
+            self.hist_c.record_counts(self.pending_c)
+            self.pending_c.clear()
+        if self.pending_u:
+            if self.hist_u is None:
+                self.hist_u = LatencyHistogram()
+            self.hist_u.record_counts(self.pending_u)
+            self.pending_u.clear()
+
+    def corrected(self) -> LatencyHistogram:
+        """This second's (corrected) histogram so far, whether sealed or not (a fresh object)."""
+        if self.sealed:
+            h = LatencyHistogram.decode(self.enc_c)
+            h.record_counts(self.pending_c)  # responses that arrived after sealing
+            return h
+        self.flush()
+        h = LatencyHistogram()
+        if self.hist_c is not None:
+            h.merge(self.hist_c)
+        return h
 
     def percentiles_ms(self) -> tuple[float | None, float | None]:
-        """(p50, p99) in ms so far; final once sealed."""
-        if self.sealed:
-            return self.p50_ms, self.p99_ms
-        self.flush()
-        assert self.hist is not None
-        return _round(self.hist.percentile_ms(50.0)), _round(self.hist.percentile_ms(99.0))
+        """(p50, p99) in ms so far (corrected in open loop); final once the run has drained."""
+        h = self.corrected()
+        return _round(h.percentile_ms(50.0)), _round(h.percentile_ms(99.0))
 
 
 class Timeline:
-    """Per-second buckets keyed by send time, plus the run's total latency histogram.
+    """Per-second buckets keyed by issue time, for one process's share of a run.
 
-    ``start`` is the ``perf_counter()`` value of second 0. Counters ``completed`` and ``errors``
-    are run-wide and cheap, for the live line.
+    ``start`` is the ``perf_counter()`` value of second 0. ``completed`` and ``errors`` are
+    run-wide and cheap, for the live line. ``open_loop`` keeps the uncorrected latency apart.
     """
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, *, open_loop: bool = False) -> None:
         self.start = start
+        self.open_loop = open_loop
         self.buckets: list[SecondBucket] = []
-        self.total = LatencyHistogram()
         self.completed = 0
         self.errors = 0
+        #: Closed loop: the last second of the run. A connection decides to send again just before
+        #: the deadline and its clock reads a few microseconds later; that request still belongs
+        #: to the run's last second, not to a second of its own after the end.
+        self.last_second = 1 << 30
 
     def bucket(self, second: int) -> SecondBucket:
         """The bucket for ``second``, creating it and any empty seconds before it."""
         buckets = self.buckets
+        if second < 0:
+            second = 0
         while len(buckets) <= second:
             buckets.append(SecondBucket(len(buckets)))
         return buckets[second]
@@ -164,10 +239,10 @@ class Timeline:
     def record(
         self, sent_at: float, done_at: float, status: int, backend: bytes | None, error: str | None
     ) -> None:
-        """Account one finished request (the client's DoneCallback signature). Hot path."""
+        """Account one finished closed-loop request (the client's DoneCallback signature). Hot path."""
         second = int(sent_at - self.start)
-        if second < 0:
-            second = 0
+        if second > self.last_second:
+            second = self.last_second
         try:
             b = self.buckets[second]
         except IndexError:
@@ -176,7 +251,7 @@ class Timeline:
         self.completed += 1
         if error is None:
             us = int((done_at - sent_at) * 1_000_000)
-            pending = b.pending
+            pending = b.pending_c
             pending[us] = pending.get(us, 0) + 1
             st = b.status
             st[status] = st.get(status, 0) + 1
@@ -185,43 +260,69 @@ class Timeline:
                 bk[backend] = bk.get(backend, 0) + 1
             if status >= 500:
                 b.failed += 1
-            if b.sealed:
-                self._late(b)
         else:
             errs = b.errors
             errs[error] = errs.get(error, 0) + 1
             b.failed += 1
             self.errors += 1
 
-    def _late(self, b: SecondBucket) -> None:
-        # A response for an already sealed second (a timer that fired very late): still counted in
-        # the totals; only that second's p50/p99 can no longer change.
-        for us, n in b.pending.items():
-            self.total.record_us(us, n)
-        b.pending.clear()
+    def record_open(
+        self,
+        intended: float,
+        sent_at: float,
+        done_at: float,
+        status: int,
+        backend: bytes | None,
+        error: str | None,
+    ) -> None:
+        """Account one finished open-loop request: two latencies, filed under its intended second."""
+        second = int(intended - self.start)
+        try:
+            b = self.buckets[second]
+        except IndexError:
+            b = self.bucket(second)
+        b.requests += 1
+        self.completed += 1
+        lag = sent_at - intended
+        if lag > b.lag_max:
+            b.lag_max = lag
+        if error is None:
+            us = int((done_at - intended) * 1_000_000)
+            pending = b.pending_c
+            pending[us] = pending.get(us, 0) + 1
+            us = int((done_at - sent_at) * 1_000_000)
+            pending = b.pending_u
+            pending[us] = pending.get(us, 0) + 1
+            st = b.status
+            st[status] = st.get(status, 0) + 1
+            if backend is not None:
+                bk = b.backends
+                bk[backend] = bk.get(backend, 0) + 1
+            if status >= 500:
+                b.failed += 1
+        else:
+            errs = b.errors
+            errs[error] = errs.get(error, 0) + 1
+            b.failed += 1
+            self.errors += 1
 
     def seal(self, b: SecondBucket) -> None:
-        """Freeze a bucket's percentiles, fold it into the total and free its histogram.
-
-        A histogram is ~140 KB, so keeping one per second of a long run would cost hundreds of MB.
-        """
+        """Replace a bucket's histograms by their compressed encodings (~140 KB -> ~1 KB each)."""
         if b.sealed:
             return
         b.flush()
-        hist = b.hist
-        assert hist is not None
-        b.p50_ms = _round(hist.percentile_ms(50.0))
-        b.p99_ms = _round(hist.percentile_ms(99.0))
-        self.total.merge(hist)
-        b.hist = None
+        b.enc_c = b.hist_c.encode() if b.hist_c is not None else ""
+        b.enc_u = b.hist_u.encode() if b.hist_u is not None else ""
+        b.hist_c = b.hist_u = None
         b.sealed = True
 
     def seal_settled(self, elapsed_s: float, timeout_s: float) -> None:
         """Seal every second whose requests can no longer be in flight at ``elapsed_s``.
 
-        A request sent during second s ends by s + 1 + timeout; one extra second absorbs timer lag.
+        A request issued during second s ends by s + 1 + timeout (+ its wait for a connection in
+        open loop, absorbed by the extra seconds); late arrivals are still counted (see export).
         """
-        last = math.floor(elapsed_s - timeout_s - 2.0)
+        last = math.floor(elapsed_s - timeout_s - 3.0)
         for b in self.buckets[: max(0, last + 1)]:
             if not b.sealed:
                 self.seal(b)
@@ -230,3 +331,107 @@ class Timeline:
         """Seal everything: call once the run has drained."""
         for b in self.buckets:
             self.seal(b)
+
+    def export(self) -> dict[str, Any]:
+        """This timeline as plain data (picklable, JSON-able): what a worker sends the parent."""
+        self.finish()
+        seconds = []
+        for b in self.buckets:
+            enc_c, enc_u = b.enc_c, b.enc_u
+            if b.pending_c or b.pending_u:  # arrived after sealing: fold them in now
+                h = LatencyHistogram.decode(enc_c)
+                h.record_counts(b.pending_c)
+                enc_c = h.encode()
+                h = LatencyHistogram.decode(enc_u)
+                h.record_counts(b.pending_u)
+                enc_u = h.encode() if h.count else ""
+            seconds.append(
+                {
+                    "second": b.second,
+                    "intended": b.intended,
+                    "unsent": b.unsent,
+                    "waited": b.waited,
+                    "lag_max": b.lag_max,
+                    "requests": b.requests,
+                    "failed": b.failed,
+                    "status": dict(b.status),
+                    "errors": dict(b.errors),
+                    "backends": {k.decode("utf-8", "replace"): n for k, n in b.backends.items()},
+                    "hist_c": enc_c,
+                    "hist_u": enc_u if self.open_loop else enc_c,
+                }
+            )
+        return {"open_loop": self.open_loop, "seconds": seconds}
+
+
+@dataclass
+class SecondSummary:
+    """One merged second: counts plus the latency figures the report's timeline shows."""
+
+    second: int
+    intended: int = 0
+    unsent: int = 0
+    waited: int = 0
+    lag_max_s: float = 0.0
+    requests: int = 0
+    failed: int = 0
+    status: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    backends: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float | None] = field(default_factory=dict)  # corrected
+    uncorrected_p99_ms: float | None = None
+
+
+@dataclass
+class MergedRun:
+    """The whole run's latencies and timeline, summed exactly over every worker's export."""
+
+    open_loop: bool
+    seconds: list[SecondSummary]
+    corrected: LatencyHistogram
+    uncorrected: LatencyHistogram
+
+
+def _add(into: dict, items: Iterable[tuple[Any, int]]) -> None:
+    for k, n in items:
+        into[k] = into.get(k, 0) + n
+
+
+def merge_exports(parts: Sequence[dict[str, Any]]) -> MergedRun:
+    """Sum per-second counters and HDR histograms of several :meth:`Timeline.export` results.
+
+    Exact: the merged histogram holds every sample of every part (HDR ``add`` of identically laid
+    out histograms), so percentiles are those of the union, as if one process had recorded all.
+    """
+    open_loop = any(p["open_loop"] for p in parts)
+    n = max((len(p["seconds"]) for p in parts), default=0)
+    total_c, total_u = LatencyHistogram(), LatencyHistogram()
+    seconds: list[SecondSummary] = []
+    for s in range(n):
+        out = SecondSummary(second=s)
+        hist_c, hist_u = LatencyHistogram(), LatencyHistogram()
+        for p in parts:
+            if s >= len(p["seconds"]):
+                continue
+            e = p["seconds"][s]
+            out.intended += e["intended"]
+            out.unsent += e["unsent"]
+            out.waited += e["waited"]
+            out.lag_max_s = max(out.lag_max_s, e["lag_max"])
+            out.requests += e["requests"]
+            out.failed += e["failed"]
+            _add(out.status, ((int(k), v) for k, v in e["status"].items()))
+            _add(out.errors, e["errors"].items())
+            _add(out.backends, e["backends"].items())
+            if e["hist_c"]:
+                hist_c.merge(LatencyHistogram.decode(e["hist_c"]))
+            if e["hist_u"]:
+                hist_u.merge(LatencyHistogram.decode(e["hist_u"]))
+        out.latency_ms = hist_c.summary_ms(mean=False)
+        out.uncorrected_p99_ms = _round(hist_u.percentile_ms(99.0))
+        out.status = dict(sorted(out.status.items()))
+        out.backends = dict(sorted(out.backends.items()))
+        total_c.merge(hist_c)
+        total_u.merge(hist_u)
+        seconds.append(out)
+    return MergedRun(open_loop, seconds, total_c, total_u)

@@ -1,64 +1,50 @@
-"""The run report: one JSON-able dict, its Markdown summary, and writing both to disk.
+"""The run report: report.json (schema 2), timeline.csv, summary.md, and writing them to disk.
 
-report.json schema, version 1. Keys are fixed: tests, docs and scripts read them by name; a change
-of meaning bumps ``version``.
+The schema is documented key by key in ``docs/loadgen.md`` ("Report files"); keys are fixed
+because tests, plots, ``compare`` and scripts read them by name, and a change of meaning bumps
+``schema``. In short:
 
-```
-{
-  "version": 1,
-  "url": "http://proxy:8080/",          # as given
-  "method": "GET",
-  "concurrency": 50,
-  "duration_s": 20.0,                   # asked for
-  "elapsed_s": 20.013,                  # measured: second 0 until the last request finished
-                                        #   (includes the drain after the deadline)
-  "started_at": "2026-11-25T17:45:00.123456+00:00",   # ISO 8601, UTC
-  "requests": 123456,                   # completed: responses + transport errors (every request sent)
-  "responses": 123450,                  # HTTP responses, any status
-  "failed": 6,                          # transport errors + responses with status >= 500
-  "rps": 6168.6,                        # responses / elapsed_s
-  "latency_ms": {"mean": .., "p50": .., "p90": .., "p99": .., "p99.9": .., "max": ..},
-                                        # of responses only (any status), HDR, 3 significant
-                                        #   digits; null when there was no response
-  "status": {"200": 123444, "503": 6},  # status code (string) -> responses
-  "errors": {"connect": 0, "timeout": 0, "reset": 0, "other": 0},   # always all four
-  "backends": {"backend-1": 61722, ...},  # X-Backend-Id value -> responses; responses without
-                                        #   the header are not listed (so the sum may be lower)
-  "timeline": [                         # one entry per whole second since start, in order,
-    {"second": 0,                       #   including seconds with nothing in them
-     "requests": .., "failed": .., "status": {..}, "errors": {..4 kinds..}, "backends": {..},
-     "p50_ms": .., "p99_ms": ..},       # null when no response in that second
-    ...
-  ]
-}
-```
+* top level: what was asked (url, method, mode, concurrency, connections, rate, duration_s,
+  workers, scenario) and what happened (elapsed_s, started_at, requests, responses, failed, rps);
+* ``rate_check`` (open loop; null in closed loop): intended vs achieved send rate, and whether the
+  generator kept up (``kept_up``) or why not (``reason``);
+* ``latency_ms`` (corrected: from the intended send time, in open loop; the plain figure in closed
+  loop) and ``latency_uncorrected_ms`` (from the actual send), each mean, p50 .. p99.99, max;
+* ``histograms``: both HDR histograms, base64 of the standard V2 compressed encoding, so any HDR
+  library (Java, Go, Rust, ``hdrh`` in Python) can decode, merge and re-plot them;
+* ``status``, ``errors``, ``backends``: counts by status code, error kind, ``X-Backend-Id``;
+* ``actions``: what the scenario did to the lab and when (actual elapsed seconds);
+* ``timeline``: one entry per whole second, requests filed under the second they were issued in.
 
-Timeline entries count the requests SENT in that second (see ``histogram``), so the sums of the
-timeline's ``requests``/``failed``/``status``/``errors``/``backends`` equal the top-level totals.
-
-The Markdown summary (:func:`format_summary`) is both what is printed to stdout at the end and
-the content of ``summary.md``, so a results directory reads the same as the terminal did.
+The Markdown summary (:func:`format_summary`) is both what is printed to stdout at the end and the
+content of ``summary.md``, so a results directory reads the same as the terminal did.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from loadgen.client import ERROR_KINDS
 from loadgen.config import Config
-from loadgen.histogram import SecondBucket, Timeline
+from loadgen.histogram import SecondSummary
+from loadgen.run import Outcome
 
-REPORT_VERSION = 1
+SCHEMA = 2
+#: Open loop: the generator "kept up" when it sent within this much of the intended rate.
+RATE_TOLERANCE_PCT = 1.0
 
-
-def _backend_name(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+CSV_COLUMNS = (
+    "second", "intended", "requests", "responses", "failed", "errors", "unsent", "rps",
+    "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "uncorrected_p99_ms",
+    *(f"errors_{k}" for k in ERROR_KINDS),
+)  # fmt: skip
 
 
 def _errors(counts: dict[str, int]) -> dict[str, int]:
@@ -68,64 +54,141 @@ def _errors(counts: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _status(counts: Iterable[tuple[int, int]]) -> dict[str, int]:
-    return {str(code): n for code, n in sorted(counts)}
+def _status(counts: dict[int, int]) -> dict[str, int]:
+    return {str(code): n for code, n in sorted(counts.items())}
 
 
-def _backends(counts: dict[bytes, int]) -> dict[str, int]:
-    out: Counter[str] = Counter()
-    for raw, n in counts.items():
-        out[_backend_name(raw)] += n
-    return dict(sorted(out.items()))
-
-
-def _timeline_entry(b: SecondBucket) -> dict[str, Any]:
-    p50, p99 = b.percentiles_ms()
+def _timeline_entry(s: SecondSummary, open_loop: bool) -> dict[str, Any]:
+    lat = s.latency_ms
+    responses = sum(s.status.values())
+    errors = sum(s.errors.values())
     return {
-        "second": b.second,
-        "requests": b.requests,
-        "failed": b.failed,
-        "status": _status(b.status.items()),
-        "errors": _errors(b.errors),
-        "backends": _backends(b.backends),
-        "p50_ms": p50,
-        "p99_ms": p99,
+        "second": s.second,
+        "intended": s.intended if open_loop else None,
+        "requests": s.requests,
+        "responses": responses,
+        "failed": s.failed,
+        "errors": errors,
+        "unsent": s.unsent if open_loop else None,
+        "waited": s.waited if open_loop else None,
+        "rps": float(responses),
+        "p50_ms": lat.get("p50"),
+        "p90_ms": lat.get("p90"),
+        "p99_ms": lat.get("p99"),
+        "p99_9_ms": lat.get("p99.9"),
+        "max_ms": lat.get("max"),
+        "uncorrected_p99_ms": s.uncorrected_p99_ms,
+        "status": _status(s.status),
+        "errors_by_kind": _errors(s.errors),
+        "backends": dict(s.backends),
     }
 
 
-def build_report(
-    config: Config, timeline: Timeline, started_at: datetime, elapsed_s: float
-) -> dict[str, Any]:
-    """Turn a finished (sealed) timeline into the report dict described in the module docstring."""
-    timeline.finish()
+def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
+    """Open loop: did the generator send what was asked? (wrk2 would silently send less.)"""
+    plan = outcome.plan
+    if plan.mode != "open":
+        return None
+    stats = outcome.stats
+    due = sum(s.get("due", 0) for s in stats)
+    sent = sum(s.get("sent", 0) for s in stats)
+    in_time = sum(s.get("sent_in_time", 0) for s in stats)
+    unsent = sum(s.get("unsent", 0) for s in stats)
+    waited = sum(x.waited for x in outcome.merged.seconds)
+    lag_ms = max((x.lag_max_s for x in outcome.merged.seconds), default=0.0) * 1000
+    window = min(plan.duration_s, outcome.elapsed_s) if outcome.stopped_early else plan.duration_s
+    intended_rps = due / window if window > 0 else 0.0
+    achieved_rps = in_time / window if window > 0 else 0.0
+    error_pct = abs(achieved_rps - intended_rps) / intended_rps * 100 if intended_rps else 0.0
+    kept_up = error_pct <= RATE_TOLERANCE_PCT
+    reason = None
+    if not kept_up:
+        causes = []
+        if unsent:
+            causes.append(f"{unsent} requests due but never sent before the end")
+        if sent - in_time:
+            causes.append(f"{sent - in_time} sent after the end")
+        if waited:
+            causes.append(
+                f"{waited} waited for a free connection (all {plan.connections} busy: raise --connections)"
+            )
+        if lag_ms >= 50 and not waited:
+            causes.append(f"sends ran up to {lag_ms:.0f} ms late (CPU-bound: add --workers)")
+        reason = f"generator behind: intended {intended_rps:.1f} req/s, achieved {achieved_rps:.1f} req/s"
+        if causes:
+            reason += "; " + "; ".join(causes)
+    return {
+        "intended_rps": round(intended_rps, 1),
+        "achieved_rps": round(achieved_rps, 1),
+        "error_pct": round(error_pct, 3),
+        "kept_up": kept_up,
+        "reason": reason,
+        "intended": due,
+        "sent": sent,
+        "unsent": unsent,
+        "waited_for_connection": waited,
+        "max_send_lag_ms": round(lag_ms, 3),
+    }
+
+
+def _mix(plan: Any) -> list[dict[str, Any]]:
+    return [
+        {"weight": r.weight, "method": r.method, "path": r.path, "body_size": r.body_size} for r in plan.mix
+    ]
+
+
+def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
+    """The report dict described in docs/loadgen.md ("Report files")."""
+    plan = outcome.plan
+    merged = outcome.merged
+    open_loop = plan.mode == "open"
     status: Counter[int] = Counter()
     errors: Counter[str] = Counter()
-    backends: Counter[bytes] = Counter()
+    backends: Counter[str] = Counter()
     requests = failed = 0
-    for b in timeline.buckets:
-        requests += b.requests
-        failed += b.failed
-        status.update(b.status)
-        errors.update(b.errors)
-        backends.update(b.backends)
+    for s in merged.seconds:
+        requests += s.requests
+        failed += s.failed
+        status.update(s.status)
+        errors.update(s.errors)
+        backends.update(s.backends)
     responses = sum(status.values())
+    elapsed = outcome.elapsed_s
+    methods = {r.method for r in plan.mix}
     return {
-        "version": REPORT_VERSION,
-        "url": config.url,
-        "method": config.method,
-        "concurrency": config.concurrency,
-        "duration_s": config.duration_s,
-        "elapsed_s": round(elapsed_s, 3),
-        "started_at": started_at.isoformat(),
+        "schema": SCHEMA,
+        "url": plan.url,
+        "method": methods.pop() if len(methods) == 1 else "mix",
+        "mode": plan.mode,
+        "concurrency": None if open_loop else plan.connections,
+        "connections": plan.connections,
+        "rate": (plan.constant if plan.constant is not None else plan.peak) if open_loop else None,
+        "duration_s": plan.duration_s,
+        "elapsed_s": round(elapsed, 3),
+        "started_at": outcome.started_at.isoformat(),
+        "workers": config.workers,
+        "scenario": plan.scenario,
+        "mix": _mix(plan),
         "requests": requests,
         "responses": responses,
         "failed": failed,
-        "rps": round(responses / elapsed_s, 1) if elapsed_s > 0 else 0.0,
-        "latency_ms": timeline.total.summary_ms(),
-        "status": _status(status.items()),
+        "rps": round(responses / elapsed, 1) if elapsed > 0 else 0.0,
+        "rate_check": _rate_check(outcome),
+        "latency_ms": merged.corrected.summary_ms(),
+        "latency_uncorrected_ms": merged.uncorrected.summary_ms(),
+        "histograms": {
+            "corrected": merged.corrected.encode(),
+            "uncorrected": merged.uncorrected.encode(),
+            "unit": "us",
+        },
+        "status": _status(dict(status)),
         "errors": _errors(dict(errors)),
-        "backends": _backends(dict(backends)),
-        "timeline": [_timeline_entry(b) for b in timeline.buckets],
+        "backends": dict(sorted(backends.items())),
+        "connections_used": sum(s.get("connections_used", 0) for s in outcome.stats),
+        "connects": sum(s.get("connects", 0) for s in outcome.stats),
+        "stopped_early": outcome.stopped_early,
+        "actions": list(outcome.actions),
+        "timeline": [_timeline_entry(s, open_loop) for s in merged.seconds],
     }
 
 
@@ -142,6 +205,9 @@ def _pct(n: int, total: int) -> str:
     return f"{100.0 * n / total:.1f} %" if total else "-"
 
 
+LATENCY_KEYS = ("mean", "p50", "p90", "p99", "p99.9", "p99.99", "max")
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """The end-of-run summary as Markdown (readable raw in a terminal, rendered in a PR/README).
 
@@ -149,7 +215,13 @@ def format_summary(report: dict[str, Any]) -> str:
     the summary text verbatim.
     """
     r = report
-    lat = r["latency_ms"]
+    open_loop = r["mode"] == "open"
+    if open_loop and r["scenario"]:
+        load = f"open loop, scenario rate (peak {r['rate']:g} req/s), up to {r['connections']} connections"
+    elif open_loop:
+        load = f"open loop, {r['rate']:g} req/s intended, up to {r['connections']} connections"
+    else:
+        load = f"closed loop, {r['concurrency']} connections"
     lines = [
         "# loadgen summary",
         "",
@@ -157,24 +229,45 @@ def format_summary(report: dict[str, Any]) -> str:
         "|---|---|",
         f"| target | {r['method']} {r['url']} |",
         f"| started | {r['started_at']} |",
-        f"| concurrency | {r['concurrency']} |",
+    ]
+    if r["scenario"]:
+        lines.append(f"| scenario | {r['scenario']} |")
+    lines += [
+        f"| load | {load} |",
+        f"| concurrency | {r['concurrency'] if r['concurrency'] is not None else '-'} |",
+        f"| workers | {r['workers']} |",
         f"| duration | {r['duration_s']:g} s asked, {r['elapsed_s']:.3f} s measured |",
         f"| requests | {r['requests']} |",
         f"| responses | {r['responses']} |",
         f"| req/s | {r['rps']:.1f} |",
         f"| failed | {r['failed']} ({_pct(r['failed'], r['requests'])}) |",
-        "",
-        "## Latency (ms)",
-        "",
-        "| mean | p50 | p90 | p99 | p99.9 | max |",
-        "|---:|---:|---:|---:|---:|---:|",
-        "| " + " | ".join(_fmt_ms(lat[k]) for k in ("mean", "p50", "p90", "p99", "p99.9", "max")) + " |",
-        "",
-        "## Status",
-        "",
-        "| status | count |",
-        "|---|---:|",
     ]
+    rc = r["rate_check"]
+    if rc is not None:
+        verdict = "kept up" if rc["kept_up"] else "**BEHIND**"
+        lines += [
+            "",
+            "## Rate check (open loop)",
+            "",
+            "| intended req/s | achieved req/s | error | verdict | unsent | waited for a connection |",
+            "|---:|---:|---:|---|---:|---:|",
+            f"| {rc['intended_rps']:.1f} | {rc['achieved_rps']:.1f} | {rc['error_pct']:.2f} % | {verdict} "
+            f"| {rc['unsent']} | {rc['waited_for_connection']} |",
+        ]
+        if rc["reason"]:
+            lines += ["", rc["reason"]]
+    lines += ["", "## Latency (ms)", ""]
+    lines.append("| latency | " + " | ".join(LATENCY_KEYS) + " |")
+    lines.append("|---|" + "---:|" * len(LATENCY_KEYS))
+    corrected = r["latency_ms"]
+    label = "corrected (from intended send)" if open_loop else "all responses"
+    lines.append(f"| {label} | " + " | ".join(_fmt_ms(corrected[k]) for k in LATENCY_KEYS) + " |")
+    if open_loop:
+        unc = r["latency_uncorrected_ms"]
+        lines.append(
+            "| uncorrected (from actual send) | " + " | ".join(_fmt_ms(unc[k]) for k in LATENCY_KEYS) + " |"
+        )
+    lines += ["", "## Status", "", "| status | count |", "|---|---:|"]
     lines += [f"| {code} | {n} |" for code, n in r["status"].items()] or ["| - | 0 |"]
     lines += ["", "## Errors", "", "| kind | count |", "|---|---:|"]
     lines += [f"| {kind} | {n} |" for kind, n in r["errors"].items()]
@@ -186,7 +279,38 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"| (no header) | {missing} | {_pct(missing, responses)} |")
     if not responses:
         lines.append("| - | 0 | - |")
+    if r["actions"]:
+        lines += [
+            "",
+            "## Actions",
+            "",
+            "| at (s) | action | target | ok | detail |",
+            "|---:|---|---|---|---|",
+        ]
+        for a in r["actions"]:
+            at = "-" if a.get("at_s") is None else f"{a['at_s']:.2f}"
+            ok = "yes" if a.get("ok") else "**no**"
+            lines.append(f"| {at} | {a.get('kind')} | {a.get('target')} | {ok} | {a.get('detail', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def format_csv(report: dict[str, Any]) -> str:
+    """timeline.csv: the timeline's scalar columns, then one ``backend:<id>`` column per backend."""
+    names = sorted({name for e in report["timeline"] for name in e["backends"]})
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([*CSV_COLUMNS, *(f"backend:{n}" for n in names)])
+    for e in report["timeline"]:
+        row: list[Any] = []
+        for col in CSV_COLUMNS:
+            if col.startswith("errors_"):
+                row.append(e["errors_by_kind"].get(col[len("errors_") :], 0))
+            else:
+                v = e[col]
+                row.append("" if v is None else v)
+        row += [e["backends"].get(n, 0) for n in names]
+        w.writerow(row)
+    return out.getvalue()
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -205,9 +329,10 @@ def results_stamp(started_at: datetime) -> str:
 def write_results_dir(
     report: dict[str, Any], results_dir: str | os.PathLike[str], started_at: datetime
 ) -> Path:
-    """Write ``DIR/<stamp>/report.json`` and ``summary.md``; never overwrite an earlier run.
+    """Write ``DIR/<stamp>/report.json``, ``timeline.csv`` and ``summary.md``; never overwrite a run.
 
-    Two runs started in the same second get ``<stamp>-2``, ``<stamp>-3``...
+    report.json first: whatever fails later (plots), the measurements are on disk. Two runs
+    started in the same second get ``<stamp>-2``, ``<stamp>-3``...
     """
     base = Path(results_dir)
     base.mkdir(parents=True, exist_ok=True)
@@ -222,5 +347,6 @@ def write_results_dir(
             n += 1
             run_dir = base / f"{stamp}-{n}"
     write_json(report, run_dir / "report.json")
+    (run_dir / "timeline.csv").write_text(format_csv(report), encoding="utf-8")
     (run_dir / "summary.md").write_text(format_summary(report), encoding="utf-8")
     return run_dir

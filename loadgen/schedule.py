@@ -1,41 +1,117 @@
-"""When to send: the closed-loop runner (C connections, each sending back to back until a deadline).
+"""When to send: the closed loop (C connections back to back) and the open loop (a rate).
 
-Closed loop means each connection sends its next request as soon as the previous one finished,
-so the offered load adapts to the server (C requests are always in flight). This is the simple,
-wrk-like mode. A later open-loop mode (requests at intended send times, latency measured from the
-intended time to avoid coordinated omission) will be another runner here that reuses the same
-``client.Connection`` and ``histogram.Timeline``; the client only knows how to send one request
-and report its outcome, never when.
+**Closed loop** (``--concurrency C``, wrk's model): each connection sends its next request as soon
+as the previous one finished, so the offered load adapts to the server. Simple, but a server that
+stalls also stalls the generator, and the requests that *would* have been sent during the stall
+never exist: the report under-states what users would have seen (coordinated omission).
 
-Ending: at the deadline no new request is issued, and the run waits for the requests in flight to
-finish. They are bounded by the request timeout, so the drain is too; every request that was sent
-is therefore either a response or a classified error in the report, and the report's totals equal
-what the servers saw. (If the drain somehow overruns timeout + a grace period, the stragglers are
-counted as ``timeout`` rather than lost.)
+**Open loop** (``--rate R``, wrk2's and k6's arrival-rate model): request ``i`` has an *intended*
+send time ``t_i`` fixed in advance (``start + i/R``, or the inverse of the integrated rate for a
+scenario whose rate changes; :class:`ArrivalSchedule`). A request whose time has come is written
+on a free keep-alive connection; if none is free (all busy with slow responses) and the pool is at
+``--connections``, it waits in a FIFO backlog for the next connection to free up. Its *corrected*
+latency runs from ``t_i``, so the wait counts (that is the correction); the *uncorrected* one runs
+from the actual write. Nothing is dropped silently: requests still in the backlog at the end are
+counted as ``unsent`` under the second they were due in, and the rate check compares what was
+intended with what was sent by the deadline.
 
-Results go to a ``histogram.Timeline``, which files each request under the second it was SENT
-(see that module for why). Once a second, a tick seals the timeline seconds that can no longer
-change and calls an optional ``on_tick`` hook (the live line); ticks are the only periodic work
-besides the clients' timers.
+Timing: one timer per due batch, never a spin. The pump wakes at the next intended time (uvloop's
+timers have 1 ms resolution, so at 10,000 req/s each wake-up sends ~10 requests), sends everything
+due, and re-arms. How late a request went out compared with its intended time is tracked per
+second (``lag_max``), as is how many had to wait for a connection, so the report can say *why* the
+generator fell behind: too few connections, or too little CPU.
+
+Ending: at the deadline no new request is issued and the run waits for the requests in flight.
+They are bounded by the request timeout, so the drain is too (after timeout + a grace period the
+stragglers are counted as ``timeout``). Every request issued is a response, a classified error or
+``unsent`` in the report.
+
+Once a second a tick seals the timeline seconds that can no longer change and hands a snapshot to
+``on_tick`` (the live line, or the pipe to the parent process with ``--workers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
+from typing import Any
 
-from loadgen.client import Connection, DoneCallback, build_request, close_all
-from loadgen.config import Config
+from loadgen.client import Connection, close_all
 from loadgen.histogram import Timeline
+from loadgen.mix import MixCycle
+from loadgen.plan import Plan
 
 # Extra drain time on top of the request timeout before stragglers are forced to "timeout".
 DRAIN_GRACE_S = 2.0
+# Integration step for a changing rate: intended times are exact to well under a millisecond.
+RATE_STEP_S = 0.001
+# Sends this much after the deadline (a timer that fired late) still count as achieved.
+DEADLINE_SLACK_S = 0.005
+# Closed loop with a changing number of connections: how often the target is re-read.
+ADJUST_EVERY_S = 0.1
 
-TickHook = Callable[[int, Timeline], None]
+TickHook = Callable[[int, dict[str, Any]], None]
+
+
+class ArrivalSchedule:
+    """Intended send times (seconds from start) of worker ``index`` of ``count``.
+
+    The global schedule puts request ``k`` where the integrated rate reaches ``k`` (``k/R`` for a
+    constant rate); this worker takes ``k = index, index + count, ...``. Times are generated
+    lazily, so a long run at a high rate costs no memory.
+    """
+
+    def __init__(
+        self,
+        rate_at: Callable[[float], float],
+        duration_s: float,
+        *,
+        constant: float | None = None,
+        index: int = 0,
+        count: int = 1,
+    ) -> None:
+        self.rate_at = rate_at
+        self.duration_s = duration_s
+        self.constant = constant
+        self.index = index
+        self.count = count
+
+    def __iter__(self) -> Iterator[float]:
+        if self.constant is not None:
+            return self._constant(self.constant)
+        return self._integrated()
+
+    def _constant(self, rate: float) -> Iterator[float]:
+        if rate <= 0:
+            return
+        k, step, end = self.index, self.count, self.duration_s
+        while True:
+            t = k / rate
+            if t >= end:
+                return
+            yield t
+            k += step
+
+    def _integrated(self) -> Iterator[float]:
+        rate_at, end = self.rate_at, self.duration_s
+        k, step = self.index, self.count
+        t, cum, r0 = 0.0, 0.0, max(0.0, rate_at(0.0))
+        while t < end:
+            t1 = min(t + RATE_STEP_S, end)
+            r1 = max(0.0, rate_at(t1))
+            area = (r0 + r1) * 0.5 * (t1 - t)
+            while area > 0 and k < cum + area - 1e-9:  # float sums must not add one at the end
+                yield t + (k - cum) / area * (t1 - t)
+                k += step
+            cum += area
+            t, r0 = t1, r1
 
 
 @dataclass
@@ -46,19 +122,36 @@ class RunResult:
     started_at: datetime  # wall clock (UTC) of second 0
     elapsed_s: float  # second 0 until the last request finished (includes the drain)
     stopped_early: bool
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
-class ClosedLoop:
-    """Run ``config.concurrency`` connections back to back for ``config.duration_s`` seconds."""
+class _Runner:
+    """What both loops share: start, ticks, stop, drain."""
 
-    def __init__(self, config: Config, on_tick: TickHook | None = None) -> None:
-        self._config = config
+    open_loop = False
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        index: int = 0,
+        count: int = 1,
+        on_tick: TickHook | None = None,
+        start_wall: float | None = None,
+    ) -> None:
+        self.plan = plan
+        self.index = index
+        self.count = count
         self._on_tick = on_tick
+        self._start_wall = start_wall
         self._deadline = float("inf")
         self._in_flight = 0
         self._drained: asyncio.Future[None] | None = None
         self._stop: asyncio.Event | None = None
         self._stopped_early = False
+        self._conns: list[Connection] = []
+        self.timeline = Timeline(0.0, open_loop=self.open_loop)
+        self.mix = MixCycle(plan.mix, plan.target, phase=index * 7919)
 
     def stop(self) -> None:
         """End the run now (e.g. on SIGINT): stop issuing, drain, and still produce the report."""
@@ -67,57 +160,95 @@ class ClosedLoop:
         if self._stop is not None:
             self._stop.set()
 
-    async def run(self) -> RunResult:
-        cfg = self._config
-        loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._drained = loop.create_future()
-        request = build_request(cfg.method, cfg.target, cfg.headers)
-        head = cfg.method == "HEAD"
-        conns = [
-            Connection(cfg.target, request, cfg.timeout_s, head=head, loop=loop)
-            for _ in range(cfg.concurrency)
-        ]
+    def _new_connection(self) -> Connection:
+        req = self.mix.single or self.mix.requests[0]
+        conn = Connection(self.plan.target, req.wire, self.plan.timeout_s, head=req.head, loop=self._loop)
+        self._conns.append(conn)
+        return conn
 
+    async def run(self) -> RunResult:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._drained = self._loop.create_future()
+        if self._start_wall is not None:
+            await self._sleep_until(perf_counter() + (self._start_wall - time.time()))
         started_at = datetime.now(UTC)
         start = perf_counter()
-        timeline = Timeline(start)
+        self.timeline.start = start
         if not self._stopped_early:
-            self._deadline = start + cfg.duration_s
-        self._in_flight = len(conns)
+            self._deadline = start + self.plan.duration_s
         try:
-            for conn in conns:
-                conn.send(self._worker(conn, timeline))
-            await self._tick_until_deadline(start, timeline)
+            self._begin(start)
+            await self._tick_until_deadline(start)
+            await self._issuing_finished()
+            if self._in_flight == 0 and not self._drained.done():
+                self._drained.set_result(None)
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained), cfg.timeout_s + DRAIN_GRACE_S)
+                await asyncio.wait_for(asyncio.shield(self._drained), self.plan.timeout_s + DRAIN_GRACE_S)
             except TimeoutError:
-                for conn in conns:
+                for conn in self._conns:
                     conn.fail_inflight("timeout")
             end = perf_counter()
         finally:
-            close_all(conns)
-        timeline.finish()
-        return RunResult(timeline, started_at, end - start, self._stopped_early)
+            self._cancel_timers()
+            close_all(self._conns)
+        self.timeline.finish()
+        stats = self._stats()
+        stats["connections_used"] = len(self._conns)
+        stats["connects"] = sum(c.connects for c in self._conns)
+        return RunResult(self.timeline, started_at, end - start, self._stopped_early, stats)
 
-    def _worker(self, conn: Connection, timeline: Timeline) -> DoneCallback:
-        """The per-connection loop, as a callback: record, then send again unless past the deadline."""
-        record = timeline.record
+    # -- hooks for the two loops ---------------------------------------------------------------
 
-        def on_done(
-            sent_at: float, done_at: float, status: int, backend: bytes | None, error: str | None
-        ) -> None:
-            record(sent_at, done_at, status, backend, error)
-            if done_at < self._deadline:
-                conn.send(on_done)
-                return
-            self._in_flight -= 1
-            if self._in_flight == 0 and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
+    def _begin(self, start: float) -> None:
+        raise NotImplementedError
 
-        return on_done
+    async def _issuing_finished(self) -> None:
+        """Return once nothing more will be issued (the deadline has passed, or stop())."""
+        self._end_issuing()
 
-    async def _tick_until_deadline(self, start: float, timeline: Timeline) -> None:
+    def _end_issuing(self) -> None:
+        raise NotImplementedError
+
+    def _cancel_timers(self) -> None:
+        pass
+
+    def _stats(self) -> dict[str, Any]:
+        return {}
+
+    def _snapshot_extra(self, now: float) -> dict[str, Any]:
+        return {}
+
+    def _request_done(self) -> None:
+        self._in_flight -= 1
+        drained = self._drained
+        if self._in_flight == 0 and self._issuing_over() and drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def _issuing_over(self) -> bool:
+        return perf_counter() >= self._deadline
+
+    # -- ticks ---------------------------------------------------------------------------------
+
+    def snapshot(self, second: int) -> dict[str, Any]:
+        """What the live line needs about this process at a tick (small, picklable)."""
+        tl = self.timeline
+        snap: dict[str, Any] = {
+            "second": second,
+            "index": self.index,
+            "completed": tl.completed,
+            "errors": tl.errors,
+            "prev_hist": "",
+            "prev_backends": {},
+        }
+        if 0 <= second - 1 < len(tl.buckets):
+            b = tl.buckets[second - 1]
+            snap["prev_hist"] = b.corrected().encode() if b.requests else ""
+            snap["prev_backends"] = {k.decode("utf-8", "replace"): n for k, n in b.backends.items()}
+        snap.update(self._snapshot_extra(perf_counter()))
+        return snap
+
+    async def _tick_until_deadline(self, start: float) -> None:
         second = 1
         while True:
             tick_at = start + second
@@ -126,9 +257,9 @@ class ClosedLoop:
                 return
             if await self._sleep_until(tick_at):
                 return
-            timeline.seal_settled(second, self._config.timeout_s)
+            self.timeline.seal_settled(second, self.plan.timeout_s)
             if self._on_tick is not None:
-                self._on_tick(second, timeline)
+                self._on_tick(second, self.snapshot(second))
             second += 1
 
     async def _sleep_until(self, when: float) -> bool:
@@ -142,3 +273,238 @@ class ClosedLoop:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
         return self._stop.is_set()
+
+
+class ClosedLoop(_Runner):
+    """This worker's share of the plan's connections, each sending back to back until the deadline.
+
+    With a scenario whose number of connections changes, the target is re-read every
+    :data:`ADJUST_EVERY_S`: new connections start at once, surplus ones retire after their current
+    request (never cut mid-request).
+    """
+
+    def _target_connections(self, elapsed: float) -> int:
+        return self.plan.share(round(self.plan.load_at(elapsed)), self.index, self.count)
+
+    def _begin(self, start: float) -> None:
+        self.timeline.last_second = max(0, math.ceil(self.plan.duration_s) - 1)
+        self._active = 0
+        self._retire = 0
+        self._adjust_timer: asyncio.TimerHandle | None = None
+        self._adjust(start)
+
+    def _adjust(self, start: float) -> None:
+        now = perf_counter()
+        if now >= self._deadline:
+            return
+        want = self._target_connections(now - start)
+        if want > self._active:
+            self._retire = max(0, self._retire - (want - self._active))
+            for _ in range(want - self._active):
+                self._start_connection()
+        elif want < self._active:
+            self._retire = self._active - want
+        if self.plan.constant is None:
+            self._adjust_timer = self._loop.call_later(ADJUST_EVERY_S, self._adjust, start)
+
+    def _cancel_timers(self) -> None:
+        if getattr(self, "_adjust_timer", None) is not None:
+            self._adjust_timer.cancel()
+
+    def _start_connection(self) -> None:
+        conn = self._new_connection()
+        self._active += 1
+        self._in_flight += 1
+        on_done = self._worker(conn)
+        if self.mix.single is not None:
+            conn.send(on_done)
+        else:
+            req = self.mix.next()
+            conn.send(on_done, req.wire, req.head)
+
+    def _end_issuing(self) -> None:
+        pass
+
+    def _worker(self, conn: Connection) -> Callable[..., None]:
+        """The per-connection loop, as a callback: record, then send again unless past the deadline."""
+        record = self.timeline.record
+        mix = self.mix
+        single = mix.single is not None
+
+        def on_done(
+            sent_at: float, done_at: float, status: int, backend: bytes | None, error: str | None
+        ) -> None:
+            record(sent_at, done_at, status, backend, error)
+            if done_at < self._deadline:
+                if self._retire == 0:
+                    if single:
+                        conn.send(on_done)
+                    else:
+                        req = mix.next()
+                        conn.send(on_done, req.wire, req.head)
+                    return
+                self._retire -= 1
+                self._active -= 1
+            self._request_done()
+
+        return on_done
+
+
+class _Slot:
+    """One open-loop connection and the intended time of the request it carries."""
+
+    __slots__ = ("conn", "intended", "runner")
+
+    def __init__(self, runner: OpenLoop, conn: Connection) -> None:
+        self.runner = runner
+        self.conn = conn
+        self.intended = 0.0
+
+    def on_done(
+        self, sent_at: float, done_at: float, status: int, backend: bytes | None, error: str | None
+    ) -> None:
+        r = self.runner
+        r.timeline.record_open(self.intended, sent_at, done_at, status, backend, error)
+        r._in_flight -= 1
+        backlog = r._backlog
+        if backlog and not r._closed:
+            r._send(self, backlog.popleft())
+            return
+        r._free.append(self)
+        if r._closed and r._in_flight == 0 and r._drained is not None and not r._drained.done():
+            r._drained.set_result(None)
+
+
+class OpenLoop(_Runner):
+    """This worker's share of the plan's rate, sent at intended times over a lazily grown pool."""
+
+    open_loop = True
+
+    def _begin(self, start: float) -> None:
+        plan = self.plan
+        self._start = start
+        self._max_conns = max(1, plan.share(plan.connections, self.index, self.count))
+        self._free: list[_Slot] = []
+        self._slots: list[_Slot] = []
+        self._backlog: deque[float] = deque()
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.due = 0  # intended times that have come
+        self.sent = 0
+        self.sent_late = 0  # sent after the deadline (+ slack): not counted as achieved
+        self.unsent = 0
+        schedule = ArrivalSchedule(
+            plan.load_at, plan.duration_s, constant=plan.constant, index=self.index, count=self.count
+        )
+        self._times = iter(schedule)
+        self._next = start + next(self._times, float("inf"))
+        self._issued: asyncio.Future[None] = self._loop.create_future()
+        self._pump()
+
+    async def _issuing_finished(self) -> None:
+        # The tick loop's sleep may end a little before the deadline (1 ms timer resolution): the
+        # pump itself ends issuing once perf_counter() has passed it, after sending what was due.
+        if self._stopped_early:
+            self._end_issuing()
+        await self._issued
+
+    def _send(self, slot: _Slot, intended: float) -> None:
+        slot.intended = intended
+        self._in_flight += 1
+        self.sent += 1
+        mix = self.mix
+        if mix.single is not None:
+            slot.conn.send(slot.on_done)
+        else:
+            req = mix.next()
+            slot.conn.send(slot.on_done, req.wire, req.head)
+
+    def _pump(self) -> None:
+        """Issue every request that is due, then sleep until the next intended time."""
+        self._timer = None
+        if self._closed:
+            return
+        now = perf_counter()
+        deadline = self._deadline
+        nxt = self._next
+        if nxt <= now and nxt < deadline:
+            times, start, free, backlog = self._times, self._start, self._free, self._backlog
+            timeline = self.timeline
+            buckets = timeline.buckets
+            late = now > deadline + DEADLINE_SLACK_S
+            while nxt <= now and nxt < deadline:
+                second = int(nxt - start)
+                try:
+                    b = buckets[second]
+                except IndexError:
+                    b = timeline.bucket(second)
+                b.intended += 1
+                self.due += 1
+                if backlog:
+                    backlog.append(nxt)
+                    b.waited += 1
+                elif free:
+                    self._send(free.pop(), nxt)
+                    if late:
+                        self.sent_late += 1
+                elif len(self._slots) < self._max_conns:
+                    slot = _Slot(self, self._new_connection())
+                    self._slots.append(slot)
+                    self._send(slot, nxt)
+                    if late:
+                        self.sent_late += 1
+                else:
+                    backlog.append(nxt)
+                    b.waited += 1
+                nxt = start + next(times, float("inf"))
+            self._next = nxt
+        if nxt >= deadline:
+            if now >= deadline:
+                self._end_issuing()
+            else:
+                self._timer = self._loop.call_later(deadline - now, self._pump)
+            return
+        self._timer = self._loop.call_later(max(0.0, nxt - perf_counter()), self._pump)
+
+    def _end_issuing(self) -> None:
+        """Deadline (or stop): whatever is still in the backlog is counted as unsent, not dropped."""
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed = True
+        if not self._issued.done():
+            self._issued.set_result(None)
+        timeline = self.timeline
+        while self._backlog:
+            t = self._backlog.popleft()
+            timeline.bucket(int(t - self._start)).unsent += 1
+            self.unsent += 1
+        if self._in_flight == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _cancel_timers(self) -> None:
+        if getattr(self, "_timer", None) is not None:
+            self._timer.cancel()
+
+    def _stats(self) -> dict[str, Any]:
+        sent_in_time = self.sent - self.sent_late
+        return {
+            "due": self.due,
+            "sent": self.sent,
+            "sent_in_time": sent_in_time,
+            "unsent": self.unsent,
+            "max_connections": self._max_conns,
+        }
+
+    def _snapshot_extra(self, now: float) -> dict[str, Any]:
+        backlog = self._backlog
+        return {
+            "due": self.due,
+            "sent": self.sent,
+            "backlog": len(backlog),
+            "backlog_age_s": (now - backlog[0]) if backlog else 0.0,
+            "busy": len(self._slots) - len(self._free),
+            "max_connections": self._max_conns,
+        }

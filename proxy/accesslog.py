@@ -15,6 +15,7 @@ from typing import TextIO
 
 FLUSH_INTERVAL = 0.05  # seconds a line may wait in memory
 FLUSH_LINES = 512  # or flush as soon as this many are waiting
+PIPE_BUF = 4096  # Linux's atomic pipe-write size; lines are ASCII, so len() counts bytes
 
 
 class AccessLog:
@@ -27,6 +28,9 @@ class AccessLog:
         self._scheduled = False
         self._sec = -1
         self._sec_text = ""
+        self._ms = -1
+        self._time_field = ""  # '{"time": "...", ' for the current millisecond
+        self._quoted: dict[str | None, str] = {None: "null"}  # upstream label -> JSON string
 
     def _timestamp(self, now: float) -> str:
         sec = int(now)
@@ -46,15 +50,25 @@ class AccessLog:
         upstream_time: float | None,
         total_time: float,
     ) -> None:
+        # Under load many lines share a millisecond and an upstream: their text is reused, not
+        # formatted again. Times are printed with 6 decimals, the same values round(x, 6) gives.
+        now = time.time()
+        ms = int(now * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            self._time_field = f'{{"time": "{self._timestamp(now)}", '
+        up = self._quoted.get(upstream)
+        if up is None:
+            up = _q(upstream)
+            if len(self._quoted) < 1024:
+                self._quoted[upstream] = up
         self._lines.append(
-            f'{{"time": "{self._timestamp(time.time())}", '
-            f'"request_id": {_q(request_id.decode("latin-1"))}, '
+            f'{self._time_field}"request_id": {_q(request_id.decode("latin-1"))}, '
             f'"method": {_q(method.decode("latin-1"))}, '
             f'"path": {_q(path.decode("latin-1"))}, '
-            f'"status": {status}, "bytes": {nbytes}, '
-            f'"upstream": {"null" if upstream is None else _q(upstream)}, '
-            f'"upstream_time": {"null" if upstream_time is None else round(upstream_time, 6)}, '
-            f'"total_time": {round(total_time, 6)}}}\n'
+            f'"status": {status}, "bytes": {nbytes}, "upstream": {up}, '
+            f'"upstream_time": {"null" if upstream_time is None else f"{upstream_time:.6f}"}, '
+            f'"total_time": {total_time:.6f}}}\n'
         )
         if not self._scheduled:
             self._scheduled = True
@@ -67,12 +81,24 @@ class AccessLog:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._lines:
+        lines = self._lines
+        if not lines:
             return
-        text = "".join(self._lines)
-        self._lines.clear()
+        self._lines = []
         try:
-            self.stream.write(text)
+            # Each write() is at most PIPE_BUF bytes and ends at a line end: the kernel makes such
+            # writes to a pipe atomic, so with --workers N sharing stdout no line is ever torn.
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                if size + len(line) > PIPE_BUF and chunk:
+                    self.stream.write("".join(chunk))
+                    self.stream.flush()
+                    chunk.clear()
+                    size = 0
+                chunk.append(line)
+                size += len(line)
+            self.stream.write("".join(chunk))
             self.stream.flush()
         except (OSError, ValueError):  # stdout gone (closed pipe): logging must not kill the proxy
             pass

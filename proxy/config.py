@@ -18,9 +18,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from proxy.balancer import POLICIES
+from proxy.balancer import (
+    DEFAULT_EWMA_DECAY,
+    DEFAULT_HASH_BALANCE_FACTOR,
+    DEFAULT_HASH_ON,
+    POLICIES,
+    parse_hash_on,
+)
 
 ENV_PREFIX = "PROXY_"
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,9 @@ class Config:
     listen_port: int = 8000
     admin_host: str | None = "0.0.0.0"  # None disables the admin listener
     admin_port: int = 8080
+    # Processes sharing listen_port with SO_REUSEPORT, each with its own loop, pools and discovery;
+    # worker i serves admin on admin_port + i (proxy/server.py, "Workers" in docs/proxy.md).
+    workers: int = 1
     resolve_interval: float = 1.0
     pool_idle_timeout: float = 4.0
     pool_max_idle: int = 128
@@ -40,10 +50,46 @@ class Config:
     fail_timeout: float = 1.0
     upstream_timeout: float = 30.0
     client_header_timeout: float = 30.0
+    client_body_timeout: float = 30.0
     drain_timeout: float = 10.0
+    # Retries (proxy/retry.py).
+    retry_methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
+    retry_on: frozenset[str] = frozenset({"connect-failure", "reset", "503"})
+    max_retries: int = 2
+    retry_budget_percent: float = 20.0
+    retry_budget_min: float = 10.0
+    # Limits (proxy/downstream.py, proxy/limits.py); 0 switches a limit off.
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_body_size: int = 100 * 1024 * 1024
+    max_connections: int = 10_000
+    max_in_flight_per_upstream: int = 0
+    queue_size: int = 100
+    queue_timeout: float = 1.0
     access_log: bool = True
     log_level: str = "INFO"
     policy: str = "round_robin"
+    hash_on: str = DEFAULT_HASH_ON  # consistent_hash key: header:NAME, cookie:NAME or client
+    hash_balance_factor: float = DEFAULT_HASH_BALANCE_FACTOR  # bounded load; 0 = unbounded
+    ewma_decay: float = DEFAULT_EWMA_DECAY  # seconds, peak-EWMA latency time constant
+    # Discovery (proxy/discovery.py): "dns" re-resolves the upstream name, "docker" follows the
+    # Compose service's containers through the Docker socket (project None = the proxy's own).
+    discovery: str = "dns"
+    docker_project: str | None = None
+    docker_service: str | None = None  # None = the upstream host name
+    # Active health checks (proxy/health.py); health_interval 0 switches them off.
+    health_path: str = "/health"
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+    # Passive outlier detection (proxy/outlier.py); a consecutive count of 0 switches it off.
+    outlier_consecutive_5xx: int = 5
+    outlier_consecutive_failures: int = 5
+    outlier_base_ejection: float = 5.0
+    outlier_max_ejection: float = 60.0
+    outlier_max_ejection_percent: float = 50.0
 
     @property
     def upstream(self) -> str:
@@ -110,6 +156,44 @@ def _bool(flag: str, value: str) -> bool:
     raise ConfigError(f"{_both(flag)}: expected a boolean (1/0, true/false), got {value!r}")
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(flag: str, value: str) -> int:
+    """Bytes, with nginx's k/m/g suffixes (binary: 1m = 1048576)."""
+    v = value.strip().lower().removesuffix("b")
+    unit = v[-1:] if v[-1:] in ("k", "m", "g") else ""
+    digits = v[: len(v) - len(unit)]
+    if not digits.isdigit():
+        raise ConfigError(f"{_both(flag)}: expected a size like 1048576, 512k, 100m or 1g, got {value!r}")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def _words(value: str) -> list[str]:
+    low = value.strip()
+    if low.lower() in ("", "none", "off"):
+        return []
+    return [w.strip() for w in low.split(",") if w.strip()]
+
+
+def _methods(flag: str, value: str) -> frozenset[str]:
+    words = _words(value)
+    for w in words:
+        if not w.isalpha():
+            raise ConfigError(f"{_both(flag)}: expected HTTP method names like GET,HEAD, got {w!r}")
+    return frozenset(w.upper() for w in words)
+
+
+def _retry_on(flag: str, value: str) -> frozenset[str]:
+    words = [w.lower() for w in _words(value)]
+    for w in words:
+        if w not in ("connect-failure", "reset") and not (w.isdigit() and 500 <= int(w) <= 599):
+            raise ConfigError(
+                f"{_both(flag)}: expected connect-failure, reset or a 5xx status code, got {w!r}"
+            )
+    return frozenset(words)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; values stay strings here so env and flags go through the same validation."""
     d = Config()
@@ -129,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt(
         "--admin-listen",
         f"{d.admin_host}:{d.admin_port}",
-        "admin listener HOST:PORT for /healthz and /upstreams ('off' disables)",
+        "admin listener HOST:PORT for /metrics, /upstreams and /healthz ('off' disables)",
     )
     opt("--resolve-interval", d.resolve_interval, "seconds between DNS re-resolutions of the upstream")
     opt("--pool-idle-timeout", d.pool_idle_timeout, "seconds an idle upstream connection is kept")
@@ -142,7 +226,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt("--upstream-timeout", d.upstream_timeout, "seconds to wait for upstream response headers (then 504)")
     opt("--client-header-timeout", d.client_header_timeout, "seconds to receive request headers (then 408)")
+    opt(
+        "--client-body-timeout",
+        d.client_body_timeout,
+        "seconds the client may go silent while sending a request body (then 408 and close)",
+    )
+    opt(
+        "--retry-methods",
+        ",".join(sorted(d.retry_methods)),
+        "comma-separated methods retried after a reset or a retriable status ('none' = no retries)",
+    )
+    opt(
+        "--retry-on",
+        ",".join(sorted(d.retry_on)),
+        "comma-separated failures that are retried: connect-failure, reset, 5xx status codes ('none')",
+    )
+    opt(
+        "--max-retries",
+        d.max_retries,
+        "retries per request after it was sent (connect failovers not counted)",
+    )
+    opt(
+        "--retry-budget-percent",
+        d.retry_budget_percent,
+        "retries allowed as a percentage of the requests of the last 10 s (Finagle/Envoy retry budget)",
+    )
+    opt(
+        "--retry-budget-min", d.retry_budget_min, "retries per second always allowed on top of the percentage"
+    )
+    opt("--max-request-line", d.max_request_line, "bytes of request target allowed (then 414; 0 = no limit)")
+    opt("--max-header-bytes", d.max_header_bytes, "bytes of request headers allowed (then 431; 0 = no limit)")
+    opt("--max-headers", d.max_headers, "number of request headers allowed (then 431; 0 = no limit)")
+    opt(
+        "--max-body-size",
+        d.max_body_size,
+        "request body bytes allowed, k/m/g suffixes accepted (then 413 and close; 0 = no limit)",
+    )
+    opt(
+        "--max-connections",
+        d.max_connections,
+        "client connections served at once; more are answered 503 + Retry-After and closed (0 = no limit)",
+    )
+    opt(
+        "--max-in-flight-per-upstream",
+        d.max_in_flight_per_upstream,
+        "requests in flight per endpoint; more wait in a queue (0 = no limit)",
+    )
+    opt("--queue-size", d.queue_size, "requests that may wait for a free endpoint slot (then 503)")
+    opt("--queue-timeout", d.queue_timeout, "seconds a request may wait in that queue (then 503)")
     opt("--drain-timeout", d.drain_timeout, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    opt(
+        "--workers",
+        d.workers,
+        "processes sharing the listen port (SO_REUSEPORT), each with its own pools; "
+        "worker i serves admin on the admin port + i",
+    )
     p.add_argument(
         "--access-log",
         dest="access_log",
@@ -154,6 +292,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-access-log", dest="access_log", action="store_const", const="0", help="disable it")
     opt("--log-level", d.log_level, "stderr log level: DEBUG, INFO, WARNING, ERROR")
     opt("--policy", d.policy, f"load-balancing policy: {', '.join(POLICIES)}")
+    opt("--hash-on", d.hash_on, "consistent_hash key: header:NAME, cookie:NAME or client (address)")
+    opt(
+        "--hash-balance-factor",
+        d.hash_balance_factor,
+        "consistent_hash bounded load: an endpoint above FACTOR x average in-flight is skipped "
+        "(>= 1; 0 = unbounded)",
+    )
+    opt("--ewma-decay", d.ewma_decay, "seconds a latency spike keeps counting in peak_ewma's estimate")
+    opt(
+        "--discovery",
+        d.discovery,
+        "endpoint source: dns (re-resolve the upstream host) or docker (Docker socket)",
+    )
+    opt("--docker-project", "the proxy's own", "Compose project whose containers docker discovery follows")
+    opt("--docker-service", "the upstream host", "Compose service whose containers docker discovery follows")
+    opt("--health-path", d.health_path, "path of the active health check (GET, 2xx passes)")
+    opt(
+        "--health-interval",
+        d.health_interval,
+        "seconds between active health checks of each endpoint (0 = off)",
+    )
+    opt("--health-timeout", d.health_timeout, "seconds a health check may take before it counts as failed")
+    opt(
+        "--unhealthy-threshold",
+        d.unhealthy_threshold,
+        "failed checks in a row that mark an endpoint unhealthy",
+    )
+    opt(
+        "--healthy-threshold",
+        d.healthy_threshold,
+        "passed checks in a row that bring an unhealthy endpoint back",
+    )
+    opt("--outlier-consecutive-5xx", d.outlier_consecutive_5xx, "5xx responses in a row that eject (0 = off)")
+    opt(
+        "--outlier-consecutive-failures",
+        d.outlier_consecutive_failures,
+        "connect failures, resets or timeouts in a row that eject (0 = off)",
+    )
+    opt("--outlier-base-ejection", d.outlier_base_ejection, "seconds of the first ejection; x N for the N-th")
+    opt("--outlier-max-ejection", d.outlier_max_ejection, "longest ejection in seconds")
+    opt(
+        "--outlier-max-ejection-percent",
+        d.outlier_max_ejection_percent,
+        "most of the live endpoints, in percent (rounded down), ejected at once",
+    )
     return p
 
 
@@ -187,10 +370,27 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         ("--fail-timeout", float, 0.0, False),
         ("--upstream-timeout", float, 0.0, True),
         ("--client-header-timeout", float, 0.0, True),
+        ("--client-body-timeout", float, 0.0, True),
         ("--drain-timeout", float, 0.0, False),
+        ("--max-retries", int, 0, False),
+        ("--retry-budget-percent", float, 0.0, False),
+        ("--retry-budget-min", float, 0.0, False),
+        ("--max-request-line", int, 0, False),
+        ("--max-header-bytes", int, 0, False),
+        ("--max-headers", int, 0, False),
+        ("--max-connections", int, 0, False),
+        ("--max-in-flight-per-upstream", int, 0, False),
+        ("--queue-size", int, 0, False),
+        ("--queue-timeout", float, 0.0, True),
     ):
         if (v := get(flag)) is not None:
             kw[flag.lstrip("-").replace("-", "_")] = _number(flag, v, kind, minimum, strict=strict)
+    if (v := get("--max-body-size")) is not None:
+        kw["max_body_size"] = _size("--max-body-size", v)
+    if (v := get("--retry-methods")) is not None:
+        kw["retry_methods"] = _methods("--retry-methods", v)
+    if (v := get("--retry-on")) is not None:
+        kw["retry_on"] = _retry_on("--retry-on", v)
     if (v := get("--access-log")) is not None:
         kw["access_log"] = _bool("--access-log", v)
     if (v := get("--log-level")) is not None:
@@ -202,7 +402,65 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         if v not in POLICIES:
             raise ConfigError(f"{_both('--policy')}: expected one of {', '.join(POLICIES)}, got {v!r}")
         kw["policy"] = v
+    if (v := get("--hash-on")) is not None:
+        try:
+            parse_hash_on(v)
+        except ValueError as exc:
+            raise ConfigError(f"{_both('--hash-on')}: {exc}") from None
+        kw["hash_on"] = v.strip()
+    if (v := get("--hash-balance-factor")) is not None:
+        factor = _number("--hash-balance-factor", v, float, 0.0, strict=False)
+        if 0 < factor < 1:
+            raise ConfigError(f"{_both('--hash-balance-factor')}: must be 0 (off) or >= 1, got {v!r}")
+        kw["hash_balance_factor"] = factor
+    if (v := get("--ewma-decay")) is not None:
+        kw["ewma_decay"] = _number("--ewma-decay", v, float, 0.0, strict=True)
+    if (v := get("--workers")) is not None:
+        kw["workers"] = _number("--workers", v, int, 1, strict=False)
+        if kw["workers"] > MAX_WORKERS:
+            raise ConfigError(f"{_both('--workers')}: at most {MAX_WORKERS}, got {v!r}")
+        if kw["workers"] > 1 and kw.get("listen_port", Config().listen_port) == 0:
+            raise ConfigError(f"{_both('--workers')} > 1 needs a fixed {_both('--listen')} port, not 0")
+        if kw["workers"] > 1 and kw.get("admin_port", Config().admin_port) + kw["workers"] - 1 > 65535:
+            raise ConfigError(f"{_both('--workers')}: admin ports (admin port + worker index) exceed 65535")
+    _discovery_health_outlier(get, kw)
     return Config(**kw)
+
+
+def _discovery_health_outlier(get: Any, kw: dict[str, Any]) -> None:
+    """Flags of discovery.py, health.py and outlier.py, validated together (they cross-check)."""
+    if (v := get("--discovery")) is not None:
+        if v.strip().lower() not in ("dns", "docker"):
+            raise ConfigError(f"{_both('--discovery')}: expected dns or docker, got {v!r}")
+        kw["discovery"] = v.strip().lower()
+    for flag in ("--docker-project", "--docker-service"):
+        if (v := get(flag)) is not None and v.strip():
+            kw[flag.lstrip("-").replace("-", "_")] = v.strip()
+    if (v := get("--health-path")) is not None:
+        if not v.startswith("/") or any(c.isspace() or ord(c) < 32 for c in v):
+            raise ConfigError(f"{_both('--health-path')}: expected a path like /health, got {v!r}")
+        kw["health_path"] = v
+    for flag, kind, minimum, strict in (
+        ("--health-interval", float, 0.0, False),
+        ("--health-timeout", float, 0.0, True),
+        ("--unhealthy-threshold", int, 1, False),
+        ("--healthy-threshold", int, 1, False),
+        ("--outlier-consecutive-5xx", int, 0, False),
+        ("--outlier-consecutive-failures", int, 0, False),
+        ("--outlier-base-ejection", float, 0.0, True),
+        ("--outlier-max-ejection", float, 0.0, True),
+        ("--outlier-max-ejection-percent", float, 0.0, False),
+    ):
+        if (v := get(flag)) is not None:
+            kw[flag.lstrip("-").replace("-", "_")] = _number(flag, v, kind, minimum, strict=strict)
+    d = Config()
+    if kw.get("outlier_max_ejection_percent", 0) > 100:
+        raise ConfigError(f"{_both('--outlier-max-ejection-percent')}: must be <= 100")
+    base = kw.get("outlier_base_ejection", d.outlier_base_ejection)
+    if kw.get("outlier_max_ejection", d.outlier_max_ejection) < base:
+        raise ConfigError(
+            f"{_both('--outlier-max-ejection')} must be >= {_both('--outlier-base-ejection')} ({base:g})"
+        )
 
 
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -14,7 +14,9 @@ from proxy.accesslog import AccessLog
 from proxy.balancer import Balancer
 from proxy.config import Config
 from proxy.counters import Counters
+from proxy.limits import Admission
 from proxy.pool import UpstreamGroup
+from proxy.retry import RetryBudget, RetryPolicy
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
@@ -40,3 +42,12 @@ class ProxyState:
         self.draining = False
         self.counters = Counters()
         self.no_endpoints = f"502 Bad Gateway: no upstream endpoints for {config.upstream}\n".encode()
+        # Retries (retry.py) and admission control (limits.py; None when the in-flight cap is off).
+        self.retry_policy = RetryPolicy(config.retry_methods, config.retry_on, config.max_retries)
+        self.retry_budget = RetryBudget(config.retry_budget_percent, config.retry_budget_min)
+        self.admission: Admission | None = (
+            Admission(config.max_in_flight_per_upstream, config.queue_size, config.queue_timeout)
+            if config.max_in_flight_per_upstream
+            else None
+        )
+        self.tunnels_open = 0  # Upgrade tunnels (WebSocket) currently spliced, a gauge for /metrics

@@ -1,30 +1,94 @@
-"""Event counts for /metrics, bumped where events happen and read only at scrape time.
+"""Event counts and latency histograms for /metrics, bumped where things happen, read at scrape time.
 
-The request path must not pay for a metrics library on every request, so events are plain
-integer increments here; ``proxy/metrics.py`` turns them into Prometheus families when
-``/metrics`` is scraped. Rare events (retries, ejections, rejections, tunnels) go through
-``inc`` with a name and an optional label; per-request figures live on the objects that own
-them (``Endpoint`` for per-upstream counts, ``responses`` here for what clients received).
+The request path must not pay for a metrics library on every request (the proxy serves tens of
+thousands of requests a second on one core), so everything here is a plain integer or float
+increment; ``proxy/metrics.py`` turns the current values into Prometheus families only when
+``/metrics`` is scraped. Rare events (retries, ejections, rejections, tunnels) go through ``inc``
+with a name and an optional label; per-request figures live on the objects that own them
+(``Endpoint`` for per-upstream counts, ``responses`` and ``latency`` here for what clients got).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
+
+# Upper bounds (seconds) of the latency buckets, Prometheus ``le`` style (a value equal to a bound
+# counts in that bucket). Finer than prometheus_client's defaults at the low end because a proxied
+# request on a pooled connection takes well under a millisecond.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Histogram:
+    """Fixed-bucket histogram: one ``bisect`` and two additions per observation, no locks.
+
+    ``counts`` are per bucket (not cumulative), with one extra slot for values above the last
+    bound (+Inf); the exporter accumulates them at scrape time.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, cumulative count) pairs ending with +Inf, as Prometheus histograms are exposed."""
+        out = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return out
 
 
 class Counters:
     """Monotonic counts for one proxy process."""
 
-    __slots__ = ("events", "responses")
+    __slots__ = ("events", "latency", "responses")
 
     def __init__(self) -> None:
         # (event name, label) -> count; e.g. ("retries", "connect"), ("rejected", "431").
+        # Exported generically as asgilab_proxy_<name>_total{reason="<label>"} (see proxy/metrics.py).
         self.events: Counter[tuple[str, str]] = Counter()
-        # Responses sent to clients by status class: index 1-5 for 1xx-5xx, 0 for none (client gone).
+        # Responses sent to clients by status class: index 1-5 for 1xx-5xx (499 = client went away
+        # before the response head, as nginx logs it), 0 for a status the proxy never set.
         self.responses = [0, 0, 0, 0, 0, 0]
+        # Client-facing latency: from the request head parsed to the exchange finished.
+        self.latency = Histogram()
 
     def inc(self, name: str, label: str = "", n: int = 1) -> None:
         self.events[name, label] += n
+
+    def response(self, status: int, seconds: float) -> None:
+        """One client exchange ended with ``status`` after ``seconds`` (called once per request)."""
+        self.responses[status // 100 if status < 600 else 0] += 1
+        self.latency.observe(seconds)
 
     def count(self, name: str, label: str | None = None) -> int:
         """Total for ``name`` (all labels) or for one label; for tests and the admin views."""

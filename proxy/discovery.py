@@ -1,10 +1,17 @@
-"""DNS endpoint discovery: one name, re-resolved on an interval.
+"""Endpoint discovery: where the set of backend addresses comes from, as it changes.
 
-Docker's embedded DNS returns one A record per running replica of a service,
-so re-resolving ``backend`` every second is enough to follow
-``docker compose --scale backend=N`` without restarting the proxy. NXDOMAIN
-means "no containers right now" (empty set); any other failure is treated as
-transient and the last known set is kept.
+Two sources feed an ``UpstreamGroup`` through ``update`` (which drains what leaves):
+
+- ``DnsDiscovery`` (the default): one name, re-resolved on an interval. Docker's embedded DNS
+  returns one A record per running replica of a service, so re-resolving ``backend`` every
+  second is enough to follow ``docker compose --scale backend=N`` without restarting the proxy.
+  NXDOMAIN means "no containers right now" (empty set); any other failure is treated as
+  transient and the last known set is kept.
+- ``DockerDiscovery``: asks the Docker engine (socket mounted read-only) for the running
+  containers of one Compose service and follows its event stream, like Traefik's Docker
+  provider. A replica being stopped leaves the set as soon as Docker sends it the signal,
+  before DNS would notice, and a replica with a healthcheck joins only once Docker calls it
+  healthy.
 """
 
 from __future__ import annotations
@@ -13,13 +20,33 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.pool import Address, UpstreamGroup
+
+if TYPE_CHECKING:
+    from proxy.config import Config
 
 log = logging.getLogger("proxy.discovery")
 
 Resolver = Callable[[str, int], Awaitable[Sequence[Address]]]
+
+
+class Discovery(Protocol):
+    """What the server needs from an endpoint source."""
+
+    async def refresh(self) -> None: ...  # one full answer, before the proxy accepts clients
+
+    def start(self) -> None: ...  # follow changes from now on
+
+    async def stop(self) -> None: ...
+
+
+class DiscoveryError(OSError):
+    """The source cannot work at all (no Docker socket, no project): the proxy must not start."""
+
 
 # getaddrinfo errors that mean "this name has no addresses" rather than "DNS is unwell".
 _NOT_FOUND = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
@@ -42,7 +69,15 @@ def _sort_key(addr: Address) -> tuple[tuple[int, ...] | tuple[str], int]:
 
 
 class DnsDiscovery:
-    """Feeds an UpstreamGroup from periodic resolutions of ``host:port``."""
+    """Feeds an UpstreamGroup from periodic resolutions of ``host:port``.
+
+    Besides the interval, a failed connect (``UpstreamGroup.mark_failed``) triggers a resolution
+    right away (at most one per ``hint_gap`` seconds): a killed replica has usually left Docker's
+    DNS already, and waiting up to a full interval lets requests pick an address that no longer
+    exists, where a connect hangs until ``--connect-timeout`` instead of being refused.
+    """
+
+    hint_gap = 0.1
 
     def __init__(
         self,
@@ -58,10 +93,28 @@ class DnsDiscovery:
         self.interval = interval
         self.resolver = resolver or make_resolver(group.loop)
         self._task: asyncio.Task[None] | None = None
+        self._hinted: asyncio.Task[None] | None = None
+        self._last = float("-inf")  # loop time of the last resolution started
         self._warned = False
+
+    def stale(self) -> None:
+        """A connect failed: the last answer may be out of date; resolve again soon."""
+        loop = self.group.loop
+        if self._task is None or self._hinted is not None or loop.time() - self._last < self.hint_gap:
+            return
+        self._hinted = loop.create_task(self._refresh_hinted())
+
+    async def _refresh_hinted(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("endpoint refresh failed")
+        finally:
+            self._hinted = None
 
     async def refresh(self) -> None:
         """Resolve once and apply the result (or the failure policy) to the group."""
+        self._last = self.group.loop.time()
         try:
             addresses = await self.resolver(self.host, self.port)
         except socket.gaierror as exc:
@@ -91,10 +144,255 @@ class DnsDiscovery:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self.group.on_connect_failure = self.stale
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self.group.on_connect_failure == self.stale:
+            self.group.on_connect_failure = None
+        for task in (self._task, self._hinted):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._hinted = None
+
+
+# --- Docker ---------------------------------------------------------------------------------------
+
+LABEL_PROJECT = "com.docker.compose.project"
+LABEL_SERVICE = "com.docker.compose.service"
+# Container events that can change the set; healthcheck execs ("exec_start: ...") come every few
+# seconds per replica and are ignored rather than answered with a re-list.
+_RELEVANT = frozenset(
+    {"start", "restart", "unpause", "pause", "kill", "die", "stop", "destroy", "health_status"}
+)
+# Events after which the container should be listed as running.
+_JOINING = frozenset({"start", "restart", "unpause"})
+# Signals in a kill event that mean the container is going away (docker stop: SIGTERM, then KILL).
+_STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
+
+
+class DockerDiscovery:
+    """Feeds an UpstreamGroup from the running containers of one Compose service.
+
+    The Docker SDK is blocking, so the event stream is read in a thread that hands each new
+    address set to the loop with ``call_soon_threadsafe``. Every relevant event triggers a fresh
+    listing (the engine is the source of truth, and listing a few containers is cheap), except
+    that a ``kill`` event (``docker stop`` sends SIGTERM, ``docker compose --scale`` down too)
+    removes the container at once although it still runs: the replica is shutting down
+    gracefully, so it gets no new requests while its in-flight ones finish (drain).
+
+    ``client`` is a ``docker.DockerClient`` or anything with the same ``containers.get``,
+    ``containers.list`` and ``events`` (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        group: UpstreamGroup,
+        service: str,
+        port: int,
+        *,
+        project: str | None = None,
+        client: Any = None,
+        self_id: str | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.group = group
+        self.service = service
+        self.port = port
+        self.project = project
+        self.client = client
+        self.self_id = self_id if self_id is not None else socket.gethostname()
+        self.max_backoff = max_backoff
+        self.networks: set[str] = set()  # the proxy's own networks (to pick the address it can reach)
+        self._stopping: set[str] = set()  # containers sent a signal: on their way out
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._last: list[Address] | None = None
+
+    # -- blocking parts, run outside the loop -----------------------------------------------------
+    def _connect(self) -> None:
+        """Client, project and own networks: once, at the first refresh."""
+        if self.client is None:
+            try:
+                import docker  # the SDK is only needed when this source is chosen
+
+                self.client = docker.from_env()
+                self.client.ping()
+            except Exception as exc:
+                raise DiscoveryError(
+                    f"docker discovery: cannot reach the Docker engine ({exc}); mount "
+                    "/var/run/docker.sock read-only into the proxy or set DOCKER_HOST"
+                ) from exc
+        own = None
+        try:
+            own = self.client.containers.get(self.self_id)
+        except Exception:
+            log.info("docker discovery: not running in a container known to Docker (%s)", self.self_id)
+        if own is not None:
+            self.networks = set((own.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+            if self.project is None:
+                self.project = (own.labels or {}).get(LABEL_PROJECT)
+        if not self.project:
+            raise DiscoveryError(
+                "docker discovery: no Compose project: the proxy's container has no "
+                f"{LABEL_PROJECT} label; set --docker-project / PROXY_DOCKER_PROJECT"
+            )
+        log.info(
+            "docker discovery: service %r of project %r, port %d, via networks %s",
+            self.service,
+            self.project,
+            self.port,
+            sorted(self.networks) or "(any)",
+        )
+
+    @property
+    def _labels(self) -> list[str]:
+        return [f"{LABEL_PROJECT}={self.project}", f"{LABEL_SERVICE}={self.service}"]
+
+    def list_addresses(self) -> list[Address]:
+        """The addresses new requests may go to now (blocking: calls the engine)."""
+        return self.addresses_of(self._running())
+
+    def _running(self) -> list[Any]:
+        return self.client.containers.list(filters={"label": self._labels, "status": "running"})
+
+    def _list_after(self, action: str, cid: str) -> list[Address]:
+        """List after an event; wait a little for a container the event says is running again.
+
+        Docker 20.10 sends ``unpause`` (and sometimes ``start``) before a listing shows the
+        container as running; without a second look it would only come back with the next
+        event, seconds later. Retries take at most ~0.75 s and only in that case.
+        """
+        containers = self._running()
+        delay = 0.05
+        while (
+            action in _JOINING
+            and cid not in {c.id for c in containers}
+            and delay < 0.5
+            and not self._stop.is_set()
+        ):
+            self._stop.wait(delay)
+            delay *= 2
+            containers = self._running()
+        return self.addresses_of(containers)
+
+    def addresses_of(self, containers: Iterable[Any]) -> list[Address]:
+        out = set()
+        for c in containers:
+            if c.id in self._stopping:
+                continue
+            attrs = c.attrs
+            state = attrs.get("State") or {}
+            if isinstance(state, dict):
+                if state.get("Status", "running") != "running":
+                    continue
+                health = (state.get("Health") or {}).get("Status")
+                if health is not None and health != "healthy":
+                    continue  # has a healthcheck and Docker does not call it healthy (yet)
+            ip = _pick_ip((attrs.get("NetworkSettings") or {}).get("Networks") or {}, self.networks)
+            if ip:
+                out.add((ip, self.port))
+        return sorted(out, key=_sort_key)
+
+    def on_event(self, event: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Apply one engine event to the stopping set; (action, container id) when it matters."""
+        action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
+        if action not in _RELEVANT:
+            return None
+        cid = event.get("id") or (event.get("Actor") or {}).get("ID") or ""
+        if action == "kill":
+            signal = str(((event.get("Actor") or {}).get("Attributes") or {}).get("signal", "15"))
+            if signal in _STOP_SIGNALS:
+                self._stopping.add(cid)
+        elif action in ("start", "restart", "unpause"):
+            self._stopping.discard(cid)
+        elif action == "destroy":
+            self._stopping.discard(cid)  # gone for good; forget it
+        return action, cid
+
+    def _follow(self) -> None:
+        """Thread body: subscribe, list, apply events; reconnect with backoff on errors."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                # Subscribe before listing, so nothing that happens in between is missed.
+                stream = self.client.events(decode=True, filters={"type": "container", "label": self._labels})
+                self._stream = stream
+                self._publish(self.list_addresses())
+                backoff = 0.5
+                for event in _iterate(stream):
+                    if self._stop.is_set():
+                        return
+                    if (seen := self.on_event(event)) is not None:
+                        self._publish(self._list_after(*seen))
+                if not self._stop.is_set():
+                    log.warning("docker events stream ended; reconnecting in %gs", backoff)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.warning(
+                    "docker events stream failed (%s); keeping last endpoints, retry in %gs", exc, backoff
+                )
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _publish(self, addresses: list[Address]) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self.group.loop.call_soon_threadsafe(self._apply, addresses)
+
+    def _apply(self, addresses: list[Address]) -> None:
+        if not addresses and self._last != addresses:
+            log.warning("docker discovery: no running (healthy) container of service %r", self.service)
+        self._last = addresses
+        self.group.update(addresses)
+
+    # -- the Discovery interface ----------------------------------------------------------------
+    async def refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.client is None or not self.project:
+            await loop.run_in_executor(None, self._connect)
+        self._apply(await loop.run_in_executor(None, self.list_addresses))
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, name="docker-discovery", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()  # unblocks the thread's read
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2.0)
+            self._thread = None
+
+
+def _iterate(stream: Any) -> Iterator[Mapping[str, Any]]:
+    yield from stream
+
+
+def _pick_ip(networks: Mapping[str, Any], preferred: set[str]) -> str | None:
+    """The container's address on a network the proxy shares, else on its first network."""
+    names = sorted(networks)
+    for name in [n for n in names if n in preferred] + names:
+        ip = (networks[name] or {}).get("IPAddress")
+        if ip:
+            return ip
+    return None
+
+
+def make_discovery(config: Config, group: UpstreamGroup, resolver: Resolver | None = None) -> Discovery:
+    """The source ``--discovery`` names, for the configured upstream."""
+    if config.discovery == "docker":
+        return DockerDiscovery(
+            group,
+            config.docker_service or config.upstream_host,
+            config.upstream_port,
+            project=config.docker_project,
+        )
+    return DnsDiscovery(group, config.upstream_host, config.upstream_port, config.resolve_interval, resolver)

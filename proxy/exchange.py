@@ -4,16 +4,20 @@ Everything is driven by callbacks from the two protocols (no Task per request
 except while a brand-new upstream connection is being opened), so a request on
 a pooled connection costs a handful of method calls.
 
-Retry policy, in two parts, as nginx's ``proxy_next_upstream error``:
+Retries (what may be retried is ``proxy/retry.py``'s business; this is where it happens):
 - A failed connect means the request never left the proxy (its body, if any, is
   still held here), so any request moves on to the next endpoint it has not tried
-  yet, until every live endpoint was tried. The failed endpoint also gets no new
-  requests for ``--fail-timeout`` (see ``UpstreamGroup.mark_failed``).
+  yet, until every live endpoint was tried (``connect-failure``; not budgeted). The
+  failed endpoint also gets no new requests for ``--fail-timeout``.
 - An upstream connection that fails after the request was written but before any
-  response byte may or may not have reached the application: only an idempotent
-  request without a body (GET/HEAD/OPTIONS) is tried again, once, on a fresh
-  connection (another endpoint if available, else the same one). Requests with a
-  body are never retried then, because their body was already streamed.
+  response byte (``reset``) may or may not have reached the application: only a
+  method from ``--retry-methods`` whose body (if any) was kept is sent again, on
+  another endpoint if there is one, else on a fresh connection to the same one.
+- A retriable status (``503`` by default) is not forwarded when another endpoint can
+  be tried: its body is read and discarded, the connection goes back to the pool and
+  the request is sent to a different replica. With no other replica it is forwarded.
+Every retry after the request was sent takes one unit from the retry budget and one
+from ``--max-retries``; when either is spent the client gets the failure.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from typing import TYPE_CHECKING
 
 from proxy.flow import CLIENT_BUSY, UPSTREAM_BUSY, WAITING_UPSTREAM
 from proxy.headers import CHUNKED, LENGTH, NO_BODY, UpstreamRequest, rewrite_response, simple_response
+from proxy.limits import with_retry_after
+from proxy.retry import CONNECT_FAILURE, KEEP_BODY_LIMIT, RESET
+from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -33,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy.exchange")
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -62,6 +68,7 @@ class Exchange:
         "conn",
         "connect_timer",
         "connecting",
+        "continue_sent",
         "down",
         "endpoint",
         "finished",
@@ -69,12 +76,16 @@ class Exchange:
         "hash_key",
         "head_request",
         "head_sent",
+        "kept",
+        "kept_bytes",
         "method",
         "nbytes",
         "out",
+        "queued",
         "req",
         "resp_mode",
         "retries_left",
+        "retry_to",
         "started",
         "state",
         "status",
@@ -84,6 +95,7 @@ class Exchange:
         "target",
         "timer",
         "tried",
+        "upgrade",
         "upstream_close",
         "upstream_label",
     )
@@ -111,7 +123,18 @@ class Exchange:
         self.body_done = False
         self.head_request = method == b"HEAD"
         self.has_body = not (req.framing == NO_BODY or (req.framing == LENGTH and req.content_length == 0))
-        self.retries_left = 1 if (not self.has_body and method in IDEMPOTENT) else 0
+        policy = state.retry_policy
+        self.retries_left = policy.max_retries if method in policy.methods else 0
+        # A copy of the body as sent, so a retriable request can be sent again; None = not kept
+        # (not retriable, or larger than KEEP_BODY_LIMIT), which rules out any retry once sent.
+        self.kept: list[bytes] | None = (
+            []
+            if self.has_body
+            and self.retries_left
+            and (req.framing == CHUNKED or req.content_length <= KEEP_BODY_LIMIT)
+            else None
+        )
+        self.kept_bytes = 0
         self.endpoint: Endpoint | None = None
         self.tried: list[Endpoint] = []
         self.conn: UpstreamConnection | None = None
@@ -122,6 +145,10 @@ class Exchange:
         self.started = False
         self.finished = False
         self.head_sent = False
+        self.continue_sent = False
+        self.queued = False  # waiting in limits.Admission's queue for a free endpoint slot
+        self.retry_to: Endpoint | None = None  # set while a retriable status's body is discarded
+        self.upgrade: bytes | None = None  # the Upgrade protocol asked for (WebSocket), if any
         self.status = 0
         self.nbytes = 0
         self.out: list[bytes] = []  # response bytes parsed from the current upstream read
@@ -138,12 +165,22 @@ class Exchange:
     # -- choosing and attaching an upstream ------------------------------------------------------
     def start(self) -> None:
         self.started = True
-        group = self.state.group
-        ep = self.state.balancer.pick(group.live, group.unavailable(), self.hash_key)
+        state = self.state
+        state.retry_budget.deposit(self.t0)
+        if state.admission is not None:
+            state.admission.admit(self)
+            return
+        group = state.group
+        ep = state.balancer.pick(group.live, group.unavailable(), self.hash_key)
         if ep is None:
-            self.fail(502, self.state.no_endpoints)
+            self.fail(502, state.no_endpoints)
             return
         self._use(ep, pooled=True)
+
+    def use(self, ep: Endpoint) -> None:
+        """Send the request to ``ep`` (called by limits.Admission once a slot is free)."""
+        if not self.finished:
+            self._use(ep, pooled=True)
 
     def _use(self, ep: Endpoint, pooled: bool) -> None:
         self.endpoint = ep
@@ -158,6 +195,12 @@ class Exchange:
                 self._attach(conn)
                 return
         self._connect(ep)
+
+    def _release(self, ep: Endpoint) -> None:
+        ep.release()
+        adm = self.state.admission
+        if adm is not None and adm.waiting:
+            adm.wake(self.state.group)
 
     def _connect(self, ep: Endpoint) -> None:
         if not self.body_done and self.has_body:
@@ -193,23 +236,66 @@ class Exchange:
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
         self._observe(ep, 0, "connect")
         self.state.group.mark_failed(ep)
-        self._retry_or_fail(ep, pooled=True, reason=reason, sent=False)
+        self._retry_or_fail(ep, CONNECT_FAILURE, reason, pooled=True)
 
-    def _retry_or_fail(self, ep: Endpoint, pooled: bool, reason: str, sent: bool) -> None:
-        """Try another endpoint if the retry policy (module docstring) allows, else answer 502."""
-        ep.release()
+    def _retry_or_fail(self, ep: Endpoint, kind: str, reason: str, pooled: bool) -> None:
+        """Send the request again if the retry policy and budget allow (module docstring), else 502."""
+        self._release(ep)
         self.endpoint = None
-        if not sent or self.retries_left:
-            if sent:
-                self.retries_left -= 1
-            group = self.state.group
-            nxt = self.state.balancer.pick(group.live, {*self.tried, *group.unavailable()}, self.hash_key)
-            if nxt is None and sent and ep.live:
-                nxt = ep  # a stale pooled connection is retried on a fresh one to the same endpoint
-            if nxt is not None:
-                self._use(nxt, pooled)
-                return
+        nxt = self._retry_target(kind, ep)
+        if nxt is not None:
+            if kind != CONNECT_FAILURE:
+                log.info(
+                    "%s; retrying request %s on %s", reason, self.req.request_id.decode("latin-1"), nxt.label
+                )
+                self.body = list(self.kept) if self.kept else []
+            self._use(nxt, pooled)
+            return
         self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
+
+    def _retry_target(self, kind: str, failed: Endpoint | None) -> Endpoint | None:
+        """Where to send this request again after a ``kind`` failure, or None (do not retry).
+
+        ``failed`` is the endpoint to fall back to when no other is left (only after a reset:
+        a stale pooled connection is retried on a fresh connection to the same endpoint).
+        """
+        state = self.state
+        policy = state.retry_policy
+        counters = state.counters
+        if kind == CONNECT_FAILURE:
+            if not policy.on_connect_failure:
+                return None
+        else:
+            if not (policy.on_reset if kind == RESET else int(kind) in policy.statuses):
+                return None
+            if self.has_body and self.kept is None:
+                return None  # the body was streamed and not kept: it cannot be sent twice
+            if self.retries_left <= 0:
+                if self.method in policy.methods:
+                    counters.inc("retries_exhausted", kind)  # --max-retries reached, by failure
+                return None
+        group = state.group
+        exclude = {*self.tried, *group.unavailable()}
+        adm = state.admission
+        if adm is not None:
+            exclude.update(adm.full(group))
+        nxt = state.balancer.pick(group.live, exclude, self.hash_key)
+        if nxt is None and kind == RESET and failed is not None and failed.live:
+            nxt = failed
+        if nxt is None:
+            return None
+        if kind != CONNECT_FAILURE:
+            if not state.retry_budget.try_withdraw(state.loop.time()):
+                counters.inc("retry_budget_exhausted", kind)  # a retry refused by the budget, by failure
+                log.warning(
+                    "retry budget spent: not retrying request %s after %s",
+                    self.req.request_id.decode("latin-1"),
+                    kind,
+                )
+                return None
+            self.retries_left -= 1
+        counters.inc("retries", kind)  # attempts sent again: connect-failure, reset, or the status
+        return nxt
 
     def _observe(self, ep: Endpoint, status: int, failure: str | None) -> None:
         """Report one attempt's outcome to the endpoint (the seam for EWMA, outlier detection, metrics)."""
@@ -232,10 +318,10 @@ class Exchange:
         if self.body_done:
             if self.req.framing == CHUNKED:
                 transport.write(LAST_CHUNK)
-        else:
-            if self.req.expect_continue and self.client_http11:
-                self.down.write(CONTINUE_100)
-        self.timer = self.state.loop.call_later(self.state.config.upstream_timeout, self._timed_out)
+        elif self.req.expect_continue and self.client_http11 and not self.continue_sent:
+            self.continue_sent = True
+            self.down.write(CONTINUE_100)
+        conn.expect_head(self.state.config.upstream_timeout)  # calls upstream_timed_out (no TimerHandle)
 
     def _write_body(self, transport: asyncio.Transport, chunks: list[bytes]) -> None:
         if self.req.framing == CHUNKED:
@@ -248,6 +334,14 @@ class Exchange:
     def on_body(self, chunk: bytes) -> None:
         if self.finished or not chunk:
             return
+        kept = self.kept
+        if kept is not None:
+            n = self.kept_bytes + len(chunk)
+            if n > KEEP_BODY_LIMIT:
+                self.kept = None  # too big to keep: this request can no longer be retried once sent
+            else:
+                self.kept_bytes = n
+                kept.append(chunk)
         if self.body is not None:
             self.body.append(chunk)
             if self.started:
@@ -295,6 +389,15 @@ class Exchange:
         resp = rewrite_response(status, headers, self.req.request_id, http11)
         self.status = status
         self.upstream_close = resp.close
+        if status >= 500 and self.body_done and status in self.state.retry_policy.statuses:
+            nxt = self._retry_target(str(status), None)
+            if nxt is not None:
+                # Read and drop this response, then send the request to ``nxt`` (on_response_end).
+                self.retry_to = nxt
+                self.resp_mode = R_NONE
+                if resp.content_length < 0 and not resp.chunked:
+                    self.upstream_close = self.close_delimited = True
+                return
         keep = self.client_keep_alive and self.body_done and not self.state.draining
         parts = resp.parts
         if self.head_request or status == 204 or status == 304:
@@ -348,6 +451,9 @@ class Exchange:
 
     def on_response_end(self, conn: UpstreamConnection) -> None:
         """Upstream response complete: parser said so, HEAD headers arrived, or close-delimited EOF."""
+        if self.retry_to is not None:
+            self._retry_after_status(conn)
+            return
         if self.resp_mode == R_CHUNKED:
             self.out.append(LAST_CHUNK)
         self.flush()
@@ -361,11 +467,40 @@ class Exchange:
             conn.close()
         self._finish()
 
+    def _retry_after_status(self, conn: UpstreamConnection) -> None:
+        """The discarded retriable response is over: pool its connection, try the next endpoint."""
+        nxt, self.retry_to = self.retry_to, None
+        assert nxt is not None
+        self.conn = None
+        conn.detach()
+        ep = self.endpoint
+        if ep is not None and not self.upstream_close and conn.reusable():
+            ep.put_idle(conn)
+        else:
+            conn.close()
+        log.info(
+            "upstream %s answered %d; retrying request %s on %s",
+            self.upstream_label,
+            self.status,
+            self.req.request_id.decode("latin-1"),
+            nxt.label,
+        )
+        if ep is not None:
+            self._release(ep)
+            self.endpoint = None
+        self.status = 0
+        self.upstream_close = self.close_delimited = False
+        self.body = list(self.kept) if self.kept else []
+        self._use(nxt, pooled=True)
+
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         """The upstream connection closed while this exchange owned it."""
         if self.finished:
             return
         self.conn = None
+        if self.retry_to is not None:  # the discarded response ended (or broke): retry anyway
+            self._retry_after_status(conn)
+            return
         if self.head_sent:
             if self.close_delimited and exc is None:
                 self.on_response_end(conn)  # EOF is how a close-delimited body ends
@@ -377,9 +512,8 @@ class Exchange:
             self.timer = None
         reason = f"upstream {conn.endpoint.label} closed the connection before responding ({_reason(exc)})"
         self._observe(conn.endpoint, 0, "reset")
-        if not conn.received and self.retries_left and self.endpoint is not None:
-            log.info("%s; retrying request %s", reason, self.req.request_id.decode("latin-1"))
-            self._retry_or_fail(self.endpoint, pooled=False, reason=reason, sent=True)
+        if not conn.received and self.endpoint is not None:
+            self._retry_or_fail(self.endpoint, RESET, reason, pooled=False)
             return
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
         self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
@@ -397,7 +531,8 @@ class Exchange:
         else:
             self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
 
-    def _timed_out(self) -> None:
+    def upstream_timed_out(self) -> None:
+        """No response head within --upstream-timeout (the attached connection's deadline fired)."""
         self.timer = None
         if self.finished or self.head_sent:
             return
@@ -420,8 +555,38 @@ class Exchange:
         self.client_close = True
         self._finish()
 
+    # -- Upgrade (WebSocket) ---------------------------------------------------------------------
+    def accept_upgrade(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> bool:
+        """The upstream answered 101: forward it if this request asked to switch protocols."""
+        if self.upgrade is None or self.finished:
+            return False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.endpoint is not None:
+            self._observe(self.endpoint, 101, None)
+        resp = rewrite_response(101, headers, self.req.request_id, True)
+        proto = next((v for n, v in headers if n.lower() == b"upgrade"), self.upgrade)
+        resp.parts += (b"Connection: Upgrade\r\nUpgrade: ", proto, b"\r\n\r\n")
+        self.status = 101
+        self.head_sent = True
+        self.out.append(b"".join(resp.parts))
+        return True
+
+    def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """After the 101: hand both connections to a Tunnel; this exchange ends here (logged as 101)."""
+        self.flush()
+        self.t_upstream = self.state.loop.time()
+        self.conn = None
+        conn.exchange = None
+        down = self.down
+        label = (self.upgrade or b"").decode("latin-1").lower()
+        tunnel = Tunnel(self.state, down, down.transport, conn.transport, label)
+        self._finish(notify=False)
+        down.tunnel_started(self, tunnel, rest)
+
     # -- endings ---------------------------------------------------------------------------------
-    def fail(self, status: int, body: bytes) -> None:
+    def fail(self, status: int, body: bytes, retry_after: int = 0) -> None:
         """Answer with a proxy-generated error (only before any response byte went to the client)."""
         if self.finished:
             return
@@ -429,7 +594,10 @@ class Exchange:
         close = not (self.body_done and self.client_keep_alive) or self.state.draining
         self.status = status
         self.client_close = close
-        self.down.write(simple_response(status, body, self.req.request_id, close))
+        response = simple_response(status, body, self.req.request_id, close)
+        if retry_after:
+            response = with_retry_after(response, status, retry_after)
+        self.down.write(response)
         self.nbytes = len(body)
         self._finish()
 
@@ -456,6 +624,8 @@ class Exchange:
 
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
+        if self.queued and self.state.admission is not None:
+            self.state.admission.forget(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -464,13 +634,14 @@ class Exchange:
             conn.exchange = None
             conn.abort()
         if self.endpoint is not None:
-            self.endpoint.release()
-            self.endpoint = None
+            ep, self.endpoint = self.endpoint, None
+            self._release(ep)
         down = self.down
         down.gate.resume(UPSTREAM_BUSY | WAITING_UPSTREAM)
         state = self.state
+        now = state.loop.time()
+        state.counters.response(self.status, now - self.t0)  # /metrics requests_total and duration
         if state.access_log is not None:
-            now = state.loop.time()
             state.access_log.log(
                 self.req.request_id,
                 self.method,

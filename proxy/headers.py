@@ -27,6 +27,20 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# Names the rewriters look at; every other header is copied through untouched, so the common
+# header costs one lower() and one set lookup.
+_REQUEST_SPECIAL = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+    b"expect",
+}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+_CONTENT_LENGTH = frozenset({b"content-length"})
+
 # Request body framing as decided from the client's headers.
 NO_BODY = 0
 LENGTH = 1
@@ -62,13 +76,23 @@ def _request_id_factory() -> Callable[[], bytes]:
 new_request_id: Callable[[], bytes] = _request_id_factory()
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+_TOKENS_CACHE: dict[bytes, frozenset[bytes]] = {}
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Lower-cased Connection tokens; memoised because nearly every peer sends one of a few values."""
+    tokens = _TOKENS_CACHE.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+        if len(_TOKENS_CACHE) < 256:  # bounded: a client inventing values must not grow it
+            _TOKENS_CACHE[value] = tokens
+    return tokens
 
 
 def _note_hop_by_hop(
-    lname: bytes, value: bytes, conn: set[bytes] | None, te: bytes | None
-) -> tuple[set[bytes] | None, bytes | None]:
+    lname: bytes, value: bytes, conn: frozenset[bytes] | None, te: bytes | None
+) -> tuple[frozenset[bytes] | None, bytes | None]:
     """Keep what a dropped hop-by-hop header still tells us: the Connection tokens (more headers to
     drop, keep-alive or close) and the Transfer-Encoding (how this hop's body is framed). The same
     rules hold for requests and responses (RFC 9110 7.6.1), so both rewriters use this."""
@@ -78,6 +102,20 @@ def _note_hop_by_hop(
     if lname == b"transfer-encoding":
         return conn, (value if te is None else te + b"," + value)
     return conn, te
+
+
+def _drop_named(parts: list[bytes], first: int, names: frozenset[bytes]) -> list[bytes]:
+    """Remove ``name: value`` quadruples from ``parts[first:]`` whose lower-cased name is in ``names``.
+
+    The rewriters append kept headers as ``(name, b": ", value, b"\r\n")`` while they scan, so a
+    Connection header naming other headers (rare) is handled afterwards here instead of costing
+    every request a second pass.
+    """
+    out = parts[:first]
+    for i in range(first, len(parts), 4):
+        if parts[i].lower() not in names:
+            out += parts[i : i + 4]
+    return out
 
 
 class UpstreamRequest:
@@ -117,8 +155,8 @@ def rewrite_request(
     framing ambiguity the client created. ``Expect: 100-continue`` is consumed
     here: the proxy itself answers ``100 Continue`` once an upstream is ready.
     """
-    kept: list[tuple[bytes, bytes, bytes]] = []
-    conn: set[bytes] | None = None
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    conn: frozenset[bytes] | None = None
     host: bytes | None = None
     content_length = -1
     te: bytes | None = None
@@ -127,35 +165,37 @@ def rewrite_request(
     expect = False
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
-            conn, te = _note_hop_by_hop(lname, value, conn, te)
-            continue
-        if lname == b"host":
-            if host is not None:
-                raise BadRequest("multiple Host headers")
-            host = value
-        elif lname == b"content-length":
-            v = value.strip()
-            if not v.isdigit():
-                raise BadRequest("invalid Content-Length")
-            n = int(v)
-            if content_length >= 0 and n != content_length:
-                raise BadRequest("conflicting Content-Length headers")
-            content_length = n
-            continue
-        elif lname == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-            continue
-        elif lname == b"x-forwarded-proto" or lname == b"x-forwarded-host":
-            continue
-        elif lname == b"x-request-id":
-            if rid is None and 0 < len(value) <= 200:
-                rid = value
-            continue
-        elif lname == b"expect" and value.strip().lower() == b"100-continue":
-            expect = True
-            continue
-        kept.append((lname, name, value))
+        if lname in _REQUEST_SPECIAL:
+            if lname in HOP_BY_HOP:
+                conn, te = _note_hop_by_hop(lname, value, conn, te)
+                continue
+            if lname == b"host":
+                if host is not None:
+                    raise BadRequest("multiple Host headers")
+                host = value
+            elif lname == b"content-length":
+                v = value.strip()
+                if not v.isdigit():
+                    raise BadRequest("invalid Content-Length")
+                n = int(v)
+                if content_length >= 0 and n != content_length:
+                    raise BadRequest("conflicting Content-Length headers")
+                content_length = n
+                continue
+            elif lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+                continue
+            elif lname == b"x-request-id":
+                if rid is None and 0 < len(value) <= 200:
+                    rid = value
+                continue
+            elif lname == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    expect = True
+                    continue
+            else:  # x-forwarded-proto, x-forwarded-host: replaced by ours
+                continue
+        parts += (name, b": ", value, b"\r\n")
 
     if te is not None:
         if content_length >= 0:
@@ -173,14 +213,8 @@ def rewrite_request(
 
     if rid is None:
         rid = (make_request_id or new_request_id)()
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    if conn:
-        conn.discard(b"close")
-        conn.discard(b"keep-alive")
-    for lname, name, value in kept:
-        if conn and lname in conn:
-            continue
-        parts += (name, b": ", value, b"\r\n")
+    if conn is not None and (named := conn - _PLAIN_CONNECTION):
+        parts = _drop_named(parts, 4, named)
     parts += (b"X-Forwarded-For: ", client_ip if xff is None else xff + b", " + client_ip, b"\r\n")
     parts.append(b"X-Forwarded-Proto: http\r\n")
     if host is not None:
@@ -215,34 +249,40 @@ def rewrite_response(
     ``close`` reports whether the upstream connection must not be reused
     (``Connection: close``, or an HTTP/1.0 upstream without keep-alive).
     """
-    kept: list[tuple[bytes, bytes, bytes]] = []
-    conn: set[bytes] | None = None
+    parts = [status_line(status)]
+    conn: frozenset[bytes] | None = None
     te: bytes | None = None
     content_length = -1
+    length_seen = False
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
-            conn, te = _note_hop_by_hop(lname, value, conn, te)
-            continue
-        if lname == b"x-request-id":
-            continue
-        if lname == b"content-length":
-            v = value.strip()
-            if v.isdigit():
-                content_length = int(v)
-        kept.append((lname, name, value))
+        if lname in _RESPONSE_SPECIAL:
+            if lname == b"content-length":
+                length_seen = True
+                v = value.strip()
+                if v.isdigit():
+                    content_length = int(v)
+            elif lname == b"x-request-id":
+                continue
+            else:
+                conn, te = _note_hop_by_hop(lname, value, conn, te)
+                continue
+        parts += (name, b": ", value, b"\r\n")
     chunked = False
     if te is not None:
         # A chunked response's Content-Length (if any) is meaningless; one with another coding is
         # close-delimited (RFC 9112 6.3), so drop the length in both cases.
         chunked = te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         content_length = -1
-    close = b"close" in conn or (not http11 and b"keep-alive" not in conn) if conn is not None else not http11
-    parts = [status_line(status)]
-    for lname, name, value in kept:
-        if (conn and lname in conn) or (lname == b"content-length" and content_length < 0):
-            continue
-        parts += (name, b": ", value, b"\r\n")
+    if conn is None:
+        close = not http11
+    else:
+        close = b"close" in conn or (not http11 and b"keep-alive" not in conn)
+        named = conn - _PLAIN_CONNECTION
+        if named:
+            parts = _drop_named(parts, 1, named)
+    if length_seen and content_length < 0:
+        parts = _drop_named(parts, 1, _CONTENT_LENGTH)
     parts += (b"X-Request-ID: ", request_id, b"\r\n")
     return UpstreamResponse(parts, content_length, chunked, close)
 

@@ -12,16 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
+from proxy.balancer import DEFAULT_EWMA_DECAY, ewma_estimate, observe_latency
+from proxy.counters import Histogram
+
 if TYPE_CHECKING:
+    from proxy.outlier import OutlierDetector
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("proxy.pool")
 
 Address = tuple[str, int]
+
+# Active health states (health.py sets them). A new endpoint is UNKNOWN and gets traffic at once,
+# so a replica that scaled up is used before its first check; only UNHEALTHY keeps picks away.
+UNKNOWN, HEALTHY, UNHEALTHY = "unknown", "healthy", "unhealthy"
 
 
 class Endpoint:
@@ -29,15 +38,35 @@ class Endpoint:
 
     __slots__ = (
         "address",
+        "connects",
+        "consecutive_5xx",
+        "consecutive_failures",
+        "cool_timer",
+        "cooling",
+        "eject_timer",
+        "ejected",
+        "ejected_until",
+        "ejection_level",
+        "ejections",
+        "ewma",
+        "ewma_stamp",
         "failed_until",
+        "failures",
         "group",
+        "health",
+        "health_fails",
+        "health_oks",
         "host",
         "idle",
         "in_flight",
         "label",
+        "latency",
         "live",
+        "over_cap_logged",
         "port",
         "requests",
+        "responses",
+        "reused",
     )
 
     def __init__(self, address: Address, group: UpstreamGroup) -> None:
@@ -50,9 +79,41 @@ class Endpoint:
         self.requests = 0
         self.live = True
         self.failed_until = 0.0  # loop time until which a failed connect keeps new requests away
+        self.cooling = False  # within failed_until (mark_failed)
+        self.cool_timer: asyncio.TimerHandle | None = None
+        # Passive outlier detection (outlier.py): consecutive counts, ejection state and history.
+        self.consecutive_5xx = 0
+        self.consecutive_failures = 0
+        self.ejected = False
+        self.ejected_until = 0.0
+        self.ejection_level = 0  # multiplier of the next ejection time
+        self.ejections = 0  # times ejected, ever
+        self.over_cap_logged = False
+        self.eject_timer: asyncio.TimerHandle | None = None
+        # Active health checking (health.py): state and the current run of results.
+        self.health = UNKNOWN
+        self.health_oks = 0
+        self.health_fails = 0
+        # Metrics, read by proxy/metrics.py at scrape time (plain increments on the request path):
+        # attempts by status class (index 0 = no response head), failure reason counts, attempt
+        # latency, upstream connections opened (upstream.py) and requests sent on a pooled one.
+        self.responses = [0] * 6
+        self.failures: dict[str, int] = {}
+        self.latency = Histogram()
+        self.connects = 0
+        self.reused = 0
+        # Peak-EWMA latency (seconds; 0.0 = no sample yet) and time.monotonic() of its last sample,
+        # read by the peak_ewma policy (balancer.py).
+        self.ewma = 0.0
+        self.ewma_stamp = 0.0
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} live={self.live} in_flight={self.in_flight}>"
+
+    @property
+    def healthy(self) -> bool:
+        """False only when active health checks failed it (UNKNOWN counts as healthy)."""
+        return self.health != UNHEALTHY
 
     def take_idle(self) -> UpstreamConnection | None:
         """Most recently used first (LIFO) so surplus connections age out and get closed.
@@ -64,6 +125,7 @@ class Endpoint:
         while idle:
             conn = idle.pop()
             if conn.reusable():
+                self.reused += 1
                 return conn
             conn.close()
         return None
@@ -93,6 +155,18 @@ class Endpoint:
         each endpoint it tried. Load-aware balancing (latency EWMA), passive outlier detection
         and per-upstream metrics all hang off this one call.
         """
+        # Per-upstream metrics, exported by proxy/metrics.py at scrape time.
+        self.responses[status // 100 if status < 600 else 0] += 1
+        if failure is not None:
+            self.failures[failure] = self.failures.get(failure, 0) + 1
+        self.latency.observe(latency_s)
+        # Peak-EWMA latency for the peak_ewma policy (balancer.py), kept whatever the policy so a
+        # runtime switch to it starts warm; a failure without a response counts as a slow sample.
+        observe_latency(self, latency_s, failure is not None, time.monotonic(), self.group.ewma_decay)
+        # Passive outlier detection (consecutive 5xx / gateway failures -> ejection).
+        outlier = self.group.outlier
+        if outlier is not None:
+            outlier.observe(self, status, failure)
 
     def release(self) -> None:
         """A request that was counted against this endpoint has finished with it."""
@@ -102,7 +176,13 @@ class Endpoint:
 
 
 class UpstreamGroup:
-    """The changing set of endpoints behind one upstream name."""
+    """The changing set of endpoints behind one upstream name.
+
+    Three independent reasons keep new picks away from a live endpoint: a recent failed connect
+    (``mark_failed``, nginx's fail_timeout), a passive ejection (``eject``, outlier.py) and a
+    failing active health check (``set_health``, health.py). ``unavailable()`` is their union,
+    cached as a frozenset and rebuilt only when one of them changes, because it runs per request.
+    """
 
     def __init__(
         self,
@@ -112,17 +192,24 @@ class UpstreamGroup:
         max_idle: int = 128,
         idle_timeout: float = 4.0,
         fail_timeout: float = 1.0,
+        ewma_decay: float = DEFAULT_EWMA_DECAY,
     ) -> None:
         self.name = name
         self.loop = loop
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.fail_timeout = fail_timeout
-        # Endpoints whose last connect failed, skipped by new picks until their failed_until passes.
-        self.cooling: set[Endpoint] = set()
+        self.ewma_decay = ewma_decay  # seconds; peak-EWMA latency time constant
+        # Passive outlier detection, fed by Endpoint.observe; None switches it off.
+        self.outlier: OutlierDetector | None = None
+        # Told about every failed connect: DNS discovery re-resolves early (discovery.py).
+        self.on_connect_failure: Callable[[], None] | None = None
         # Replaced wholesale on change (never mutated) so a balancer always sees a consistent list.
         self.live: list[Endpoint] = []
         self.endpoints: dict[Address, Endpoint] = {}
+        self._unavailable: frozenset[Endpoint] = frozenset()
+        self._dirty = False
+        self.panic = False  # every live endpoint is excluded: picks ignore the exclusions
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = max(0.01, min(1.0, idle_timeout / 4))
 
@@ -147,6 +234,7 @@ class UpstreamGroup:
             live.append(ep)
         old = [ep.label for ep in self.live]
         self.live = live
+        self._dirty = True
         log.info("endpoints %s -> %s", self.name, [ep.label for ep in live])
         log.debug("previous endpoints %s", old)
         return True
@@ -154,32 +242,79 @@ class UpstreamGroup:
     def mark_failed(self, ep: Endpoint) -> None:
         """A connect to ``ep`` failed: send it no new requests for ``fail_timeout`` seconds.
 
-        This bridges the gap between a replica dying and DNS dropping it (up to one resolve
-        interval), like nginx's ``max_fails=1 fail_timeout=...``; outlier detection proper
-        (consecutive 5xx, growing ejection times) is a separate, later concept.
+        This bridges the gap between a replica dying and discovery dropping it (up to one DNS
+        resolve interval), like nginx's ``max_fails=1 fail_timeout=...``. It is deliberately
+        separate from outlier ejection (``eject``): one refused connect is reason enough to look
+        elsewhere for a second, but not to count as an incident with a growing penalty.
         """
+        if self.on_connect_failure is not None:
+            self.on_connect_failure()
         if self.fail_timeout <= 0:
             return
         ep.failed_until = self.loop.time() + self.fail_timeout
-        if ep not in self.cooling:
-            self.cooling.add(ep)
+        if ep.cool_timer is not None:
+            ep.cool_timer.cancel()
+        ep.cool_timer = self.loop.call_later(self.fail_timeout, self._cooled, ep)
+        if not ep.cooling:
+            ep.cooling = True
+            self._dirty = True
             log.info("endpoint %s: connect failed, no new requests for %gs", ep.label, self.fail_timeout)
 
+    def _cooled(self, ep: Endpoint) -> None:
+        ep.cool_timer = None
+        ep.cooling = False
+        self._dirty = True
+
+    def eject(self, ep: Endpoint, seconds: float) -> None:
+        """Passive outlier detection decided ``ep`` is out for ``seconds`` (outlier.py)."""
+        ep.ejected = True
+        ep.ejected_until = self.loop.time() + seconds
+        if ep.eject_timer is not None:
+            ep.eject_timer.cancel()
+        ep.eject_timer = self.loop.call_later(seconds, self._uneject, ep)
+        self._dirty = True
+
+    def _uneject(self, ep: Endpoint) -> None:
+        ep.eject_timer = None
+        ep.ejected = False
+        self._dirty = True
+        if ep.live:
+            log.info("endpoint %s: ejection over, back in rotation", ep.label)
+
+    def set_health(self, ep: Endpoint, health: str) -> None:
+        """Active health checking changed ``ep``'s state (health.py)."""
+        if ep.health != health:
+            ep.health = health
+            self._dirty = True
+
     def unavailable(self) -> Collection[Endpoint]:
-        """Endpoints new picks should skip; empty when every live endpoint failed (try anyway)."""
-        cooling = self.cooling
-        if not cooling:
-            return ()
-        now = self.loop.time()
-        for ep in [ep for ep in cooling if ep.failed_until <= now or not ep.live]:
-            cooling.discard(ep)
-        if len(cooling) >= len(self.live):
-            return ()
-        return cooling
+        """Endpoints new picks should skip: cooling, ejected or actively unhealthy.
+
+        Empty when that would be every live endpoint: sending traffic to endpoints that may be
+        failing beats failing every request for sure (Envoy's panic mode, with the threshold at
+        100 %). Called per request, so the set is cached and rebuilt only after a change.
+        """
+        if self._dirty:
+            self._rebuild()
+        return self._unavailable
+
+    def _rebuild(self) -> None:
+        self._dirty = False
+        live = self.live
+        out = frozenset(ep for ep in live if ep.cooling or ep.ejected or ep.health == UNHEALTHY)
+        panic = bool(live) and len(out) >= len(live)
+        if panic != self.panic:
+            self.panic = panic
+            if panic:
+                log.warning("upstream %s: every endpoint is failing; panic mode: using them all", self.name)
+            else:
+                log.info("upstream %s: panic mode over", self.name)
+        self._unavailable = frozenset() if panic else out
 
     def drained(self, ep: Endpoint) -> None:
         if not ep.live and self.endpoints.get(ep.address) is ep:
             del self.endpoints[ep.address]
+            _cancel_timers(ep)
 
     def start(self) -> None:
         if self._sweeper is None:
@@ -200,9 +335,12 @@ class UpstreamGroup:
             self._sweeper = None
         for ep in self.endpoints.values():
             ep.close_idle()
+            _cancel_timers(ep)
 
     def snapshot(self) -> list[dict[str, object]]:
         """For the admin /upstreams view; draining endpoints are listed until their last request ends."""
+        now = self.loop.time()
+        mono = time.monotonic()
         return [
             {
                 "address": ep.label,
@@ -210,7 +348,22 @@ class UpstreamGroup:
                 "idle_connections": len(ep.idle),
                 "requests": ep.requests,
                 "draining": not ep.live,
-                "failed_recently": ep in self.cooling and ep.failed_until > self.loop.time(),
+                "failed_recently": ep.cooling,
+                "health": ep.health,
+                "ejected": ep.ejected,
+                "ejected_for": round(max(0.0, ep.ejected_until - now), 3) if ep.ejected else 0.0,
+                "ejections": ep.ejections,
+                "consecutive_5xx": ep.consecutive_5xx,
+                "consecutive_failures": ep.consecutive_failures,
+                # peak_ewma's latency estimate now (decayed since the last sample; 0 = none yet)
+                "latency_ewma_ms": round(ewma_estimate(ep, mono, self.ewma_decay) * 1000, 3),
             }
             for ep in [*self.live, *(e for e in self.endpoints.values() if not e.live)]
         ]
+
+
+def _cancel_timers(ep: Endpoint) -> None:
+    for timer in (ep.cool_timer, ep.eject_timer):
+        if timer is not None:
+            timer.cancel()
+    ep.cool_timer = ep.eject_timer = None

@@ -7,10 +7,14 @@ literal-IP upstream); ``main`` adds the CLI, logging, uvloop and signals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from multiprocessing import connection as mp_connection
 from typing import TextIO
 
 from proxy.accesslog import AccessLog
@@ -18,8 +22,10 @@ from proxy.admin import AdminServer
 from proxy.balancer import make_balancer
 from proxy.config import Config, load_config, setup_logging
 from proxy.context import ProxyState
-from proxy.discovery import DnsDiscovery, Resolver
+from proxy.discovery import Discovery, Resolver, make_discovery
 from proxy.downstream import DownstreamProtocol
+from proxy.health import HealthChecker, health_checker
+from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
 
 log = logging.getLogger("proxy.server")
@@ -35,14 +41,18 @@ class ProxyServer:
         access_log_stream: TextIO | None = None,
         resolver: Resolver | None = None,
         endpoints: Sequence[Address] | None = None,
+        worker: int = 0,
     ) -> None:
-        """``endpoints`` pins a static set (no DNS); ``resolver`` replaces getaddrinfo (tests)."""
+        """``endpoints`` pins a static set (no DNS); ``resolver`` replaces getaddrinfo (tests);
+        ``worker`` is this process's index under ``--workers`` (its admin port is offset by it)."""
         self.config = config
+        self.worker = worker
         self._access_log_stream = access_log_stream
         self._resolver = resolver
         self._static = endpoints
         self.state: ProxyState | None = None
-        self.discovery: DnsDiscovery | None = None
+        self.discovery: Discovery | None = None
+        self.health: HealthChecker | None = None
         self.server: asyncio.AbstractServer | None = None
         self.admin: AdminServer | None = None
 
@@ -55,30 +65,36 @@ class ProxyServer:
             max_idle=cfg.pool_max_idle,
             idle_timeout=cfg.pool_idle_timeout,
             fail_timeout=cfg.fail_timeout,
+            ewma_decay=cfg.ewma_decay,
         )
         access_log = AccessLog(self._access_log_stream, loop) if cfg.access_log else None
-        state = self.state = ProxyState(cfg, loop, group, make_balancer(cfg.policy), access_log)
+        state = self.state = ProxyState(cfg, loop, group, make_balancer(cfg.policy, cfg), access_log)
         if self._static is not None:
             group.update(self._static)
         else:
-            self.discovery = DnsDiscovery(
-                group, cfg.upstream_host, cfg.upstream_port, cfg.resolve_interval, self._resolver
-            )
+            self.discovery = make_discovery(cfg, group, self._resolver)
             await self.discovery.refresh()  # first answer before accepting, so early requests have targets
             self.discovery.start()
+        group.outlier = outlier_detector(cfg, state.counters)
+        self.health = health_checker(cfg, group, state.counters)
+        if self.health is not None:
+            self.health.start()
         group.start()
         self.server = await loop.create_server(
             lambda: DownstreamProtocol(state),
             cfg.listen_host,
             cfg.listen_port,
             reuse_address=True,
+            # Several workers bind the same port; the kernel spreads new connections among them.
+            reuse_port=cfg.workers > 1 or None,
             backlog=2048,
         )
         if cfg.admin_host is not None:
-            self.admin = AdminServer(state)
-            await self.admin.start(cfg.admin_host, cfg.admin_port)
+            self.admin = AdminServer(state, worker=self.worker)
+            await self.admin.start(cfg.admin_host, cfg.admin_port + self.worker if cfg.admin_port else 0)
         log.info(
-            "proxy listening on %s:%d -> %s (policy %s, admin %s)",
+            "%sproxy listening on %s:%d -> %s (policy %s, admin %s)",
+            f"worker {self.worker}: " if cfg.workers > 1 else "",
             cfg.listen_host,
             self.port,
             cfg.upstream,
@@ -122,6 +138,8 @@ class ProxyServer:
             self.server.close()
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.health is not None:
+            await self.health.stop()
         if self.state is not None:
             for conn in list(self.state.connections):
                 conn.transport.abort()
@@ -133,9 +151,9 @@ class ProxyServer:
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, worker: int = 0) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
-    server = ProxyServer(config)
+    server = ProxyServer(config, worker=worker)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -155,16 +173,78 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(argv)
-    setup_logging(config.log_level)
+def run_worker(config: Config, worker: int = 0) -> int:
+    """One proxy process: its own event loop, pools, discovery and admin listener."""
     try:
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, worker))
     except OSError as exc:
         log.error("startup failed: %s", exc)
         return 1
     return 0
+
+
+def _worker_entry(config: Config, worker: int) -> None:  # pragma: no cover - runs in a child process
+    setup_logging(config.log_level)
+    sys.exit(run_worker(config, worker))
+
+
+def supervise(config: Config) -> int:
+    """``--workers N``: start N worker processes and watch them; the parent serves nothing itself.
+
+    Like nginx's master without the respawning: SIGTERM/SIGINT are forwarded so every worker drains
+    its own connections, and the parent exits 0 once all workers exited 0. A worker that dies
+    unexpectedly (crash, OOM kill, failed bind) stops the others and the parent exits 1, so the
+    container restarts as a whole instead of silently serving at reduced capacity. Workers are
+    spawned (not forked) so each starts with a clean interpreter and its own uvloop.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker_entry, args=(config, i), name=f"proxy-worker-{i}", daemon=False)
+        for i in range(config.workers)
+    ]
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("signal %d received: forwarding SIGTERM to %d worker(s)", signum, len(workers))
+        stopping = True
+        for w in workers:
+            if w.pid is not None and w.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for w in workers:
+            w.start()
+        log.info("supervising %d workers: pids %s", len(workers), " ".join(str(w.pid) for w in workers))
+        failed = False
+        running = list(workers)
+        while running:
+            mp_connection.wait([w.sentinel for w in running], timeout=0.5)
+            for w in [w for w in running if w.exitcode is not None]:
+                running.remove(w)
+                if w.exitcode != 0 or not stopping:
+                    failed = True
+                    log.error("%s (pid %d) exited with code %s", w.name, w.pid, w.exitcode)
+                    if not stopping:
+                        on_signal(signal.SIGTERM, None)  # stop the rest; the orchestrator restarts us
+        for w in workers:
+            w.join()
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    setup_logging(config.log_level)
+    if config.workers > 1:
+        return supervise(config)
+    return run_worker(config)
 
 
 if __name__ == "__main__":  # pragma: no cover

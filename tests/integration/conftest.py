@@ -7,13 +7,14 @@ of earlier runs whose pytest process is gone (their project name carries its pid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # Ryuk, testcontainers' reaper, is an image that cannot be pulled here: switch it off before import.
@@ -189,3 +190,51 @@ def lab3(lab: Lab) -> Lab:
     lab.scale(3)
     lab.wait_for_endpoints(3)
     return lab
+
+
+@contextlib.contextmanager
+def own_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    *,
+    env: dict[str, str] | None = None,
+    compose_files: Sequence[str] = (),
+    up: Sequence[str] = ("--scale", "backend=3", "proxy", "backend"),
+    endpoints: int = 3,
+) -> Iterator[Lab]:
+    """A differently configured lab under its own project (``<prefix><pid>-<name>-<rand>``).
+
+    ``env`` adds or overrides Compose variables, ``compose_files`` are override files (relative to
+    the repo) on top of docker-compose.yml, ``up`` ends the ``up -d --wait`` command line. Everything
+    the project started is removed at the end, pass or fail, like the session ``lab``.
+    """
+    _remove_projects(docker.from_env(), _is_stale)
+    project = f"{PROJECT_PREFIX}{os.getpid()}-{name}-{uuid.uuid4().hex[:6]}"
+    work = tmp_path_factory.mktemp(name)
+    values = {
+        **_repo_env(),
+        "COMPOSE_PROJECT_NAME": project,
+        "PROXY_BIND": "127.0.0.1",
+        "PROXY_PORT": "0",
+        "PROXY_ADMIN_PORT": "0",
+        **(env or {}),
+    }
+    env_file = work / "lab.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    compose = DockerCompose(
+        REPO, compose_file_name=["docker-compose.yml", *compose_files], env_file=str(env_file)
+    )
+    lab = Lab(compose, project, work)
+    try:
+        lab.run("build", "backend", "proxy", timeout=900)
+        lab.run("up", "-d", "--wait", *up)
+        lab.publish()
+        lab.wait_for_endpoints(endpoints)
+        yield lab
+    finally:
+        keep_logs = os.environ.get("ASGI_LAB_KEEP_LOGS")
+        if keep_logs:
+            with open(keep_logs, "a") as out:
+                out.write(lab.run("logs", "--no-color", "--timestamps", check=False).stdout)
+        lab.run("down", "--volumes", "--remove-orphans", "--timeout", "3", check=False)
+        _remove_projects(lab.docker, lambda name: name == project)

@@ -88,14 +88,29 @@ def test_ipv6_target() -> None:
         (["http://p/"], {"LOADGEN_CONCURRENCY": "0"}, "LOADGEN_CONCURRENCY must be"),
         (["http://p/"], {"LOADGEN_HEADER": "nope"}, "LOADGEN_HEADER: malformed header"),
         (["http://p/"], {"LOADGEN_QUIET": "maybe"}, "LOADGEN_QUIET"),
+        (["http://p/", "--rate", "0"], {}, "--rate must be a number > 0"),
+        (["http://p/", "--rate", "inf"], {}, "--rate"),
+        (["http://p/", "--rate", "10", "-c", "5"], {}, "exclude each other"),
+        (["http://p/"], {"LOADGEN_RATE": "10", "LOADGEN_CONCURRENCY": "5"}, "exclude each other"),
+        (["http://p/", "-c", "5", "--connections", "9"], {}, "--connections is the open-loop pool size"),
+        (["http://p/", "--rate", "10", "--connections", "0"], {}, "--connections must be an integer >= 1"),
+        (["http://p/", "--workers", "0"], {}, "--workers must be an integer >= 1"),
+        (["http://p/", "-c", "2", "--workers", "3"], {}, "--workers 3 needs at least as many"),
+        (["http://p/", "--body-size", "-1"], {}, "--body-size must be an integer >= 0"),
+        (["http://p/", "--body-size", "99999999999"], {}, "--body-size must be at most"),
+        (["http://p/", "--scenario", "x.yaml", "--rate", "5"], {}, "--rate conflicts with --scenario"),
+        (["--scenario", "x.yaml", "--duration", "5"], {}, "--duration conflicts with --scenario"),
+        (["http://p/", "--scenario", "/nonexistent/x.yaml"], {}, "/nonexistent/x.yaml: no such file"),
+        (["--rate", "10"], {}, "URL is required"),
     ],
 )
 def test_validation(
     argv: list[str], env: dict[str, str], fragment: str, capsys: pytest.CaptureFixture
 ) -> None:
-    with pytest.raises(ConfigError, match=None) as err:
-        load_config(argv, env)
-    assert fragment in str(err.value)
+    if "--scenario" not in argv and "--workers" not in argv:  # those are checked after parsing
+        with pytest.raises(ConfigError, match=None) as err:
+            load_config(argv, env)
+        assert fragment in str(err.value)
     # and through main(): exit 2, one line on stderr, nothing on stdout
     assert main(argv, env) == 2
     out, errout = capsys.readouterr()
@@ -121,3 +136,33 @@ def test_cli_subprocess_exit_2_with_one_line(args: list[str]) -> None:
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("loadgen: error: "), proc.stderr
+
+
+def test_open_loop_flags_and_env() -> None:
+    cfg = load_config(["http://p/", "--rate", "250.5", "--connections", "12", "--workers", "2"], {})
+    assert (cfg.mode, cfg.rate, cfg.connections, cfg.workers) == ("open", 250.5, 12, 2)
+    env = {"LOADGEN_URL": "http://p/", "LOADGEN_RATE": "100", "LOADGEN_CONCURRENCY": "20"}
+    assert load_config(["-c", "3"], env).mode == "closed"  # a flag of one loop beats env of the other
+    assert load_config(["--rate", "7"], {**env, "LOADGEN_RATE": ""}).rate == 7.0
+    cfg = load_config([], {"LOADGEN_URL": "http://p/", "LOADGEN_RATE": "100", "LOADGEN_CONNECTIONS": "5"})
+    assert (cfg.mode, cfg.connections) == ("open", 5)
+    # LOADGEN_CONNECTIONS left over in a closed-loop run's environment is ignored, not an error
+    assert load_config([], {"LOADGEN_URL": "http://p/", "LOADGEN_CONNECTIONS": "5"}).connections is None
+    assert load_config(["http://p/", "--no-live"], {}).quiet
+    assert load_config(["http://p/"], {"LOADGEN_NO_LIVE": "1"}).quiet
+
+
+def test_scenario_takes_the_url_from_the_file_and_ignores_load_env(tmp_path: Path) -> None:
+    cfg = load_config(["--scenario", "s.yaml"], {"LOADGEN_CONCURRENCY": "20", "LOADGEN_DURATION": "20"})
+    assert (cfg.url, cfg.scenario_path, cfg.rate) == (None, "s.yaml", None)
+
+
+def test_bad_scenario_file_exits_2_with_one_line_naming_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmode: rate\nstages:\n  - {kind: hold, duration: ten, target: 5}\n")
+    assert main(["http://p/", "--scenario", str(bad)], {}) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"loadgen: error: {bad}: stages[0].duration")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
-from loadgen.histogram import HIGHEST_US, LatencyHistogram, Timeline
+from loadgen.histogram import HIGHEST_US, LatencyHistogram, Timeline, merge_exports
 
 
 def within_hdr(actual: float | None, expected: float) -> bool:
@@ -27,14 +25,27 @@ def test_known_values_give_known_percentiles() -> None:
     assert within_hdr(h.max_ms(), 10.0)
     assert within_hdr(h.mean_ms(), 5.0005)
     summary = h.summary_ms()
-    assert list(summary) == ["mean", "p50", "p90", "p99", "p99.9", "max"]
-    assert within_hdr(summary["p99.9"], 9.99)
+    assert list(summary) == ["mean", "p50", "p90", "p99", "p99.9", "p99.99", "max"]
+    assert within_hdr(summary["p99.9"], 9.99) and within_hdr(summary["p99.99"], 9.999)
 
 
 def test_empty_histogram_reports_none() -> None:
     h = LatencyHistogram()
     assert h.percentile_ms(50) is None
-    assert h.summary_ms() == dict.fromkeys(["mean", "p50", "p90", "p99", "p99.9", "max"])
+    assert h.summary_ms() == dict.fromkeys(["mean", "p50", "p90", "p99", "p99.9", "p99.99", "max"])
+    assert LatencyHistogram.decode(h.encode()).count == 0
+
+
+def test_encoding_round_trips_exactly() -> None:
+    rng = random.Random(3)
+    h = LatencyHistogram()
+    for _ in range(5000):
+        h.record_us(int(rng.expovariate(1 / 800)) + 1)
+    encoded = h.encode()
+    assert isinstance(encoded, str) and len(encoded) < 20_000  # compressed, JSON-safe base64
+    back = LatencyHistogram.decode(encoded)
+    assert back.count == h.count and back.summary_ms() == h.summary_ms()
+    assert back.spectrum_ms() == h.spectrum_ms() and back.spectrum_ms()[-1][0] == 100.0
 
 
 def test_out_of_range_values_are_clamped_not_dropped() -> None:
@@ -68,34 +79,49 @@ def test_requests_are_attributed_to_the_second_they_were_sent() -> None:
     # sent in second 2 (second 1 stays empty but present)
     t.record(102.0, 102.001, 200, b"a", None)
     t.record(102.5, 112.5, 0, None, "timeout")
-    t.finish()
-    assert [b.second for b in t.buckets] == [0, 1, 2]
-    b0, b1, b2 = t.buckets
-    assert (b0.requests, b0.failed, b0.status, b0.backends) == (2, 1, {200: 1, 503: 1}, {b"a": 1, b"b": 1})
-    assert (b1.requests, b1.failed, b1.status, b1.errors) == (0, 0, {}, {})
-    assert (b2.requests, b2.failed, b2.errors, b2.status) == (2, 1, {"timeout": 1}, {200: 1})
-    assert within_hdr(b0.p99_ms, 2600.0)
-    assert within_hdr(b2.p50_ms, 1.0)
-    assert b1.p50_ms is None
-    assert t.total.count == 3  # responses only, errors have no latency
+    merged = merge_exports([t.export()])
+    assert [s.second for s in merged.seconds] == [0, 1, 2]
+    s0, s1, s2 = merged.seconds
+    assert (s0.requests, s0.failed, s0.status, s0.backends) == (2, 1, {200: 1, 503: 1}, {"a": 1, "b": 1})
+    assert (s1.requests, s1.failed, s1.status, s1.errors) == (0, 0, {}, {})
+    assert (s2.requests, s2.failed, s2.errors, s2.status) == (2, 1, {"timeout": 1}, {200: 1})
+    assert within_hdr(s0.latency_ms["p99"], 2600.0)
+    assert within_hdr(s2.latency_ms["p50"], 1.0)
+    assert s1.latency_ms["p50"] is None
+    assert merged.corrected.count == 3  # responses only, errors have no latency
     assert (t.completed, t.errors) == (4, 1)
 
 
-def test_sealing_keeps_percentiles_and_late_records_still_count() -> None:
+def test_open_loop_files_by_intended_second_with_two_latencies() -> None:
+    t = Timeline(start=0.0, open_loop=True)
+    # due at 0.9 s, sent at 1.4 s (waited for a connection), answered at 1.41 s
+    t.record_open(0.9, 1.4, 1.41, 200, b"a", None)
+    t.record_open(1.2, 1.2, 1.202, 200, b"a", None)
+    merged = merge_exports([t.export()])
+    s0, s1 = merged.seconds
+    assert s0.requests == 1 and s1.requests == 1
+    assert within_hdr(s0.latency_ms["p50"], 510.0)  # corrected: from 0.9 s
+    assert within_hdr(s0.uncorrected_p99_ms, 10.0)  # uncorrected: from 1.4 s
+    assert within_hdr(s0.lag_max_s * 1000, 500.0)
+    assert within_hdr(merged.corrected.max_ms(), 510.0) and within_hdr(merged.uncorrected.max_ms(), 10.0)
+
+
+def test_sealing_compresses_and_late_records_still_count() -> None:
     t = Timeline(start=0.0)
     for i in range(100):
         t.record(0.5, 0.5 + (i + 1) / 1000, 200, None, None)  # 1..100 ms in second 0
     t.record(4.2, 4.21, 200, None, None)
-    t.seal_settled(elapsed_s=4.0, timeout_s=1.0)  # second 0 settled at 3 s
+    t.seal_settled(elapsed_s=5.0, timeout_s=1.0)  # second 0 settled at 4 s
     b0 = t.buckets[0]
-    assert b0.sealed and b0.hist is None
-    assert within_hdr(b0.p50_ms, 50.0) and within_hdr(b0.p99_ms, 99.0)
+    assert b0.sealed and b0.hist_c is None and b0.enc_c
     assert not t.buckets[4].sealed
-    t.record(0.9, 9.0, 200, None, None)  # very late: counted, p50/p99 of second 0 frozen
+    p50, p99 = b0.percentiles_ms()
+    assert within_hdr(p50, 50.0) and within_hdr(p99, 99.0)
+    t.record(0.9, 9.0, 200, None, None)  # very late: still counted, latency included
     assert b0.requests == 101
-    t.finish()
-    assert t.total.count == 102
-    assert b0.p50_ms == pytest.approx(50.0, rel=1e-3)
+    merged = merge_exports([t.export()])
+    assert merged.corrected.count == 102
+    assert within_hdr(merged.seconds[0].latency_ms["max"], 8100.0)
 
 
 def test_live_percentiles_before_sealing() -> None:
@@ -105,5 +131,24 @@ def test_live_percentiles_before_sealing() -> None:
     p50, p99 = t.buckets[0].percentiles_ms()
     assert within_hdr(p50, 2.0) and within_hdr(p99, 4.0)
     t.record(0.2, 0.21, 200, None, None)  # more after a peek still lands
-    t.finish()
-    assert t.total.count == 5
+    assert merge_exports([t.export()]).corrected.count == 5
+
+
+def test_merging_two_workers_equals_one_histogram_of_all_samples() -> None:
+    """--workers: per-second and whole-run figures of the merge are those of the union, exactly."""
+    rng = random.Random(11)
+    samples = [(rng.uniform(0, 3), rng.lognormvariate(-6, 1.2)) for _ in range(30_000)]
+    one = Timeline(start=0.0, open_loop=True)
+    workers = [Timeline(start=0.0, open_loop=True) for _ in range(2)]
+    for i, (due, latency) in enumerate(samples):
+        for t in (one, workers[i % 2]):
+            t.record_open(due, due + latency / 3, due + latency, 200, b"ab"[i % 2 : i % 2 + 1], None)
+    merged = merge_exports([w.export() for w in workers])
+    single = merge_exports([one.export()])
+    assert merged.corrected.count == single.corrected.count == len(samples)
+    assert merged.corrected.summary_ms() == single.corrected.summary_ms()
+    assert merged.uncorrected.summary_ms() == single.uncorrected.summary_ms()
+    for p in (1, 25, 50, 75, 90, 99, 99.9, 99.99, 100):
+        assert merged.corrected.percentile_ms(p) == single.corrected.percentile_ms(p)
+    assert merged.seconds == single.seconds  # per-second counts and percentiles too
+    assert [s.backends for s in merged.seconds] == [s.backends for s in single.seconds]

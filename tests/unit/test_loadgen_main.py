@@ -83,9 +83,10 @@ def test_main_runs_prints_summary_and_writes_files(
 
 def test_live_line_each_second_unless_quiet(server: ThreadedServer, capsys: pytest.CaptureFixture) -> None:
     url = f"http://127.0.0.1:{server.port}/"
-    assert main([url, "-c", "1", "-d", "1.05"], {}) == 0
-    err = capsys.readouterr().err
-    assert err.startswith("[   1s]") and "req/s" in err
+    assert main([url, "-c", "1", "-d", "2.05"], {}) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [line[:7] for line in lines] == ["[   1s]", "[   2s]"]
+    assert all("req/s" in line and "errors 0" in line and "backends a 50% b 50%" in line for line in lines)
     assert main([url, "-c", "1", "-d", "0.2", "--quiet"], {}) == 0
     assert capsys.readouterr().err == ""
 
@@ -101,3 +102,31 @@ def test_refused_target_writes_report_then_exits_1(tmp_path: Path, capsys: pytes
     report = json.loads(json_path.read_text())
     assert report["responses"] == 0
     assert report["errors"]["connect"] == report["requests"] == report["failed"] > 0
+
+
+def test_open_loop_with_two_workers_writes_every_file(
+    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--workers 2 at 300 req/s: one merged report whose counts are the server's, plus csv, md, plots."""
+    url = f"http://127.0.0.1:{server.port}/"
+    rc = main([url, "--rate", "300", "-d", "2", "--workers", "2", "--results-dir", str(tmp_path)], {})
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    (run_dir,) = tmp_path.iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (report["mode"], report["workers"], report["rate"]) == ("open", 2, 300.0)
+    assert report["requests"] == report["responses"] == server.served == 600
+    assert [e["intended"] for e in report["timeline"]] == [300, 300]
+    assert [e["requests"] for e in report["timeline"]] == [300, 300]
+    assert report["rate_check"]["kept_up"] and report["rate_check"]["achieved_rps"] == 300.0
+    assert report["backends"] == {"a": 300, "b": 300}
+    assert (run_dir / "summary.md").read_text() == out
+    assert (run_dir / "timeline.csv").read_text().count("\n") == 3
+    pngs = sorted(run_dir.glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    assert [line[:7] for line in err.splitlines() if line.startswith("[")] == ["[   1s]", "[   2s]"]
+
+
+def test_compare_subcommand_is_wired(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare"], {}) == 2  # compare's own usage error, not "a target URL is required"
+    assert "URL is required" not in capsys.readouterr().err

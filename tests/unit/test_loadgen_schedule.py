@@ -1,24 +1,40 @@
-"""The closed-loop runner end to end against an in-process server: totals, backend split, drain."""
+"""When requests are sent: intended times, the closed loop and the open loop against in-process servers."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import socket
+import time
+from typing import Any
+
+import pytest
 
 from loadgen.config import load_config
-from loadgen.report import build_report
-from loadgen.schedule import ClosedLoop
+from loadgen.histogram import merge_exports
+from loadgen.live import LiveLine
+from loadgen.plan import Plan, make_plan
+from loadgen.schedule import ArrivalSchedule, ClosedLoop, OpenLoop, RunResult
 
 
 class AlternatingServer:
-    """Keep-alive server answering ``X-Backend-Id: a``/``b`` alternately; counts what it served."""
+    """Keep-alive server answering ``X-Backend-Id: a``/``b`` alternately; counts what it served.
 
-    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
+    ``stall=(from_s, to_s)``: requests arriving in that window (seconds since the first request)
+    are answered only at ``to_s``, like a server frozen by a GC pause or a full disk.
+    """
+
+    def __init__(
+        self, delay: float = 0.0, status: int = 200, stall: tuple[float, float] | None = None
+    ) -> None:
         self.delay = delay
         self.status = status
+        self.stall = stall
         self.connections = 0
         self.served = 0
         self.by_backend = {"a": 0, "b": 0}
+        self.first: float | None = None
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -29,6 +45,13 @@ class AlternatingServer:
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
+                now = time.perf_counter()
+                if self.first is None:
+                    self.first = now
+                if self.stall is not None:
+                    begin, end = self.stall
+                    if begin <= now - self.first < end:
+                        await asyncio.sleep(self.first + end - now)
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 backend = "ab"[self.served % 2]
@@ -42,51 +65,88 @@ class AlternatingServer:
             writer.close()
 
 
+def _plan(argv: list[str]) -> Plan:
+    return make_plan(load_config([*argv, "--quiet"], {}))
+
+
+# -- intended send times ------------------------------------------------------------------------
+
+
+def test_constant_rate_intended_times_are_i_over_r() -> None:
+    times = list(ArrivalSchedule(lambda t: 200.0, 2.0, constant=200.0))
+    assert len(times) == 400
+    assert times[:3] == [0.0, 0.005, 0.01]
+    assert all(abs(t - i / 200) < 1e-12 for i, t in enumerate(times))
+    assert times[-1] < 2.0
+
+
+def test_ramp_intended_times_follow_the_integrated_rate() -> None:
+    # 0 -> 1000 req/s linearly over 2 s: N(t) = 250 t^2, so request k is due at sqrt(k / 250).
+    times = list(ArrivalSchedule(lambda t: 500.0 * t, 2.0))
+    assert len(times) == 1000
+    for k in (1, 10, 100, 500, 999):
+        assert times[k] == pytest.approx((k / 250) ** 0.5, abs=0.0015)
+    assert times == sorted(times)
+    # per second: 250 in the first, 750 in the second
+    assert sum(1 for t in times if t < 1.0) == pytest.approx(250, abs=1)
+
+
+def test_workers_take_every_nth_request_of_one_global_schedule() -> None:
+    rate = lambda t: 100.0 + 300.0 * t  # noqa: E731
+    single = list(ArrivalSchedule(rate, 3.0))
+    parts = [list(ArrivalSchedule(rate, 3.0, index=i, count=3)) for i in range(3)]
+    assert sorted(t for p in parts for t in p) == pytest.approx(single, abs=1e-9)
+    const = [list(ArrivalSchedule(rate, 1.0, constant=90.0, index=i, count=4)) for i in range(4)]
+    assert sorted(t for p in const for t in p) == pytest.approx([k / 90 for k in range(90)])
+
+
+# -- closed loop --------------------------------------------------------------------------------
+
+
 def test_closed_loop_totals_and_backend_split_match_the_server() -> None:
     ticks: list[int] = []
 
-    async def main() -> tuple[dict, AlternatingServer]:
+    async def main() -> tuple[RunResult, AlternatingServer]:
         srv = AlternatingServer()
         url = await srv.start()
-        cfg = load_config([url, "--concurrency", "4", "--duration", "1", "--quiet"], {})
-        result = await ClosedLoop(cfg, on_tick=lambda second, timeline: ticks.append(second)).run()
+        runner = ClosedLoop(
+            _plan([url, "--concurrency", "4", "--duration", "1"]), on_tick=lambda s, snap: ticks.append(s)
+        )
+        result = await runner.run()
         srv.server.close()
-        return build_report(cfg, result.timeline, result.started_at, result.elapsed_s), srv
+        return result, srv
 
-    report, srv = asyncio.run(main())
+    result, srv = asyncio.run(main())
+    merged = merge_exports([result.timeline.export()])
     assert ticks == [1]
     assert srv.connections == 4  # keep-alive: one connection per worker for the whole run
-    assert report["requests"] == report["responses"] == srv.served > 100
-    assert report["failed"] == 0
-    assert report["status"] == {"200": srv.served}
-    assert report["backends"] == srv.by_backend
-    assert abs(report["backends"]["a"] - report["backends"]["b"]) <= 1
-    assert report["errors"] == {"connect": 0, "timeout": 0, "reset": 0, "other": 0}
-    assert 1.0 <= report["elapsed_s"] < 1.5
-    assert report["rps"] > 0
-    assert [e["second"] for e in report["timeline"]] == [0]  # duration 1 s -> one whole second
-    assert sum(e["requests"] for e in report["timeline"]) == srv.served
-    lat = report["latency_ms"]
+    (second,) = merged.seconds  # duration 1 s -> one whole second
+    assert second.requests == sum(second.status.values()) == srv.served > 100
+    assert second.backends == srv.by_backend
+    assert abs(srv.by_backend["a"] - srv.by_backend["b"]) <= 1
+    assert second.failed == 0 and second.errors == {}
+    assert 1.0 <= result.elapsed_s < 1.5
+    lat = merged.corrected.summary_ms()
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    assert merged.uncorrected.summary_ms() == lat  # closed loop: no intended time, one latency
 
 
 def test_drain_waits_for_in_flight_requests() -> None:
-    # Each response takes 0.3 s and the run is 0.5 s: at the deadline every worker has one
+    # Each response takes 0.3 s and the run is 0.5 s: at the deadline every connection has one
     # request in flight. None may be lost, none may be abandoned.
-    async def main() -> tuple[dict, AlternatingServer]:
+    async def main() -> tuple[RunResult, AlternatingServer]:
         srv = AlternatingServer(delay=0.3, status=503)
         url = await srv.start()
-        cfg = load_config([url, "-c", "3", "-d", "0.5", "--quiet"], {})
-        result = await ClosedLoop(cfg).run()
+        result = await ClosedLoop(_plan([url, "-c", "3", "-d", "0.5"])).run()
         srv.server.close()
-        return build_report(cfg, result.timeline, result.started_at, result.elapsed_s), srv
+        return result, srv
 
-    report, srv = asyncio.run(main())
-    assert srv.served == 6  # 3 workers x (sent at 0 s and at 0.3 s)
-    assert report["requests"] == report["responses"] == 6
-    assert report["failed"] == 6  # 503 counts as failed
-    assert report["status"] == {"503": 6}
-    assert report["elapsed_s"] >= 0.6
+    result, srv = asyncio.run(main())
+    merged = merge_exports([result.timeline.export()])
+    assert srv.served == 6  # 3 connections x (sent at 0 s and at 0.3 s)
+    assert sum(s.requests for s in merged.seconds) == 6
+    assert sum(s.failed for s in merged.seconds) == 6  # 503 counts as failed
+    assert result.elapsed_s >= 0.6
 
 
 def test_refused_target_gives_connect_errors_and_stop_ends_early() -> None:
@@ -94,15 +154,100 @@ def test_refused_target_gives_connect_errors_and_stop_ends_early() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
 
-    async def main() -> dict:
-        cfg = load_config([f"http://127.0.0.1:{port}/", "-c", "2", "-d", "30", "--quiet"], {})
-        runner = ClosedLoop(cfg)
+    async def main() -> RunResult:
+        runner = ClosedLoop(_plan([f"http://127.0.0.1:{port}/", "-c", "2", "-d", "30"]))
         asyncio.get_running_loop().call_later(0.2, runner.stop)
-        result = await runner.run()
-        assert result.stopped_early
-        assert result.elapsed_s < 2
-        return build_report(cfg, result.timeline, result.started_at, result.elapsed_s)
+        return await runner.run()
 
-    report = asyncio.run(main())
-    assert report["responses"] == 0
-    assert report["requests"] == report["failed"] == report["errors"]["connect"] > 0
+    result = asyncio.run(main())
+    assert result.stopped_early and result.elapsed_s < 2
+    (second,) = merge_exports([result.timeline.export()]).seconds
+    assert second.requests == second.failed == second.errors["connect"] > 0
+
+
+# -- open loop ----------------------------------------------------------------------------------
+
+
+def _open_run(
+    srv: AlternatingServer, argv: list[str], live: io.StringIO | None = None
+) -> tuple[RunResult, Any]:
+    async def main() -> RunResult:
+        url = await srv.start()
+        hook = None
+        if live is not None:
+            line = LiveLine(live)
+            hook = lambda second, snap: line(second, [snap])  # noqa: E731
+        result = await OpenLoop(_plan([url, *argv]), on_tick=hook).run()
+        srv.server.close()
+        return result
+
+    result = asyncio.run(main())
+    return result, merge_exports([result.timeline.export()])
+
+
+def test_open_loop_sends_at_the_rate_whatever_the_latency() -> None:
+    # 20 ms responses, 300 req/s: a closed loop with 4 connections would send 200 req/s at most.
+    srv = AlternatingServer(delay=0.02)
+    result, merged = _open_run(srv, ["--rate", "300", "-d", "2", "--connections", "40"])
+    assert [s.intended for s in merged.seconds] == [300, 300]
+    # All sent on time on a quiet machine; a little slack for a machine busy with other work.
+    assert sum(s.requests for s in merged.seconds) == srv.served >= 590
+    assert srv.served + result.stats["unsent"] == 600
+    assert 6 <= srv.connections <= 40  # opened lazily, about rate x latency of them
+    lat = merged.corrected.summary_ms()
+    assert 20 <= lat["p50"] < 40
+
+
+def test_a_stall_shows_in_corrected_percentiles_not_in_uncorrected_ones() -> None:
+    """wrk2's coordinated-omission test: the server freezes for 1 s from t = 1 s.
+
+    200 req/s on 2 connections: both connections are stuck in the stall, so the ~200 requests due
+    during it wait for a connection. Measured from their intended send times they took up to 1 s
+    (a third of all requests: p90 and p99 are hundreds of ms); measured from when they were
+    actually sent, only the 2 stuck requests were slow (under 1 % of 600: p99 stays small).
+    """
+    srv = AlternatingServer(stall=(1.0, 2.0))
+    result, merged = _open_run(srv, ["--rate", "200", "-d", "3", "--connections", "2"])
+    corrected, uncorrected = merged.corrected.summary_ms(), merged.uncorrected.summary_ms()
+    print(f"corrected {corrected}\nuncorrected {uncorrected}")
+    assert srv.served + result.stats["unsent"] == 600 and srv.served >= 580
+    assert corrected["p99"] >= 900 and corrected["p90"] >= 500
+    assert uncorrected["p99"] < 50
+    assert uncorrected["max"] >= 900  # the two requests that were in the stall
+    by_second = [s.latency_ms["p50"] for s in merged.seconds]
+    assert by_second[0] < 50 and by_second[1] >= 300 and by_second[2] < 50
+    assert merged.seconds[1].waited >= 150  # waited for a connection, and that wait was counted
+
+
+def test_too_few_connections_is_reported_not_hidden() -> None:
+    # 50 ms responses on 2 connections serve 40 req/s; 200 req/s are asked for.
+    srv = AlternatingServer(delay=0.05)
+    out = io.StringIO()
+    result, merged = _open_run(srv, ["--rate", "200", "-d", "2.2", "--connections", "2"], live=out)
+    intended = sum(s.intended for s in merged.seconds)
+    unsent = sum(s.unsent for s in merged.seconds)
+    sent = sum(s.requests for s in merged.seconds)
+    assert intended == 440 and sent + unsent == intended  # nothing dropped silently
+    assert unsent == result.stats["unsent"] > 300
+    assert srv.served == sent < 120
+    assert re.search(r"BEHIND: intended (199|20[01]) req/s, achieved \d+ req/s \(\d+ waiting", out.getvalue())
+
+
+def test_open_loop_stop_ends_early_and_accounts_for_what_was_due() -> None:
+    srv = AlternatingServer(delay=0.2)
+
+    async def main() -> RunResult:
+        url = await srv.start()
+        runner = OpenLoop(_plan([url, "--rate", "100", "-d", "30", "--connections", "5"]))
+        asyncio.get_running_loop().call_later(0.5, runner.stop)
+        result = await runner.run()
+        srv.server.close()
+        return result
+
+    result = asyncio.run(main())
+    stats = result.stats
+    assert result.stopped_early and result.elapsed_s < 2
+    assert 45 <= stats["due"] <= 55  # what came due in 0.5 s, not the 3,000 of the whole plan
+    assert stats["sent"] + stats["unsent"] == stats["due"] and stats["unsent"] > 0
+    merged = merge_exports([result.timeline.export()])
+    assert sum(s.requests for s in merged.seconds) == stats["sent"] == srv.served

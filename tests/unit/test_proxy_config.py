@@ -52,7 +52,7 @@ def test_env_and_flags_flags_win() -> None:
         (["--listen", "0.0.0.0:99999"], {}, "--listen / PROXY_LISTEN"),
         ([], {"PROXY_ACCESS_LOG": "maybe"}, "--access-log / PROXY_ACCESS_LOG"),
         (["--log-level", "loud"], {}, "--log-level / PROXY_LOG_LEVEL"),
-        (["--policy", "random"], {}, "--policy / PROXY_POLICY"),
+        (["--policy", "fastest"], {}, "--policy / PROXY_POLICY"),
         (["--resolve-interval", "0"], {}, "--resolve-interval / PROXY_RESOLVE_INTERVAL"),
     ],
 )

@@ -1,14 +1,20 @@
-"""DNS discovery with an injected resolver, plus the access-log line format."""
+"""DNS discovery (injected resolver), Docker discovery (fake engine), the access-log line format."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import queue
 import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from proxy.accesslog import AccessLog
-from proxy.discovery import DnsDiscovery, make_resolver
+from proxy.config import Config
+from proxy.discovery import DiscoveryError, DnsDiscovery, DockerDiscovery, make_discovery, make_resolver
 from proxy.pool import UpstreamGroup
 
 
@@ -77,3 +83,268 @@ def test_access_log_line_format() -> None:
     ]
     assert a["path"] == '/a"b' and a["upstream_time"] == 0.012346 and a["time"].endswith("Z")
     assert b["upstream"] is None and b["upstream_time"] is None and b["status"] == 502
+
+
+# --- Docker discovery, against a fake engine with the Docker SDK's shape ---------------------------
+
+PROJECT, SERVICE = "lab", "backend"
+
+
+class FakeContainer:
+    def __init__(self, cid: str, ip: str, *, service: str = SERVICE, health: str | None = None) -> None:
+        self.id = cid
+        self.labels = {"com.docker.compose.project": PROJECT, "com.docker.compose.service": service}
+        self.status = "running"
+        self.health = health
+        self.networks = {"lab_default": {"IPAddress": ip}, "other": {"IPAddress": "172.99.0.9"}}
+
+    @property
+    def attrs(self) -> dict:
+        state: dict = {"Status": self.status}
+        if self.health is not None:
+            state["Health"] = {"Status": self.health}
+        return {"State": state, "NetworkSettings": {"Networks": self.networks}}
+
+
+class FakeStream:
+    """Like docker's CancellableStream: iterate events, close() from another thread ends it."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[dict | BaseException | None] = queue.Queue()
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+
+class FakeContainers:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+
+    def get(self, cid: str) -> FakeContainer:
+        for c in self.engine.all:
+            if c.id == cid:
+                return c
+        raise LookupError(cid)
+
+    def list(self, filters: dict) -> list[FakeContainer]:
+        self.engine.lists += 1
+        wanted = dict(label.split("=", 1) for label in filters["label"])
+        return [
+            c
+            for c in self.engine.all
+            if c.status == filters["status"] and all(c.labels.get(k) == v for k, v in wanted.items())
+        ]
+
+
+class FakeEngine:
+    """The three calls DockerDiscovery makes: containers.get/list and events."""
+
+    def __init__(self) -> None:
+        proxy = FakeContainer("proxy1", "172.20.0.2", service="proxy")
+        proxy.networks = {"lab_default": {"IPAddress": "172.20.0.2"}}
+        self.all = [proxy]
+        self.containers = FakeContainers(self)
+        self.streams: list[FakeStream] = []
+        self.fail_next_subscribe = 0
+        self.lists = 0
+
+    def events(self, decode: bool, filters: dict) -> FakeStream:
+        assert decode and filters["type"] == "container"
+        if self.fail_next_subscribe:
+            self.fail_next_subscribe -= 1
+            raise ConnectionError("engine restarting")
+        stream = FakeStream()
+        self.streams.append(stream)
+        return stream
+
+    def emit(self, action: str, cid: str, **attributes: str) -> None:
+        self.streams[-1].queue.put(
+            {"Type": "container", "Action": action, "id": cid, "Actor": {"ID": cid, "Attributes": attributes}}
+        )
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def labels(group: UpstreamGroup) -> list[str]:
+    return [ep.label for ep in group.live]
+
+
+def test_docker_discovery_lists_running_healthy_replicas_on_the_shared_network() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.all += [
+            FakeContainer("b1", "172.20.0.11"),
+            FakeContainer("b2", "172.20.0.12", health="healthy"),
+            FakeContainer("b3", "172.20.0.13", health="starting"),
+            FakeContainer("b4", "172.20.0.14", health="unhealthy"),
+            FakeContainer("x1", "172.20.0.21", service="loadgen"),
+        ]
+        engine.all[-1].status = "exited"
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        await d.refresh()
+        assert d.project == PROJECT, "the project comes from the proxy's own container labels"
+        assert labels(group) == ["172.20.0.11:8001", "172.20.0.12:8001"]
+
+    asyncio.run(main())
+
+
+def test_docker_discovery_without_a_project_refuses_to_start() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="not-a-container")
+        with pytest.raises(DiscoveryError, match="PROXY_DOCKER_PROJECT"):
+            await d.refresh()
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="nope", project=PROJECT)
+        await d.refresh()  # an explicit project works from outside a container too
+        assert labels(group) == []
+
+    asyncio.run(main())
+
+
+def test_docker_discovery_follows_events_and_drops_a_stopping_replica_at_once() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        b1, b2 = FakeContainer("b1", "172.20.0.11"), FakeContainer("b2", "172.20.0.12")
+        engine.all += [b1, b2]
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        await d.refresh()
+        d.start()
+        await wait_for(lambda: len(engine.streams) == 1)
+        # Scale up: a new container starts unhealthy-unknown, joins when Docker calls it healthy.
+        b3 = FakeContainer("b3", "172.20.0.13", health="starting")
+        engine.all.append(b3)
+        engine.emit("start", "b3")
+        await asyncio.sleep(0.05)
+        assert len(group.live) == 2
+        b3.health = "healthy"
+        engine.emit("health_status: healthy", "b3")
+        await wait_for(lambda: len(group.live) == 3)
+        # docker stop: SIGTERM arrives while the container still runs; it leaves the set now.
+        group.endpoints[("172.20.0.11", 8001)].in_flight = 1
+        engine.emit("kill", "b1", signal="15")
+        await wait_for(lambda: len(group.live) == 2)
+        assert labels(group) == ["172.20.0.12:8001", "172.20.0.13:8001"]
+        assert ("172.20.0.11", 8001) in group.endpoints, "draining: its in-flight request finishes"
+        # A reload signal is not a stop.
+        engine.emit("kill", "b2", signal="SIGHUP")
+        await asyncio.sleep(0.05)
+        assert len(group.live) == 2
+        # Pause (or crash) takes it out; unpause brings it back.
+        b2.status = "paused"
+        engine.emit("pause", "b2")
+        await wait_for(lambda: labels(group) == ["172.20.0.13:8001"])
+        b2.status = "running"
+        engine.emit("unpause", "b2")
+        await wait_for(lambda: len(group.live) == 2)
+        # Healthcheck execs are frequent and irrelevant: no re-list for them.
+        lists = engine.lists
+        engine.emit("exec_start: python -c ...", "b2")
+        engine.emit("start", "b2")
+        await wait_for(lambda: engine.lists == lists + 1)
+        await d.stop()
+        assert d._thread is None
+
+    asyncio.run(main())
+
+
+def test_docker_discovery_reconnects_after_stream_errors_and_resyncs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.all.append(FakeContainer("b1", "172.20.0.11"))
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", max_backoff=0.05)
+        await d.refresh()
+        d.start()
+        await wait_for(lambda: len(engine.streams) == 1)
+        # The engine goes away: the stream breaks and the first resubscribe fails too.
+        engine.fail_next_subscribe = 1
+        engine.all.append(FakeContainer("b2", "172.20.0.12"))  # started while we were not listening
+        engine.streams[-1].queue.put(ConnectionError("socket closed"))
+        await wait_for(lambda: len(engine.streams) == 2, timeout=5)
+        await wait_for(lambda: len(group.live) == 2)
+        assert labels(group) == ["172.20.0.11:8001", "172.20.0.12:8001"], "a full listing after reconnect"
+        await d.stop()
+
+    asyncio.run(main())
+    assert "docker events stream failed (socket closed); keeping last endpoints" in caplog.text
+    assert "engine restarting" in caplog.text
+
+
+def test_make_discovery_picks_the_source_from_config() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        assert isinstance(make_discovery(Config(), group), DnsDiscovery)
+        d = make_discovery(Config(discovery="docker", upstream_host="api", docker_project="p"), group)
+        assert isinstance(d, DockerDiscovery) and d.service == "api" and d.project == "p"
+        d = make_discovery(Config(discovery="docker", docker_service="web"), group)
+        assert isinstance(d, DockerDiscovery) and d.service == "web" and d.port == 8001
+
+    asyncio.run(main())
+
+
+def test_docker_discovery_looks_again_when_the_listing_lags_behind_an_unpause_event() -> None:
+    """Docker 20.10 sends `unpause` before its listing says `running` (seen on this machine)."""
+
+    async def main() -> None:
+        engine = FakeEngine()
+        b1 = FakeContainer("b1", "172.20.0.11")
+        b1.status = "paused"
+        engine.all.append(b1)
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        await d.refresh()
+        d.start()
+        await wait_for(lambda: len(engine.streams) == 1)
+        threading.Timer(0.15, setattr, (b1, "status", "running")).start()
+        t0 = asyncio.get_running_loop().time()
+        engine.emit("unpause", "b1")
+        await wait_for(lambda: len(group.live) == 1)
+        assert asyncio.get_running_loop().time() - t0 < 0.6
+        await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failed_connect_makes_dns_discovery_resolve_at_once_but_not_in_a_storm() -> None:
+    async def main() -> None:
+        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        dns = FakeDns()
+        dns.answer = [("10.0.0.1", 8001), ("10.0.0.2", 8001)]
+        d = DnsDiscovery(g, "backend", 8001, 60.0, dns)  # the interval alone would take a minute
+        await d.refresh()
+        d.start()
+        dns.answer = [("10.0.0.2", 8001)]  # 10.0.0.1 was killed and already left DNS
+        await asyncio.sleep(DnsDiscovery.hint_gap)
+        calls = dns.calls
+        for _ in range(20):
+            g.mark_failed(g.live[0])
+        await asyncio.sleep(0.01)
+        assert [e.label for e in g.live] == ["10.0.0.2:8001"], "dropped without waiting for the interval"
+        assert dns.calls == calls + 1, "twenty failures in a burst give one resolution"
+        await d.stop()
+        assert g.on_connect_failure is None
+        g.mark_failed(g.live[0])
+        await asyncio.sleep(0.01)
+        assert dns.calls == calls + 1
+
+    asyncio.run(main())

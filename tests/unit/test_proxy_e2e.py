@@ -88,6 +88,8 @@ class FakeUpstream:
         self.writers: list[asyncio.StreamWriter] = []
         self.readers: list[asyncio.StreamReader] = []
         self.drop_reused = False  # close (without answering) any 2nd request on a connection
+        self.reset_all = False  # read every request, then close without answering (a crashing app)
+        self.status_all: int | None = None  # answer every request with this status
         self.release = asyncio.Event()
         self.server: asyncio.AbstractServer | None = None
 
@@ -130,6 +132,16 @@ class FakeUpstream:
                     return
                 self.requests.append(Seen(method, target, headers, body, cid, sizes))
                 served += 1
+                if self.reset_all:
+                    writer.transport.abort()
+                    return
+                if self.status_all is not None:
+                    out = b"nope %d" % self.status_all
+                    writer.write(
+                        b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (self.status_all, len(out)) + out
+                    )
+                    await writer.drain()
+                    continue
                 if not await self.respond(method, target, body, writer):
                     return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -432,7 +444,9 @@ def test_failed_endpoint_gets_no_new_requests_for_fail_timeout(caplog: pytest.Lo
 
     async def main(fail_timeout: float) -> int:
         caplog.clear()
-        async with FakeUpstream() as up, proxy(endpoints=[dead, addr(up)], fail_timeout=fail_timeout) as srv:
+        # Outlier ejection off: 5 refused connects in a row would eject the endpoint (test_proxy_outlier).
+        cfg = {"fail_timeout": fail_timeout, "outlier_consecutive_failures": 0}
+        async with FakeUpstream() as up, proxy(endpoints=[dead, addr(up)], **cfg) as srv:
             for _ in range(8):
                 assert (await fetch(srv.port, get("/"))).status == 200
             if fail_timeout:

@@ -1,0 +1,124 @@
+"""How fast is the load generator? Against wrk, in one run, on the same core.
+
+``python -m benchmarks.loadgen [--rounds 3] [--duration 5] [--rate 10000] [--rate-duration 10]``
+(``./lab bench loadgen``). Needs nginx and wrk (``scripts/bench-tools``).
+
+A static nginx (one worker, ``benchmarks.nginx.static_upstream``) is pinned to core 0; wrk
+(``-t1 -c50``) and ``python -m loadgen --concurrency 50`` take turns on core 1, ``--rounds``
+times each, alternating so that both see the same noise of a shared machine. Closed-loop
+throughput is the median of each; the ratio of the medians is the figure of merit (a ratio taken
+in one run, never absolute numbers across runs).
+
+Each round also runs the open loop: ``python -m loadgen --rate 10000`` for ``--rate-duration``
+seconds on core 1. ``rate_error_pct = |achieved - intended| / intended x 100`` from the report's
+``rate_check`` (achieved counts requests actually sent before the deadline, so a generator that
+falls behind shows here instead of silently measuring less); the last line has the median.
+
+The last line is machine-readable: ``loadgen/wrk=<ratio> rate_error_pct=<x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.nginx import ToolMissing, pinned, require_tools, run_wrk, static_upstream
+
+REPO = Path(__file__).resolve().parents[1]
+UPSTREAM_CPU = 0
+CLIENT_CPU = 1
+CONNECTIONS = 50
+
+
+def run_loadgen(url: str, args: list[str], cpu: int, timeout_s: float) -> dict[str, Any]:
+    """``python -m loadgen URL ARGS --quiet`` pinned to ``cpu``; returns its report.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOADGEN_")}
+        cmd = pinned([sys.executable, "-m", "loadgen", url, *args, "--quiet", "--json", str(out)], cpu)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"loadgen failed ({proc.returncode}):\n{proc.stderr}")
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of wrk and loadgen (default 3)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per closed-loop run (default 5)")
+    p.add_argument("--rate", type=float, default=10_000.0, help="open-loop rate to check (default 10000)")
+    p.add_argument("--rate-duration", type=float, default=10.0, help="seconds of the open-loop run")
+    a = p.parse_args(argv)
+    try:
+        require_tools("nginx", "wrk", "taskset")
+    except ToolMissing as exc:
+        print(f"benchmarks.loadgen: {exc}", file=sys.stderr)
+        return 2
+
+    wrk_rps: list[float] = []
+    lg_rps: list[float] = []
+    rows: list[str] = []
+    open_runs: list[dict[str, Any]] = []
+    closed_args = ["-c", str(CONNECTIONS), "-d", f"{a.duration:g}"]
+    rate_args = ["--rate", f"{a.rate:g}", "-d", f"{a.rate_duration:g}"]
+    with static_upstream(cpu=UPSTREAM_CPU) as port:
+        url = f"http://127.0.0.1:{port}/"
+        run_wrk(url, cpu=CLIENT_CPU, connections=CONNECTIONS, duration_s=1)  # warm-up
+        for i in range(a.rounds):
+            w = run_wrk(url, cpu=CLIENT_CPU, connections=CONNECTIONS, duration_s=a.duration)
+            r = run_loadgen(url, closed_args, CLIENT_CPU, a.duration + 60)
+            wrk_rps.append(w.rps)
+            lg_rps.append(r["rps"])
+            lat = r["latency_ms"]
+            rows.append(
+                f"| {i + 1} | {w.rps:,.0f} | {w.p50_ms:.2f} / {w.p99_ms:.2f} | {r['rps']:,.0f} "
+                f"| {lat['p50']:.2f} / {lat['p99']:.2f} | {r['rps'] / w.rps:.3f} |"
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+            open_runs.append(run_loadgen(url, rate_args, CLIENT_CPU, a.rate_duration + 60))
+            print(f"open loop: {open_runs[-1]['rate_check']}", file=sys.stderr, flush=True)
+
+    ratio = statistics.median(lg_rps) / statistics.median(wrk_rps)
+    rate_error = statistics.median(r["rate_check"]["error_pct"] for r in open_runs)
+    print(f"# loadgen vs wrk: static nginx on core {UPSTREAM_CPU}, clients on core {CLIENT_CPU}")
+    print()
+    print(f"Closed loop, {CONNECTIONS} connections, {a.duration:g} s per run, {a.rounds} alternating rounds:")
+    print()
+    print("| round | wrk req/s | wrk p50 / p99 ms | loadgen req/s | loadgen p50 / p99 ms | loadgen/wrk |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(row)
+    print(
+        f"| median | {statistics.median(wrk_rps):,.0f} | | {statistics.median(lg_rps):,.0f} | | {ratio:.3f} |"
+    )
+    print()
+    print(f"Open loop, --rate {a.rate:g} for {a.rate_duration:g} s, one run per round:")
+    print()
+    print(
+        "| round | intended req/s | achieved req/s | error | kept up | p50 / p99 ms | uncorr. p50 / p99 ms |"
+    )
+    print("|---:|---:|---:|---:|---|---:|---:|")
+    for i, r in enumerate(open_runs):
+        rc, corr, unc = r["rate_check"], r["latency_ms"], r["latency_uncorrected_ms"]
+        print(
+            f"| {i + 1} | {rc['intended_rps']:,.1f} | {rc['achieved_rps']:,.1f} | {rc['error_pct']:.3f} % "
+            f"| {rc['kept_up']} | {corr['p50']:.2f} / {corr['p99']:.2f} "
+            f"| {unc['p50']:.2f} / {unc['p99']:.2f} |"
+        )
+    for r in open_runs:
+        if r["rate_check"]["reason"]:
+            print(f"\n{r['rate_check']['reason']}")
+    print()
+    print(f"loadgen/wrk={ratio:.3f} rate_error_pct={rate_error:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Scenarios against a real lab: timed actions on real containers, and the report and plots of a run.
+
+The load generator runs on the host (``python -m loadgen`` against the published proxy port, as a
+user of the lab would run it outside Compose), with ``COMPOSE_PROJECT_NAME`` naming this test's own
+project so that its actions reach these containers and no one else's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import matplotlib.image
+import pytest
+
+from loadgen.actions import ActionRunner
+from loadgen.scenario import Action
+
+from .conftest import REPO, Lab, own_lab
+
+PLOTS = ("latency.png", "throughput.png", "backends.png", "spectrum.png")
+KILL_AT_S = 3
+
+
+@pytest.fixture(scope="module")
+def scen_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    # Its own project: these tests kill, clone and remove replicas and switch the proxy's policy.
+    with own_lab(tmp_path_factory, "scen", env={"PROXY_ACCESS_LOG": "false"}) as lab:
+        yield lab
+
+
+def restore(lab: Lab) -> None:
+    lab.scale(3)  # starts a killed replica again, removes extra ones
+    lab.wait_for_endpoints(3)
+
+
+def coloured_share(path: Path) -> float:
+    rgb = matplotlib.image.imread(path)[..., :3]
+    return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.25).mean())
+
+
+def test_killing_a_replica_mid_run_lines_up_in_the_report_and_plots(scen_lab: Lab, tmp_path: Path) -> None:
+    restore(scen_lab)
+    victim = scen_lab.containers("backend")[0]
+    number = victim.labels["com.docker.compose.container-number"]
+    victim_id = victim.attrs["Config"]["Hostname"]  # what X-Backend-Id says
+    scenario = tmp_path / "kill.yaml"
+    scenario.write_text(
+        "name: kill-short\nmode: rate\n"
+        "stages:\n  - {kind: hold, duration: 8, target: 200}\n"
+        f'actions:\n  - {{at: {KILL_AT_S}, kind: kill, target: "backend:{number}"}}\n'
+    )
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": scen_lab.project}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "loadgen", scen_lab.base_url + "/", "--scenario", str(scenario),
+             "--results-dir", str(tmp_path / "results"), "--quiet"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        victim.reload()
+        assert victim.status == "exited", "the action really killed the container"
+    finally:
+        restore(scen_lab)
+
+    (run_dir,) = (tmp_path / "results").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    (action,) = report["actions"]
+    assert (action["kind"], action["target"], action["ok"]) == ("kill", f"backend:{number}", True), action
+    assert KILL_AT_S <= action["at_s"] < KILL_AT_S + 0.5, "recorded when it happened, on the run's clock"
+    kill_second = int(action["at_s"])
+
+    timeline = {e["second"]: e for e in report["timeline"]}
+    assert sorted(timeline) == list(range(8)) and report["responses"] > 1400
+    # Errors, if any (the proxy retries a failed GET on another replica, so usually there are
+    # none), belong to the second of the kill or the one after: never before, never later.
+    failed = {s: e["failed"] for s, e in timeline.items() if e["failed"]}
+    assert set(failed) <= {kill_second, kill_second + 1}, f"failures away from the kill: {failed}"
+    # What lines up with the action in any case: the victim's share of each second.
+    share = {
+        s: e["backends"].get(victim_id, 0) / max(1, sum(e["backends"].values())) for s, e in timeline.items()
+    }
+    assert all(share[s] > 0.2 for s in range(kill_second)), f"the victim served its third before: {share}"
+    assert all(share[s] == 0 for s in range(kill_second + 1, 8)), f"the victim served after its kill: {share}"
+
+    for name in PLOTS:
+        path = run_dir / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert coloured_share(path) > 0.003, f"{name} has no data drawn"
+    assert (run_dir / "summary.md").exists()
+
+
+def test_scale_action_clones_replicas_that_the_proxy_and_compose_use(scen_lab: Lab) -> None:
+    restore(scen_lab)
+    runner = ActionRunner(scen_lab.project)
+    try:
+        result = runner.run(Action(0.0, "scale", "backend", {"replicas": 5}))
+        assert result["ok"], result
+        assert "created backend:4" in result["detail"] and "created backend:5" in result["detail"]
+        scen_lab.wait_for_endpoints(5)  # the clones answer to the DNS name `backend`
+        ids = {c.attrs["Config"]["Hostname"] for c in scen_lab.containers("backend")}
+        # The clones serve once their app listens and the proxy's health checks pass (seconds).
+        seen: set[str] = set()
+        deadline = time.monotonic() + 40
+        while seen != ids and time.monotonic() < deadline:
+            seen.add(httpx.get(scen_lab.base_url + "/", timeout=5).headers["x-backend-id"])
+        assert seen == ids and len(ids) == 5, f"every replica, clones included, serves: {seen} vs {ids}"
+        listed = scen_lab.run("ps", "--format", "{{.Name}}", "backend").stdout.split()
+        assert len(listed) == 5, f"compose sees the clones as its own replicas: {listed}"
+
+        result = runner.run(Action(0.0, "scale", "backend", {"replicas": 2, "timeout": 2}))
+        assert result["ok"] and result["detail"].count("removed") == 3, result
+        scen_lab.wait_for_endpoints(2)
+        assert len(scen_lab.containers("backend", all=True)) == 2
+    finally:
+        restore(scen_lab)
+
+
+def test_policy_action_switches_the_proxy_through_its_admin_api(scen_lab: Lab) -> None:
+    runner = ActionRunner(scen_lab.project)
+    try:
+        result = runner.run(Action(0.0, "policy", "proxy", {"policy": "least_request", "admin_port": 8080}))
+        assert result["ok"], result
+        assert httpx.get(scen_lab.admin_url + "/policy", timeout=5).json()["policy"] == "least_request"
+        bad = runner.run(Action(0.0, "policy", "proxy", {"policy": "fastest", "admin_port": 8080}))
+        assert not bad["ok"] and "400" in bad["detail"] and "unknown policy" in bad["detail"]
+    finally:
+        runner.run(Action(0.0, "policy", "proxy", {"policy": "round_robin", "admin_port": 8080}))

@@ -1,0 +1,230 @@
+"""Active health checks against real local sockets: thresholds, timeouts, and picks skipping the unhealthy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from proxy.balancer import RoundRobin
+from proxy.config import Config, load_config
+from proxy.counters import Counters
+from proxy.health import HealthChecker, HealthPolicy, health_checker
+from proxy.pool import HEALTHY, UNHEALTHY, UNKNOWN, UpstreamGroup
+
+
+class StatusServer:
+    """A tiny keep-alive HTTP/1.1 server: ``status(path)`` decides each answer; ``hang`` stalls it.
+
+    Shared by the outlier tests. Bodies are not read (tests send GETs only).
+    """
+
+    def __init__(self, status: Callable[[str], int] = lambda path: 200) -> None:
+        self.status = status
+        self.hang = False
+        self.paths: Counter[str] = Counter()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> StatusServer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                self.paths[path] += 1
+                if self.hang:
+                    await asyncio.sleep(3600)
+                status = self.status(path)
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % status)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def group_of(*addresses: tuple[str, int]) -> UpstreamGroup:
+    group = UpstreamGroup("test", asyncio.get_running_loop())
+    group.update(addresses)
+    return group
+
+
+def test_probe_passes_on_2xx_and_names_every_kind_of_failure() -> None:
+    async def main() -> None:
+        async with (
+            StatusServer() as ok,
+            StatusServer(lambda p: 503) as sick,
+            StatusServer() as stuck,
+        ):
+            stuck.hang = True
+            closed = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+            refused_port = closed.sockets[0].getsockname()[1]
+            closed.close()
+            await closed.wait_closed()
+            group = group_of(ok.address, sick.address, stuck.address, ("127.0.0.1", refused_port))
+            checker = HealthChecker(group, HealthPolicy(path="/health", timeout=0.2), "backend:8001")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            results = await asyncio.gather(*(checker.probe(ep) for ep in group.live))
+            took = loop.time() - t0
+        assert results[0] is None
+        assert results[1] == "status 503"
+        assert results[2] == "no answer within 0.2s"
+        assert results[3] and "refused" in results[3].lower()
+        assert took < 1.0, "probes run concurrently and the timeout bounds them"
+        assert ok.paths == {"/health": 1}, "the check uses the configured path, nothing else"
+
+    asyncio.run(main())
+
+
+def test_thresholds_move_endpoint_between_states_and_picks_follow() -> None:
+    async def main() -> None:
+        group = group_of(("10.0.0.1", 1), ("10.0.0.2", 1))
+        a, b = group.live
+        counters = Counters()
+        checker = HealthChecker(
+            group, HealthPolicy(unhealthy_threshold=3, healthy_threshold=2), "x", counters
+        )
+        assert a.health == UNKNOWN and not group.unavailable(), "unknown endpoints take traffic"
+        checker.record(a, None)
+        assert a.health == HEALTHY, "a new endpoint's first pass is enough"
+        checker.record(a, "status 500")
+        checker.record(a, "status 500")
+        assert a.health == HEALTHY and not group.unavailable(), "two failures are under the threshold"
+        checker.record(a, "status 500")
+        assert a.health == UNHEALTHY and group.unavailable() == {a}
+        rr = RoundRobin()
+        assert {rr.pick(group.live, group.unavailable()) for _ in range(4)} == {b}
+        checker.record(a, None)
+        assert a.health == UNHEALTHY, "one pass does not bring it back"
+        checker.record(a, "timeout")
+        checker.record(a, None)
+        assert a.health == UNHEALTHY, "a failure in between restarts the run of passes"
+        checker.record(a, None)
+        assert a.health == HEALTHY and not group.unavailable()
+        assert counters.count("health_changes", "unhealthy") == 1
+        assert counters.count("health_changes", "healthy") == 1
+        assert counters.count("health_checks", "fail") == 4
+        assert counters.count("health_checks", "pass") == 4
+
+    asyncio.run(main())
+
+
+def test_every_endpoint_unhealthy_means_panic_not_refusal() -> None:
+    async def main() -> None:
+        group = group_of(("10.0.0.1", 1), ("10.0.0.2", 1))
+        checker = HealthChecker(group, HealthPolicy(unhealthy_threshold=1), "x")
+        for ep in group.live:
+            checker.record(ep, "status 500")
+        assert all(ep.health == UNHEALTHY for ep in group.live)
+        assert not group.unavailable() and group.panic, "with nothing healthy, try them all"
+
+    asyncio.run(main())
+
+
+def test_checker_task_marks_a_hanging_replica_unhealthy_within_interval_times_threshold(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "proxy.health")
+
+    async def main() -> None:
+        async with StatusServer() as good, StatusServer() as bad:
+            group = group_of(good.address, bad.address)
+            policy = HealthPolicy(interval=0.05, timeout=0.05, unhealthy_threshold=2, healthy_threshold=2)
+            checker = HealthChecker(group, policy, "x")
+            checker.start()
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(0.08)
+            assert all(ep.health == HEALTHY for ep in group.live)
+            bad.hang = True
+            t0 = loop.time()
+            while group.live[1].health != UNHEALTHY and loop.time() - t0 < 2:
+                await asyncio.sleep(0.01)
+            took = loop.time() - t0
+            assert group.live[1].health == UNHEALTHY
+            # interval x threshold + timeout, with slack for a loaded machine.
+            assert took < 0.05 * 2 + 0.05 + 0.3, took
+            bad.hang = False
+            t0 = loop.time()
+            while group.live[1].health != HEALTHY and loop.time() - t0 < 2:
+                await asyncio.sleep(0.01)
+            assert group.live[1].health == HEALTHY
+            await checker.stop()
+            probes = good.paths["/health"]
+            await asyncio.sleep(0.15)
+            assert good.paths["/health"] == probes, "stop() ends the probing"
+
+    asyncio.run(main())
+    text = caplog.text
+    assert "unhealthy after 2 failed checks of /health" in text
+    assert "healthy again after 2 passed checks" in text
+
+
+def test_config_switches_checking_off_with_interval_zero() -> None:
+    async def main() -> None:
+        group = group_of(("10.0.0.1", 1))
+        assert health_checker(Config(health_interval=0), group, None) is None
+        checker = health_checker(Config(health_path="/ready", health_interval=3), group, None)
+        assert checker is not None and checker.policy.path == "/ready" and checker.policy.interval == 3
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--discovery", "k8s"], {}, "--discovery / PROXY_DISCOVERY: expected dns or docker"),
+        (["--health-path", "health"], {}, "--health-path / PROXY_HEALTH_PATH"),
+        ([], {"PROXY_HEALTH_PATH": "/a b"}, "--health-path / PROXY_HEALTH_PATH"),
+        ([], {"PROXY_HEALTH_INTERVAL": "-1"}, "--health-interval / PROXY_HEALTH_INTERVAL"),
+        (["--health-timeout", "0"], {}, "--health-timeout / PROXY_HEALTH_TIMEOUT"),
+        (["--unhealthy-threshold", "0"], {}, "--unhealthy-threshold / PROXY_UNHEALTHY_THRESHOLD"),
+        (["--healthy-threshold", "two"], {}, "--healthy-threshold / PROXY_HEALTHY_THRESHOLD"),
+        (
+            ["--outlier-consecutive-5xx", "-1"],
+            {},
+            "--outlier-consecutive-5xx / PROXY_OUTLIER_CONSECUTIVE_5XX",
+        ),
+        (["--outlier-base-ejection", "0"], {}, "--outlier-base-ejection / PROXY_OUTLIER_BASE_EJECTION"),
+        (
+            ["--outlier-max-ejection", "1"],
+            {},
+            "--outlier-max-ejection / PROXY_OUTLIER_MAX_EJECTION must be >=",
+        ),
+        (["--outlier-max-ejection-percent", "150"], {}, "PROXY_OUTLIER_MAX_EJECTION_PERCENT: must be <= 100"),
+    ],
+)
+def test_bad_discovery_health_outlier_flags_exit_2_naming_flag_and_env(
+    argv: list[str], env: dict[str, str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        load_config(argv, env)
+    assert info.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_discovery_health_outlier_flags_and_env_parse() -> None:
+    env = {"PROXY_DISCOVERY": "Docker", "PROXY_DOCKER_PROJECT": "lab", "PROXY_HEALTH_INTERVAL": "0"}
+    cfg = load_config(["--docker-service", "api", "--outlier-max-ejection-percent", "100"], env)
+    assert (cfg.discovery, cfg.docker_project, cfg.docker_service) == ("docker", "lab", "api")
+    assert cfg.health_interval == 0 and cfg.outlier_max_ejection_percent == 100
+    assert load_config([], {"PROXY_DOCKER_SERVICE": ""}).docker_service is None, "blank = default"

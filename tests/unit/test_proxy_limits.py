@@ -1,0 +1,268 @@
+"""Limits: request line (414), headers (431), body (413), connections and per-replica admission (503)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.config import ConfigError, build_parser, config_from
+from tests.unit.test_proxy_e2e import (
+    LOOPS,
+    FakeUpstream,
+    Resp,
+    access_lines,
+    addr,
+    connect,
+    fetch,
+    get,
+    proxy,
+    read_response,
+    run,
+)
+
+
+async def refused(port: int, raw: bytes) -> Resp:
+    """Send ``raw``, read the answer, and check the proxy then ends the connection."""
+    r, w = await connect(port)
+    w.write(raw)
+    resp = await read_response(r)
+    assert resp.get("Connection") == "close"
+    assert await asyncio.wait_for(r.read(), 3) == b"", "connection closed after the refusal"
+    w.close()
+    return resp
+
+
+def rejected(srv: object, status: int) -> int:
+    return srv.state.counters.count("rejected", str(status))  # type: ignore[attr-defined]
+
+
+def test_414_for_a_request_target_over_the_limit_and_fine_just_under() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, max_request_line=1024) as srv:
+            ok = "/" + "a" * 1023
+            assert (await fetch(srv.port, get(ok))).status == 200
+            resp = await refused(srv.port, get("/" + "a" * 1024))
+            assert resp.status == 414 and b"414 URI Too Long" in resp.body
+            # Also when the target arrives slowly and never ends: refused once it passes the limit.
+            r, w = await connect(srv.port)
+            w.write(b"GET /" + b"b" * 600)
+            await asyncio.sleep(0.05)
+            w.write(b"b" * 600)
+            resp = await read_response(r)
+            assert resp.status == 414
+            assert [rq.target for rq in up.requests] == [ok]
+            assert rejected(srv, 414) == 2
+            assert [line["status"] for line in access_lines(srv)] == [200, 414, 414]
+
+    run(main)
+
+
+def test_431_for_too_many_or_too_large_headers_or_an_endless_header_line() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, max_headers=20, max_header_bytes=4096) as srv:
+            many = "".join(f"X-H{i}: v\r\n" for i in range(21))
+            assert (await refused(srv.port, get("/", many))).status == 431
+            big = f"X-Big: {'v' * 4100}\r\n"
+            assert (await refused(srv.port, get("/", big))).status == 431
+            # A header line that never ends would otherwise be buffered without bound.
+            r, w = await connect(srv.port)
+            w.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+            for _ in range(20):
+                w.write(b"v" * 1024)
+                await asyncio.sleep(0)
+            resp = await read_response(r)
+            assert resp.status == 431
+            assert up.requests == []
+            assert rejected(srv, 431) == 3
+            assert (
+                await fetch(srv.port, get("/", "".join(f"X-H{i}: v\r\n" for i in range(18))))
+            ).status == 200
+
+    run(main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_413_for_a_content_length_over_the_limit_before_the_body_is_sent(loop: str) -> None:
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, max_body_size=1000) as srv:
+            r, w = await connect(srv.port)
+            # Only the head: the answer must not wait for a body the proxy will not take.
+            w.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+            resp = await read_response(r)
+            assert resp.status == 413 and resp.get("Connection") == "close"
+            assert b"1001 bytes, the limit is 1000" in resp.body
+            # The client goes on sending its body anyway: it is drained, then the connection ends.
+            w.write(b"x" * 1001)
+            assert await asyncio.wait_for(r.read(), 3) == b""
+            body = b"y" * 1000
+            raw = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + body
+            assert (await fetch(srv.port, raw)).body == body
+            assert [len(rq.body) for rq in up.requests] == [1000]
+            assert rejected(srv, 413) == 1
+            (line, _) = access_lines(srv)
+            assert line["status"] == 413 and line["upstream"] is None
+
+    run(main, loop)
+
+
+def test_413_for_a_chunked_body_as_soon_as_it_passes_the_limit() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, max_body_size=1000) as srv:
+            r, w = await connect(srv.port)
+            w.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            w.write(b"200\r\n" + b"z" * 512 + b"\r\n")
+            await asyncio.sleep(0.05)
+            w.write(b"200\r\n" + b"z" * 512 + b"\r\n")  # 1024 > 1000: refused here
+            resp = await read_response(r)
+            assert resp.status == 413
+            assert await asyncio.wait_for(r.read(), 3) == b""
+            await asyncio.sleep(0.05)
+            assert up.requests == [], "the upstream never got a complete request"
+            assert up.closed == 1, "the upstream connection carrying the partial body was closed"
+            (line,) = access_lines(srv)
+            assert line["status"] == 413 and rejected(srv, 413) == 1
+            # 0 switches the limit off.
+        async with FakeUpstream() as up, proxy(up.port, max_body_size=0) as srv:
+            big = b"q" * 300_000
+            raw = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+            assert (await fetch(srv.port, raw)).body == big
+
+    run(main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_connections_over_the_limit_get_503_with_retry_after_and_are_closed(loop: str) -> None:
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, max_connections=2) as srv:
+            held = [await connect(srv.port) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            resp = await refused(srv.port, get("/"))
+            assert resp.status == 503 and resp.get("Retry-After") == "1"
+            assert b"maximum of 2 client connections" in resp.body
+            # The held connections are served normally meanwhile.
+            r, w = held[0]
+            w.write(get("/held"))
+            assert (await read_response(r)).body == b"ok GET /held"
+            for _, w in held:
+                w.close()
+            await asyncio.sleep(0.05)
+            assert (await fetch(srv.port, get("/after"))).status == 200
+            assert [rq.target for rq in up.requests] == ["/held", "/after"]
+            assert rejected(srv, 503) == 1
+            assert 503 in [line["status"] for line in access_lines(srv)]
+
+    run(main, loop)
+
+
+def test_in_flight_cap_queues_then_refuses_when_the_queue_is_full() -> None:
+    async def main() -> None:
+        async with (
+            FakeUpstream() as up,
+            proxy(up.port, max_in_flight_per_upstream=1, queue_size=1, queue_timeout=5) as srv,
+        ):
+            first = asyncio.ensure_future(fetch(srv.port, get("/slow?0.3")))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(fetch(srv.port, get("/queued")))
+            await asyncio.sleep(0.05)
+            assert [rq.target for rq in up.requests] == ["/slow?0.3"], "the second request waits for the slot"
+            third = await fetch(srv.port, get("/over"))
+            assert third.status == 503 and third.get("Retry-After") == "1"
+            assert b"queue is full" in third.body
+            assert (await first).status == 200
+            resp = await second
+            assert resp.status == 200 and resp.body == b"ok GET /queued"
+            assert [rq.target for rq in up.requests] == ["/slow?0.3", "/queued"]
+            assert up.connections == 1, "the queued request reused the freed connection"
+            assert rejected(srv, 503) == 1
+            assert srv.state is not None and srv.state.counters.count("queue_overflow", "full") == 1
+            assert srv.state.group.live[0].in_flight == 0
+
+    run(main)
+
+
+def test_queue_timeout_gives_503_and_a_client_leaving_the_queue_frees_its_place() -> None:
+    async def main() -> None:
+        async with (
+            FakeUpstream() as up,
+            proxy(up.port, max_in_flight_per_upstream=1, queue_size=1, queue_timeout=0.2) as srv,
+        ):
+            slow = asyncio.ensure_future(fetch(srv.port, get("/slow?0.6")))
+            await asyncio.sleep(0.05)
+            resp = await fetch(srv.port, get("/waits"))
+            assert resp.status == 503 and b"within 0.2s" in resp.body
+            assert srv.state is not None and srv.state.counters.count("queue_overflow", "timeout") == 1
+            # A queued client that hangs up leaves the queue: the next one can queue.
+            _r, w = await connect(srv.port)
+            w.write(get("/gone"))
+            await asyncio.sleep(0.05)
+            w.transport.abort()
+            await asyncio.sleep(0.05)
+            assert srv.state is not None and srv.state.admission is not None
+            assert not srv.state.admission.waiting
+            assert (await slow).status == 200
+            assert "/gone" not in [rq.target for rq in up.requests]
+
+    run(main)
+
+
+def test_in_flight_cap_spreads_concurrent_requests_over_replicas() -> None:
+    async def main() -> None:
+        async with (
+            FakeUpstream() as a,
+            FakeUpstream() as b,
+            proxy(endpoints=[addr(a), addr(b)], max_in_flight_per_upstream=1, queue_size=0) as srv,
+        ):
+            first = asyncio.ensure_future(fetch(srv.port, get("/slow?0.3")))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(fetch(srv.port, get("/slow?0.3")))
+            await asyncio.sleep(0.05)
+            third = await fetch(srv.port, get("/"))
+            assert third.status == 503, "both replicas at their cap and no queue"
+            assert [(await f).status for f in (first, second)] == [200, 200]
+            assert (len(a.requests), len(b.requests)) == (1, 1)
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1048576", 1 << 20),
+        ("512k", 512 << 10),
+        ("100m", 100 << 20),
+        ("1G", 1 << 30),
+        ("0", 0),
+        ("64KB", 64 << 10),
+    ],
+)
+def test_body_size_accepts_nginx_style_suffixes(value: str, expected: int) -> None:
+    assert config_from(build_parser().parse_args(["--max-body-size", value]), {}).max_body_size == expected
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--max-body-size", "lots", "--max-body-size / PROXY_MAX_BODY_SIZE"),
+        ("--max-connections", "-1", "--max-connections / PROXY_MAX_CONNECTIONS"),
+        ("--queue-timeout", "0", "--queue-timeout / PROXY_QUEUE_TIMEOUT"),
+        ("--retry-on", "teapot", "--retry-on / PROXY_RETRY_ON"),
+        ("--retry-on", "404", "--retry-on / PROXY_RETRY_ON"),
+        ("--retry-methods", "GET,P0ST", "--retry-methods / PROXY_RETRY_METHODS"),
+        ("--client-body-timeout", "0", "--client-body-timeout / PROXY_CLIENT_BODY_TIMEOUT"),
+    ],
+)
+def test_bad_limit_and_retry_values_are_refused(flag: str, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        config_from(build_parser().parse_args([flag, value]), {})
+
+
+def test_retry_settings_from_the_environment() -> None:
+    cfg = config_from(
+        build_parser().parse_args([]),
+        {"PROXY_RETRY_METHODS": "get, put", "PROXY_RETRY_ON": "reset,502,503", "PROXY_MAX_RETRIES": "3"},
+    )
+    assert cfg.retry_methods == frozenset({"GET", "PUT"})
+    assert cfg.retry_on == frozenset({"reset", "502", "503"})
+    assert cfg.max_retries == 3
+    assert config_from(build_parser().parse_args(["--retry-on", "none"]), {}).retry_on == frozenset()

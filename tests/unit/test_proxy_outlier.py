@@ -1,0 +1,151 @@
+"""Passive outlier detection: consecutive failures eject, ejections grow, a cap holds, traffic moves."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import pytest
+
+from proxy.config import Config
+from proxy.counters import Counters
+from proxy.outlier import OutlierDetector, OutlierPolicy, outlier_detector
+from proxy.pool import UpstreamGroup
+from proxy.server import ProxyServer
+
+from .test_proxy_health import StatusServer
+
+
+def setup(n: int = 3, **policy: float) -> tuple[UpstreamGroup, OutlierDetector, Counters]:
+    group = UpstreamGroup("test", asyncio.get_running_loop())
+    group.update([(f"10.0.0.{i}", 8001) for i in range(1, n + 1)])
+    counters = Counters()
+    detector = OutlierDetector(OutlierPolicy(**policy), counters)  # type: ignore[arg-type]
+    group.outlier = detector
+    return group, detector, counters
+
+
+def test_consecutive_5xx_eject_and_a_success_resets_the_count(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        group, _, counters = setup(consecutive_5xx=3)
+        ep = group.live[0]
+        for status in (500, 502, 200, 503, 500):
+            ep.observe(status, 0.01, None)
+        assert not ep.ejected, "the 200 broke the run: only two in a row since"
+        assert ep.consecutive_5xx == 2
+        ep.observe(404, 0.01, None)  # a client error is not the upstream failing
+        for _ in range(3):
+            ep.observe(500, 0.01, None)
+        assert ep.ejected and group.unavailable() == {ep}
+        assert counters.count("ejections", "5xx") == 1
+        (view,) = [v for v in group.snapshot() if v["address"] == ep.label]
+        assert view["ejected"] is True and view["ejections"] == 1 and 0 < view["ejected_for"] <= 5
+
+    asyncio.run(main())
+    assert "ejected for 5s after 3 consecutive 5xx failures (ejection #1)" in caplog.text
+
+
+def test_gateway_failures_count_separately_and_protocol_errors_count_as_5xx() -> None:
+    async def main() -> None:
+        group, _, counters = setup(consecutive_5xx=3, consecutive_failures=2)
+        a, b = group.live[0], group.live[1]
+        a.observe(0, 0.1, "reset")
+        a.observe(0, 2.0, "timeout")
+        assert a.ejected and counters.count("ejections", "gateway") == 1
+        b.observe(0, 0.0, "protocol")
+        b.observe(0, 0.0, "protocol")
+        assert not b.ejected and b.consecutive_5xx == 2 and b.consecutive_failures == 0
+
+    asyncio.run(main())
+
+
+def test_ejection_time_grows_with_each_ejection_up_to_the_max_and_ends_on_time() -> None:
+    async def main() -> None:
+        group, detector, _ = setup(consecutive_5xx=1, base_ejection=0.05, max_ejection=0.12)
+        ep = group.live[0]
+        loop = asyncio.get_running_loop()
+        lengths = []
+        for _ in range(4):
+            ep.observe(500, 0.0, None)
+            assert ep.ejected
+            lengths.append(round(ep.ejected_until - loop.time(), 2))
+            while ep.ejected:
+                await asyncio.sleep(0.005)
+            assert ep not in group.unavailable(), "back in rotation once the time is up"
+        assert lengths == [0.05, 0.1, 0.12, 0.12]
+        assert ep.ejections == 4
+        # Clear of trouble for longer than max_ejection: the next ejection starts from base again.
+        ep.ejected_until = loop.time() - 1.0
+        assert detector.ejection_time(ep, loop.time()) == 0.05
+
+    asyncio.run(main())
+
+
+def test_max_ejection_percent_keeps_most_replicas_in(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        group, _, counters = setup(n=3, consecutive_5xx=1, max_ejection_percent=50)
+        a, b, c = group.live
+        a.observe(500, 0.0, None)
+        b.observe(500, 0.0, None)
+        c.observe(500, 0.0, None)
+        assert [a.ejected, b.ejected, c.ejected] == [True, False, False], "50 % of 3 is one endpoint"
+        assert counters.count("ejections") == 1
+        # A single replica is never ejected: there would be nothing left.
+        solo, _, _ = setup(n=1, consecutive_5xx=1, max_ejection_percent=100)
+        solo.live[0].observe(500, 0.0, None)
+        assert solo.live[0].ejected, "100 % allows ejecting all (panic rule then applies)"
+        assert not solo.unavailable() and solo.panic
+        none, _, _ = setup(n=1, consecutive_5xx=1, max_ejection_percent=50)
+        none.live[0].observe(500, 0.0, None)
+        assert not none.live[0].ejected
+
+    asyncio.run(main())
+    assert "not ejected: 1 of 3 endpoints already ejected (max 50%)" in caplog.text
+
+
+def test_config_builds_the_policy_and_zero_switches_it_off() -> None:
+    assert outlier_detector(Config(outlier_consecutive_5xx=0, outlier_consecutive_failures=0), None) is None
+    det = outlier_detector(Config(outlier_consecutive_5xx=7, outlier_base_ejection=2.5), None)
+    assert det is not None and det.policy.consecutive_5xx == 7 and det.policy.base_ejection == 2.5
+
+
+async def _get(port: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return int(data.split(b" ", 2)[1])
+
+
+def test_failing_replica_stops_getting_requests_after_ejection(caplog: pytest.LogCaptureFixture) -> None:
+    """Through a real proxy: the replica answering 500 gets exactly `consecutive_5xx` requests."""
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        async with StatusServer() as good, StatusServer(lambda p: 500) as bad:
+            cfg = Config(
+                upstream_host="127.0.0.1",
+                upstream_port=0,
+                listen_host="127.0.0.1",
+                listen_port=0,
+                admin_host=None,
+                health_interval=0,
+                outlier_consecutive_5xx=3,
+                outlier_base_ejection=0.3,
+            )
+            srv = ProxyServer(cfg, access_log_stream=io.StringIO(), endpoints=[good.address, bad.address])
+            await srv.start()
+            try:
+                statuses = [await _get(srv.port) for _ in range(20)]
+                assert bad.paths["/"] == 3, "ejected after its third 500 in a row"
+                assert statuses.count(500) == 3 and statuses.count(200) == 17
+                assert srv.state is not None and srv.state.counters.count("ejections", "5xx") == 1
+                await asyncio.sleep(0.35)
+                await asyncio.gather(*(_get(srv.port) for _ in range(4)))
+                assert bad.paths["/"] > 3, "after the ejection time it gets traffic again"
+            finally:
+                await srv.close()
+
+    asyncio.run(main())
+    assert "back in rotation" in caplog.text

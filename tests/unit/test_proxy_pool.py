@@ -1,0 +1,123 @@
+"""The endpoint set: drain on removal, the per-request `unavailable()` set, panic, snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from proxy.balancer import RoundRobin
+from proxy.pool import UNHEALTHY, UpstreamGroup
+
+A, B, C = ("10.0.0.1", 8001), ("10.0.0.2", 8001), ("10.0.0.3", 8001)
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.closed = False
+        self.idle_since = 0.0
+
+    def reusable(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_removed_endpoint_drains_in_flight_then_disappears() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("t", asyncio.get_running_loop())
+        group.update([A, B])
+        a = group.endpoints[A]
+        conn = FakeConn()
+        a.put_idle(conn)  # type: ignore[arg-type]
+        a.in_flight = 1  # a request is running on another connection
+        assert group.update([B]) is True
+        assert conn.closed, "idle connections of a leaving endpoint are closed at once"
+        assert [ep.address for ep in group.live] == [B], "no new picks"
+        (view,) = [v for v in group.snapshot() if v["address"] == "10.0.0.1:8001"]
+        assert view["draining"] is True and view["in_flight"] == 1
+        back = FakeConn()
+        a.put_idle(back)  # type: ignore[arg-type]
+        assert back.closed, "a connection released by the in-flight request is not pooled"
+        a.release()
+        assert A not in group.endpoints, "gone once its last request finished"
+        assert group.update([B]) is False, "same set: no change reported"
+
+    asyncio.run(main())
+
+
+def test_endpoint_coming_back_while_draining_is_revived_with_its_state() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("t", asyncio.get_running_loop())
+        group.update([A, B])
+        a = group.endpoints[A]
+        a.in_flight = 1
+        group.update([B])
+        group.update([A, B])
+        assert group.endpoints[A] is a and a.live
+
+    asyncio.run(main())
+
+
+def test_unavailable_is_the_union_cached_until_something_changes() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("t", asyncio.get_running_loop(), fail_timeout=0.05)
+        group.update([A, B, C])
+        a, b, c = group.live
+        empty = group.unavailable()
+        assert not empty and group.unavailable() is empty, "cached: no rebuild per request"
+        group.mark_failed(a)
+        group.eject(b, 10)
+        assert group.unavailable() == {a, b}
+        cached = group.unavailable()
+        assert group.unavailable() is cached
+        rr = RoundRobin()
+        assert {rr.pick(group.live, group.unavailable()) for _ in range(6)} == {c}
+        await asyncio.sleep(0.08)
+        assert group.unavailable() == {b}, "the connect cool-down ends on its own"
+        group.set_health(c, UNHEALTHY)
+        assert group.unavailable() == {b, c}
+        view = {v["address"]: v for v in group.snapshot()}
+        assert view["10.0.0.3:8001"]["health"] == "unhealthy"
+        assert view["10.0.0.2:8001"]["ejected"] is True
+        assert view["10.0.0.1:8001"]["failed_recently"] is False
+        group.update([B, C])
+        assert not group.unavailable() and group.panic, "A left: now every live endpoint is excluded"
+
+    asyncio.run(main())
+
+
+def test_every_endpoint_excluded_means_panic_and_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "proxy.pool")
+
+    async def main() -> None:
+        group = UpstreamGroup("t", asyncio.get_running_loop())
+        group.update([A, B])
+        a, b = group.live
+        group.eject(a, 10)
+        group.set_health(b, UNHEALTHY)
+        assert not group.unavailable() and group.panic, "try them all rather than refuse every request"
+        assert RoundRobin().pick(group.live, group.unavailable()) is not None
+        group.set_health(b, "healthy")
+        assert group.unavailable() == {a} and not group.panic
+
+    asyncio.run(main())
+    assert "every endpoint is failing; panic mode" in caplog.text
+    assert "panic mode over" in caplog.text
+
+
+def test_fail_timeout_zero_never_cools_and_close_cancels_timers() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("t", asyncio.get_running_loop(), fail_timeout=0)
+        group.update([A, B])
+        group.mark_failed(group.live[0])
+        assert not group.unavailable()
+        group.eject(group.live[1], 60)
+        timer = group.live[1].eject_timer
+        assert timer is not None
+        group.close()
+        assert timer.cancelled()
+
+    asyncio.run(main())

@@ -1,0 +1,211 @@
+"""Retries: what is tried again after which failure, where, and when the budget says no."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.retry import KEEP_BODY_LIMIT, RetryBudget
+from tests.unit.test_proxy_e2e import (
+    LOOPS,
+    FakeUpstream,
+    access_lines,
+    addr,
+    fetch,
+    free_port,
+    get,
+    proxy,
+    run,
+)
+
+
+def post(path: str, body: bytes, method: str = "POST") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_reset_before_any_response_byte_is_retried_on_another_replica(loop: str) -> None:
+    async def main() -> None:
+        async with FakeUpstream() as bad, FakeUpstream() as good:
+            bad.reset_all = True  # reads the request, then dies without a byte of response
+            async with proxy(endpoints=[addr(bad), addr(good)], fail_timeout=0) as srv:
+                for i in range(6):
+                    resp = await fetch(srv.port, get(f"/r{i}"))
+                    assert resp.status == 200 and resp.body == f"ok GET /r{i}".encode()
+                assert bad.requests, "the failing replica did receive requests (so they were re-sent)"
+                assert [r.target for r in good.requests] == [f"/r{i}" for i in range(6)]
+                assert srv.state is not None
+                assert srv.state.counters.count("retries", "reset") == len(bad.requests)
+                assert {line["upstream"] for line in access_lines(srv)} == {f"127.0.0.1:{good.port}"}
+
+    run(main, loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_503_is_retried_on_a_different_replica_and_forwarded_when_none_is_left(loop: str) -> None:
+    async def main() -> None:
+        async with FakeUpstream() as busy, FakeUpstream() as good:
+            busy.status_all = 503
+            async with proxy(endpoints=[addr(busy), addr(good)]) as srv:
+                for _ in range(4):
+                    resp = await fetch(srv.port, get("/"))
+                    assert resp.status == 200 and resp.body == b"ok GET /"
+                assert srv.state is not None
+                assert srv.state.counters.count("retries", "503") == len(busy.requests) >= 1
+                # The 503's connection was drained and pooled, not thrown away.
+                assert busy.connections == 1
+            async with proxy(endpoints=[addr(busy)]) as srv:
+                before = len(busy.requests)
+                resp = await fetch(srv.port, get("/"))
+                assert resp.status == 503 and resp.body == b"nope 503", "no other replica: forwarded as is"
+                assert len(busy.requests) == before + 1, "never retried on the replica that said 503"
+
+    run(main, loop)
+
+
+def test_post_is_never_retried_by_default_but_a_kept_put_body_is_when_configured() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as bad, FakeUpstream() as good:
+            bad.reset_all = True
+            async with proxy(endpoints=[addr(bad), addr(good)], fail_timeout=0) as srv:
+                results = [await fetch(srv.port, post("/echo", b"data")) for _ in range(4)]
+                hit_bad = len(bad.requests)
+                assert hit_bad >= 1
+                assert [r.status for r in results].count(502) == hit_bad, (
+                    "a POST that reached a replica fails"
+                )
+                assert srv.state is not None and srv.state.counters.count("retries") == 0
+            bad.requests.clear()
+            good.requests.clear()
+            async with proxy(
+                endpoints=[addr(bad), addr(good)], fail_timeout=0, retry_methods=frozenset({"PUT"})
+            ) as srv:
+                for _ in range(4):
+                    resp = await fetch(srv.port, post("/echo", b"kept body", "PUT"))
+                    assert resp.status == 200 and resp.body == b"kept body"
+                assert bad.requests and all(r.body == b"kept body" for r in good.requests)
+                # A body too large to keep was streamed, so it cannot be sent a second time.
+                big = b"x" * (KEEP_BODY_LIMIT + 1)
+                statuses = [(await fetch(srv.port, post("/echo", big, "PUT"))).status for _ in range(2)]
+                assert 502 in statuses and all(len(r.body) in (9, len(big)) for r in good.requests)
+
+    run(main)
+
+
+def test_budget_exhaustion_stops_retries_and_the_client_sees_the_error() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as bad, FakeUpstream() as good:
+            bad.reset_all = True
+            # No share of traffic, 0.2 retries/s over the 10 s window: exactly 2 retries allowed.
+            async with proxy(
+                endpoints=[addr(bad), addr(good)],
+                fail_timeout=0,
+                retry_budget_percent=0.0,
+                retry_budget_min=0.2,
+            ) as srv:
+                statuses = [(await fetch(srv.port, get("/"))).status for _ in range(6)]
+                first_on_bad = len(bad.requests)
+                assert first_on_bad >= 3
+                assert statuses.count(502) == first_on_bad - 2
+                assert srv.state is not None
+                counters = srv.state.counters
+                assert counters.count("retries", "reset") == 2
+                assert counters.count("retry_budget_exhausted", "reset") == first_on_bad - 2
+
+    run(main)
+
+
+def test_max_retries_bounds_attempts_per_request() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as a, FakeUpstream() as b, FakeUpstream() as c:
+            for up in (a, b, c):
+                up.reset_all = True
+            async with proxy(endpoints=[addr(a), addr(b), addr(c)], fail_timeout=0, max_retries=1) as srv:
+                resp = await fetch(srv.port, get("/"))
+                assert resp.status == 502 and b"closed the connection before responding" in resp.body
+                assert len(a.requests) + len(b.requests) + len(c.requests) == 2
+                assert srv.state is not None
+                assert srv.state.counters.count("retries_exhausted", "reset") == 1
+
+    run(main)
+
+
+def test_connect_failures_move_on_without_spending_the_budget() -> None:
+    async def main() -> None:
+        dead = ("127.0.0.1", free_port())
+        async with FakeUpstream() as up:
+            async with proxy(
+                endpoints=[dead, addr(up)], fail_timeout=0, retry_budget_percent=0.0, retry_budget_min=0.0
+            ) as srv:
+                for _ in range(4):
+                    assert (await fetch(srv.port, get("/"))).status == 200
+                assert srv.state is not None
+                assert srv.state.counters.count("retries", "connect-failure") >= 2
+                assert srv.state.counters.count("retry_budget_exhausted") == 0
+            # Without connect-failure in --retry-on a refused connect is the client's 502.
+            async with proxy(
+                endpoints=[dead, addr(up)], fail_timeout=0, retry_on=frozenset({"reset"})
+            ) as srv:
+                statuses = [(await fetch(srv.port, get("/"))).status for _ in range(4)]
+                assert 502 in statuses and 200 in statuses
+
+    run(main)
+
+
+def test_retry_on_can_add_statuses_and_drop_reset() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as bad, FakeUpstream() as good:
+            bad.status_all = 502
+            async with proxy(endpoints=[addr(bad), addr(good)], retry_on=frozenset({"502"})) as srv:
+                statuses = [(await fetch(srv.port, get("/"))).status for _ in range(3)]
+                assert statuses == [200, 200, 200] and bad.requests
+            bad.status_all = None
+            bad.reset_all = True
+            bad.requests.clear()
+            async with proxy(endpoints=[addr(bad), addr(good)], fail_timeout=0, retry_on=frozenset()) as srv:
+                statuses = [(await fetch(srv.port, get("/"))).status for _ in range(4)]
+                assert statuses.count(502) == len(bad.requests) >= 1
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("percent", "floor", "requests", "allowed"),
+    [(20.0, 0.0, 50, 10), (0.0, 1.0, 0, 10), (10.0, 0.5, 100, 15), (0.0, 0.0, 1000, 0)],
+)
+def test_budget_allows_a_share_of_requests_plus_a_floor(
+    percent: float, floor: float, requests: int, allowed: int
+) -> None:
+    budget = RetryBudget(percent, floor, window=10)
+    for _ in range(requests):
+        budget.deposit(100.2)
+    granted = sum(budget.try_withdraw(100.5) for _ in range(allowed + 5))
+    assert granted == allowed
+
+
+def test_budget_forgets_requests_and_retries_older_than_its_window() -> None:
+    budget = RetryBudget(50.0, 0.0, window=10)
+    for _ in range(10):
+        budget.deposit(0.5)
+    assert sum(budget.try_withdraw(1.0) for _ in range(10)) == 5
+    assert not budget.try_withdraw(9.9)
+    # 11 s later the old deposits and withdrawals have expired: nothing to retry on.
+    assert not budget.try_withdraw(11.0)
+    for _ in range(4):
+        budget.deposit(11.5)
+    assert sum(budget.try_withdraw(12.0) for _ in range(4)) == 2
+    assert budget.balance(12.0) == 0
+
+
+def test_retry_is_reported_to_each_endpoint_tried() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as bad, FakeUpstream() as good:
+            bad.reset_all = True
+            async with proxy(endpoints=[addr(bad), addr(good)], fail_timeout=0) as srv:
+                await asyncio.gather(*(fetch(srv.port, get("/")) for _ in range(4)))
+                assert srv.state is not None
+                eps = {ep.label: ep for ep in srv.state.group.live}
+                assert all(ep.in_flight == 0 for ep in eps.values()), "every attempt released its endpoint"
+
+    run(main)
