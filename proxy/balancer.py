@@ -157,11 +157,10 @@ class RoundRobin(_Policy):
         self._cursor = start + 1
         if not exclude:
             return endpoints[start % n]
-        for i in range(n):
-            ep = endpoints[(start + i) % n]
-            if ep not in exclude:
-                return ep
-        return None
+        # Cursor over the allowed endpoints only: handing an excluded endpoint's turn to its
+        # neighbour would give that neighbour a double share (2:1 with one of three ejected).
+        allowed = [ep for ep in endpoints if ep not in exclude]
+        return allowed[start % len(allowed)] if allowed else None
 
 
 class Random(_Policy):

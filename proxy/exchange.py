@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from proxy.flow import CLIENT_BUSY, UPSTREAM_BUSY, WAITING_UPSTREAM
@@ -166,7 +167,7 @@ class Exchange:
     def start(self) -> None:
         self.started = True
         state = self.state
-        state.retry_budget.deposit(self.t0)
+        state.retry_budget.deposit(state.loop.time())
         if state.admission is not None:
             state.admission.admit(self)
             return
@@ -186,7 +187,7 @@ class Exchange:
         self.endpoint = ep
         self.upstream_label = ep.label
         self.tried.append(ep)
-        self.t_attempt = self.state.loop.time()
+        self.t_attempt = perf_counter()
         ep.in_flight += 1
         ep.requests += 1
         if pooled:
@@ -299,7 +300,7 @@ class Exchange:
 
     def _observe(self, ep: Endpoint, status: int, failure: str | None) -> None:
         """Report one attempt's outcome to the endpoint (the seam for EWMA, outlier detection, metrics)."""
-        ep.observe(status, self.state.loop.time() - self.t_attempt, failure)
+        ep.observe(status, perf_counter() - self.t_attempt, failure)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
@@ -457,7 +458,7 @@ class Exchange:
         if self.resp_mode == R_CHUNKED:
             self.out.append(LAST_CHUNK)
         self.flush()
-        self.t_upstream = self.state.loop.time()
+        self.t_upstream = perf_counter()
         self.conn = None
         conn.detach()
         ep = self.endpoint
@@ -576,7 +577,7 @@ class Exchange:
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """After the 101: hand both connections to a Tunnel; this exchange ends here (logged as 101)."""
         self.flush()
-        self.t_upstream = self.state.loop.time()
+        self.t_upstream = perf_counter()
         self.conn = None
         conn.exchange = None
         down = self.down
@@ -639,7 +640,7 @@ class Exchange:
         down = self.down
         down.gate.resume(UPSTREAM_BUSY | WAITING_UPSTREAM)
         state = self.state
-        now = state.loop.time()
+        now = perf_counter()
         state.counters.response(self.status, now - self.t0)  # /metrics requests_total and duration
         if state.access_log is not None:
             state.access_log.log(

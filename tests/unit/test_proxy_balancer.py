@@ -85,6 +85,16 @@ def test_round_robin_even_spread() -> None:
     assert set(spread(RoundRobin(), g.live, 300).values()) == {100}
 
 
+def test_round_robin_stays_even_over_the_rest_when_one_is_excluded() -> None:
+    # One of three ejected: the other two must split evenly, not 2:1 (the excluded one's turn
+    # must not always fall to its neighbour).
+    g = group(3)
+    rr = RoundRobin()
+    a, b, c = g.live
+    counts = Counter(rr.pick(g.live, {a}).label for _ in range(300))
+    assert counts == {b.label: 150, c.label: 150}
+
+
 def test_round_robin_spread_stays_even_when_set_changes() -> None:
     g = group(2)
     rr = RoundRobin()
