@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
@@ -14,52 +12,7 @@ from proxy.config import Config, load_config
 from proxy.counters import Counters
 from proxy.health import HealthChecker, HealthPolicy, health_checker
 from proxy.pool import HEALTHY, UNHEALTHY, UNKNOWN, UpstreamGroup
-
-
-class StatusServer:
-    """A tiny keep-alive HTTP/1.1 server: ``status(path)`` decides each answer; ``hang`` stalls it.
-
-    Shared by the outlier tests. Bodies are not read (tests send GETs only).
-    """
-
-    def __init__(self, status: Callable[[str], int] = lambda path: 200) -> None:
-        self.status = status
-        self.hang = False
-        self.paths: Counter[str] = Counter()
-        self.server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> StatusServer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                path = head.split(b" ", 2)[1].decode()
-                self.paths[path] += 1
-                if self.hang:
-                    await asyncio.sleep(3600)
-                status = self.status(path)
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % status)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+from tests.unit.upstreams import StatusServer
 
 
 def group_of(*addresses: tuple[str, int]) -> UpstreamGroup:
@@ -141,7 +94,7 @@ def test_every_endpoint_unhealthy_means_panic_not_refusal() -> None:
     asyncio.run(main())
 
 
-def test_checker_task_marks_a_hanging_replica_unhealthy_within_interval_times_threshold(
+def test_checker_task_marks_a_hanging_replica_unhealthy_after_threshold_failed_checks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "proxy.health")
@@ -153,20 +106,25 @@ def test_checker_task_marks_a_hanging_replica_unhealthy_within_interval_times_th
             checker = HealthChecker(group, policy, "x")
             checker.start()
             loop = asyncio.get_running_loop()
-            await asyncio.sleep(0.08)
+
+            async def wait_for(state: object, *, both: bool = False) -> None:
+                watched = group.live if both else group.live[1:]
+                t0 = loop.time()
+                while any(ep.health != state for ep in watched) and loop.time() - t0 < 5:
+                    await asyncio.sleep(0.01)
+
+            await wait_for(HEALTHY, both=True)
             assert all(ep.health == HEALTHY for ep in group.live)
             bad.hang = True
-            t0 = loop.time()
-            while group.live[1].health != UNHEALTHY and loop.time() - t0 < 2:
-                await asyncio.sleep(0.01)
-            took = loop.time() - t0
+            probes_before = bad.paths["/health"]
+            await wait_for(UNHEALTHY)
             assert group.live[1].health == UNHEALTHY
-            # interval x threshold + timeout, with slack for a loaded machine.
-            assert took < 0.05 * 2 + 0.05 + 0.3, took
+            assert group.live[0].health == HEALTHY
+            # Counted in probes, not seconds (a loaded machine stretches time): the threshold is 2
+            # failed checks, and one more may have been in flight when the replica started hanging.
+            assert 2 <= bad.paths["/health"] - probes_before <= 3
             bad.hang = False
-            t0 = loop.time()
-            while group.live[1].health != HEALTHY and loop.time() - t0 < 2:
-                await asyncio.sleep(0.01)
+            await wait_for(HEALTHY)
             assert group.live[1].health == HEALTHY
             await checker.stop()
             probes = good.paths["/health"]
