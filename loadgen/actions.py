@@ -69,7 +69,7 @@ def _label(container: Any) -> str:
 
 
 class ActionRunner:
-    """Performs :class:`~loadgen.scenario.Action` s on one Compose project's containers.
+    """Performs scenario actions (:class:`~loadgen.scenario.Action`) on one Compose project's containers.
 
     Construction connects to the engine and settles the project, and raises :class:`ActionError`
     with a clear message when either fails, so a misconfigured run stops before it starts instead

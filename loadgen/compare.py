@@ -79,7 +79,11 @@ def error_count(report: dict[str, Any]) -> int:
 
 def rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
     """(metric, value in A, value in B) for every row of the table, in display order."""
-    out: list[tuple[str, float | None, float | None]] = [
+    out: list[tuple[str, float | None, float | None]] = []
+    ca, cb = a.get("rate_check") or {}, b.get("rate_check") or {}
+    if ca or cb:
+        out.append(("intended req/s", ca.get("intended_rps"), cb.get("intended_rps")))
+    out += [
         ("req/s", a.get("rps"), b.get("rps")),
         ("requests", a.get("requests"), b.get("requests")),
         ("errors", error_count(a), error_count(b)),
@@ -137,6 +141,14 @@ def format_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b
     for metric, va, vb in rows(a, b):
         d_abs, d_rel = diff(va, vb)
         lines.append(f"| {metric} | {_fmt(va)} | {_fmt(vb)} | {d_abs} | {d_rel} |")
+    # A run whose generator fell behind measured less load than asked: say so under the numbers.
+    for label, r in (("A", a), ("B", b)):
+        check = r.get("rate_check") or {}
+        if check and not check.get("kept_up", True):
+            lines += [
+                "",
+                f"Warning: {label} did not keep its rate: {check.get('reason') or 'generator behind'}",
+            ]
     return "\n".join(lines) + "\n"
 
 

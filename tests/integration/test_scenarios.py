@@ -31,7 +31,10 @@ KILL_AT_S = 3
 @pytest.fixture(scope="module")
 def scen_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # Its own project: these tests kill, clone and remove replicas and switch the proxy's policy.
-    with own_lab(tmp_path_factory, "scen", env={"PROXY_ACCESS_LOG": "false"}) as lab:
+    results = tmp_path_factory.mktemp("scen-results")  # the loadgen service's /results, not ./results
+    env = {"PROXY_ACCESS_LOG": "false", "LOADGEN_RESULTS": str(results)}
+    with own_lab(tmp_path_factory, "scen", env=env) as lab:
+        lab.run("build", "loadgen", timeout=900)  # the container test runs this tree's loadgen
         yield lab
 
 
@@ -132,3 +135,45 @@ def test_policy_action_switches_the_proxy_through_its_admin_api(scen_lab: Lab) -
         assert not bad["ok"] and "400" in bad["detail"] and "unknown policy" in bad["detail"]
     finally:
         runner.run(Action(0.0, "policy", "proxy", {"policy": "round_robin", "admin_port": 8080}))
+
+
+def test_the_compose_service_runs_a_scenario_and_acts_on_its_own_project(
+    scen_lab: Lab, tmp_path: Path
+) -> None:
+    """`docker compose run loadgen --scenario ...`: the socket mount and the project from its labels.
+
+    Pausing a replica freezes it without closing anything: requests sent to it wait for the
+    unpause instead of failing, which the report shows as latency, not errors.
+    """
+    restore(scen_lab)
+    victim = scen_lab.containers("backend")[0]
+    number = victim.labels["com.docker.compose.container-number"]
+    (tmp_path / "pause.yaml").write_text(
+        "name: pause-short\nurl: http://proxy:8000/\nmode: rate\n"
+        "stages:\n  - {kind: hold, duration: 6, target: 100}\n"
+        f'actions:\n  - {{at: 2, kind: pause, target: "backend:{number}"}}\n'
+        f'  - {{at: 4, kind: unpause, target: "backend:{number}"}}\n'
+    )
+    try:
+        run = scen_lab.run(
+            "run", "--rm", "--no-deps", "-v", f"{tmp_path}:/out", "loadgen",
+            "--scenario", "/out/pause.yaml", "--json", "/out/report.json", "--quiet",
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+    finally:
+        victim.reload()
+        if victim.status == "paused":
+            victim.unpause()
+        restore(scen_lab)
+    report = json.loads((tmp_path / "report.json").read_text())
+    pause, unpause = report["actions"]
+    assert (pause["kind"], pause["ok"], unpause["kind"], unpause["ok"]) == ("pause", True, "unpause", True), (
+        report["actions"]
+    )
+    assert f"({victim.name})" in pause["detail"], (
+        "acted on this project's container, found from its own labels"
+    )
+    assert 2 <= pause["at_s"] < 2.5 and 4 <= unpause["at_s"] < 4.5
+    assert report["failed"] == 0, "a paused replica stalls requests, it does not fail them"
+    assert report["latency_ms"]["max"] >= 1500, "requests sent to the paused replica waited for the unpause"

@@ -107,3 +107,18 @@ def test_cli_entry_point(tmp_path: Path) -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("loadgen compare: error: ")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_intended_rate_row_and_a_warning_when_a_run_fell_behind(tmp_path: Path) -> None:
+    a_path, b_path = two_runs(tmp_path)
+    a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+    a["rate_check"] = {"intended_rps": 300.0, "kept_up": True, "reason": None}
+    b["rate_check"] = {
+        "intended_rps": 300.0,
+        "kept_up": False,
+        "reason": "generator behind: intended 300.0 req/s",
+    }
+    text = format_table(a, b)
+    assert "| intended req/s | 300 | 300 | 0 | +0.0 % |" in text
+    assert text.rstrip().endswith("Warning: B did not keep its rate: generator behind: intended 300.0 req/s")
+    assert "Warning: A" not in text
