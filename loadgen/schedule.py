@@ -393,6 +393,7 @@ class OpenLoop(_Runner):
         self.sent = 0
         self.sent_late = 0  # sent after the deadline (+ slack): not counted as achieved
         self.unsent = 0
+        self.pump_late_max = 0.0  # worst delay of the scheduler itself behind a due request
         schedule = ArrivalSchedule(
             plan.load_at, plan.duration_s, constant=plan.constant, index=self.index, count=self.count
         )
@@ -428,6 +429,8 @@ class OpenLoop(_Runner):
         deadline = self._deadline
         nxt = self._next
         if nxt <= now and nxt < deadline:
+            if now - nxt > self.pump_late_max:  # the loop was busy (or descheduled) past a due time
+                self.pump_late_max = now - nxt
             times, start, free, backlog = self._times, self._start, self._free, self._backlog
             timeline = self.timeline
             buckets = timeline.buckets
@@ -496,6 +499,7 @@ class OpenLoop(_Runner):
             "sent_in_time": sent_in_time,
             "unsent": self.unsent,
             "max_connections": self._max_conns,
+            "scheduler_late_max_s": self.pump_late_max,
         }
 
     def _snapshot_extra(self, now: float) -> dict[str, Any]:

@@ -251,3 +251,34 @@ def test_open_loop_stop_ends_early_and_accounts_for_what_was_due() -> None:
     assert stats["sent"] + stats["unsent"] == stats["due"] and stats["unsent"] > 0
     merged = merge_exports([result.timeline.export()])
     assert sum(s.requests for s in merged.seconds) == stats["sent"] == srv.served
+
+
+def test_a_generator_too_busy_to_send_on_time_says_so() -> None:
+    """The event loop is blocked for 0.4 s from t = 0.7 s of a 1 s run (a CPU-bound generator)."""
+    from datetime import UTC, datetime
+
+    from loadgen.report import build_report
+    from loadgen.run import Outcome
+
+    srv = AlternatingServer()
+    argv = ["--rate", "200", "-d", "1", "--connections", "100"]
+
+    async def main() -> tuple[RunResult, Plan]:
+        url = await srv.start()
+        plan = _plan([url, *argv])
+        asyncio.get_running_loop().call_later(0.7, time.sleep, 0.4)
+        result = await OpenLoop(plan).run()
+        srv.server.close()
+        return result, plan
+
+    result, plan = asyncio.run(main())
+    merged = merge_exports([result.timeline.export()])
+    outcome = Outcome(plan, merged, datetime.now(UTC), result.elapsed_s, False, [result.stats], [])
+    report = build_report(load_config([plan.url, *argv], {}), outcome)
+    rc = report["rate_check"]
+    assert rc["intended"] == rc["sent"] == srv.served == 200  # all sent in the end, none lost
+    assert 50 <= rc["intended"] - rc["achieved_rps"] <= 70  # ~60 went out only after the deadline
+    assert not rc["kept_up"] and rc["max_send_lag_ms"] >= 300 and rc["max_scheduler_lag_ms"] >= 300
+    assert "sent after the end" in rc["reason"] and "ms late (CPU-bound: add --workers)" in rc["reason"]
+    assert rc["waited_for_connection"] == 0 and "raise --connections" not in rc["reason"]
+    assert report["latency_ms"]["max"] >= 300 > 50 > report["latency_uncorrected_ms"]["p99"]
