@@ -25,6 +25,8 @@ from proxy.downstream import DownstreamProtocol
 from proxy.server import ProxyServer
 from proxy.upstream import UpstreamConnection
 
+CHUNK = 5000  # requests per timed batch
+
 # What wrk sends, and what the static nginx upstream answers (12-byte body).
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 RESPONSE = (
@@ -106,17 +108,22 @@ async def drive(n: int, access_log: bool, profile: bool) -> float:
         prof = cProfile.Profile() if profile else None
         if prof:
             prof.enable()
-        t0 = time.process_time()
-        for _ in range(n):
-            one()
-        elapsed = time.process_time() - t0
+        # The best of many short batches: a batch that other processes interrupted (cache and
+        # TLB thrash, frequency changes) runs slower, never faster, so the minimum is the cost.
+        batch = min(CHUNK, n)
+        best = float("inf")
+        for _ in range(max(1, n // batch)):
+            t0 = time.process_time()
+            for _ in range(batch):
+                one()
+            best = min(best, time.process_time() - t0)
         if prof:
             prof.disable()
             pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-        per = (down_t.written - before) / n
+        per = (down_t.written - before) / (max(1, n // batch) * batch)
         if per < len(RESPONSE) - 60:  # sanity: a response per request reached the client
             raise RuntimeError(f"client got {per:.0f} bytes per request; the proxy path did not complete")
-        return elapsed / n * 1e6
+        return best / batch * 1e6
     finally:
         await server.close()
         sink.close()
@@ -140,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=factory) as runner:
             best = min(best, runner.run(drive(a.n, a.access_log, a.profile)))
     print(
-        f"python per proxied request: {best:.2f} us (best of {a.repeat}, n={a.n}, access log "
-        f"{'on' if a.access_log else 'off'})"
+        f"python per proxied request: {best:.2f} us (best {CHUNK}-request batch of {a.repeat} x {a.n}, "
+        f"access log {'on' if a.access_log else 'off'})"
     )
     return 0
 

@@ -18,6 +18,7 @@ API (import from ``benchmarks.nginx``)::
     cpu_seconds(pids) -> float                     # their user+sys CPU so far (CPU per request)
     wait_port(port, timeout=5.0)                   # until something accepts on 127.0.0.1:port
     pinned(cmd, cpu) -> list[str]                  # ["taskset", "-c", cpu, *cmd]
+    set_nice(n)                                    # later pinned() commands run at nice n
     require_tools("nginx", "wrk")                  # ToolMissing naming scripts/bench-tools
     BODY == b"hello world\\n"                       # the 12-byte static body
 
@@ -59,11 +60,23 @@ def require_tools(*names: str) -> None:
         )
 
 
+_nice = 0
+
+
+def set_nice(increment: int) -> None:
+    """Run every later ``pinned`` command at this niceness (negative = ahead of other load; root)."""
+    global _nice
+    _nice = increment
+
+
 def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
-    """Prefix ``cmd`` with taskset; children (nginx workers) inherit the affinity."""
-    if cpu is None:
-        return list(cmd)
-    return ["taskset", "-c", str(cpu), *cmd]
+    """Prefix ``cmd`` with taskset (and nice); children (nginx workers) inherit both."""
+    out = list(cmd)
+    if cpu is not None:
+        out = ["taskset", "-c", str(cpu), *out]
+    if _nice:
+        out = ["nice", "-n", str(_nice), *out]
+    return out
 
 
 def free_port() -> int:

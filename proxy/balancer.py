@@ -237,10 +237,14 @@ class PowerOfTwo(_Policy):
         j = int(rnd() * (n - 1))
         a = endpoints[i]
         b = endpoints[j + 1 if j >= i else j]
-        return b if b.in_flight < a.in_flight else a
+        return b if self._cheaper(b, a) else a
+
+    def _cheaper(self, b: Endpoint, a: Endpoint) -> bool:
+        """Whether the second choice ``b`` beats the first ``a`` (a tie goes to ``a``)."""
+        return b.in_flight < a.in_flight
 
 
-class PeakEwma(_Policy):
+class PeakEwma(PowerOfTwo):
     """P2C over peak-EWMA latency x (in flight + 1) (Finagle's and Linkerd's default balancer).
 
     In-flight counts alone miss a replica that is slow but not yet backed up (at low
@@ -251,29 +255,17 @@ class PeakEwma(_Policy):
     """
 
     name = "peak_ewma"
-    __slots__ = ("_clock", "_decay", "_random")
+    __slots__ = ("_clock", "_decay")
 
     def __init__(self, config: Any = None, seed: int | None = None, clock: Any = time.monotonic) -> None:
-        self._random = random.Random(seed).random
+        super().__init__(config, seed)
         self._decay = getattr(config, "ewma_decay", DEFAULT_EWMA_DECAY)
         self._clock = clock
 
-    def pick(
-        self, endpoints: Sequence[Endpoint], exclude: Collection[Endpoint] = (), key: bytes | None = None
-    ) -> Endpoint | None:
-        if exclude:
-            endpoints = [ep for ep in endpoints if ep not in exclude]
-        n = len(endpoints)
-        if n < 2:
-            return endpoints[0] if n else None
-        rnd = self._random
-        i = int(rnd() * n)
-        j = int(rnd() * (n - 1))
-        a = endpoints[i]
-        b = endpoints[j + 1 if j >= i else j]
+    def _cheaper(self, b: Endpoint, a: Endpoint) -> bool:
         now = self._clock()
         decay = self._decay
-        return b if ewma_cost(b, now, decay) < ewma_cost(a, now, decay) else a
+        return ewma_cost(b, now, decay) < ewma_cost(a, now, decay)
 
 
 # -- consistent hashing ------------------------------------------------------------------------

@@ -143,6 +143,13 @@ def _number(flag: str, value: str, kind: type, minimum: float, *, strict: bool) 
     return num
 
 
+def _numbers(get: Any, kw: dict[str, Any], *table: tuple[str, type, float, bool]) -> None:
+    """Validate the numeric flags of ``table`` (flag, int or float, minimum, strict) into ``kw``."""
+    for flag, kind, minimum, strict in table:
+        if (v := get(flag)) is not None:
+            kw[flag.lstrip("-").replace("-", "_")] = _number(flag, v, kind, minimum, strict=strict)
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -362,7 +369,9 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         kw["listen_host"], kw["listen_port"] = parse_hostport("--listen", v)
     if (v := get("--admin-listen")) is not None:
         kw["admin_host"], kw["admin_port"] = parse_hostport("--admin-listen", v, allow_off=True)
-    for flag, kind, minimum, strict in (
+    _numbers(
+        get,
+        kw,
         ("--resolve-interval", float, 0.0, True),
         ("--pool-idle-timeout", float, 0.0, True),
         ("--pool-max-idle", int, 0, False),
@@ -382,9 +391,7 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         ("--max-in-flight-per-upstream", int, 0, False),
         ("--queue-size", int, 0, False),
         ("--queue-timeout", float, 0.0, True),
-    ):
-        if (v := get(flag)) is not None:
-            kw[flag.lstrip("-").replace("-", "_")] = _number(flag, v, kind, minimum, strict=strict)
+    )
     if (v := get("--max-body-size")) is not None:
         kw["max_body_size"] = _size("--max-body-size", v)
     if (v := get("--retry-methods")) is not None:
@@ -440,7 +447,9 @@ def _discovery_health_outlier(get: Any, kw: dict[str, Any]) -> None:
         if not v.startswith("/") or any(c.isspace() or ord(c) < 32 for c in v):
             raise ConfigError(f"{_both('--health-path')}: expected a path like /health, got {v!r}")
         kw["health_path"] = v
-    for flag, kind, minimum, strict in (
+    _numbers(
+        get,
+        kw,
         ("--health-interval", float, 0.0, False),
         ("--health-timeout", float, 0.0, True),
         ("--unhealthy-threshold", int, 1, False),
@@ -450,12 +459,11 @@ def _discovery_health_outlier(get: Any, kw: dict[str, Any]) -> None:
         ("--outlier-base-ejection", float, 0.0, True),
         ("--outlier-max-ejection", float, 0.0, True),
         ("--outlier-max-ejection-percent", float, 0.0, False),
-    ):
-        if (v := get(flag)) is not None:
-            kw[flag.lstrip("-").replace("-", "_")] = _number(flag, v, kind, minimum, strict=strict)
+    )
     d = Config()
     if kw.get("outlier_max_ejection_percent", 0) > 100:
-        raise ConfigError(f"{_both('--outlier-max-ejection-percent')}: must be <= 100")
+        got = get("--outlier-max-ejection-percent")
+        raise ConfigError(f"{_both('--outlier-max-ejection-percent')}: must be <= 100, got {got!r}")
     base = kw.get("outlier_base_ejection", d.outlier_base_ejection)
     if kw.get("outlier_max_ejection", d.outlier_max_ejection) < base:
         raise ConfigError(

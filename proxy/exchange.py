@@ -598,8 +598,13 @@ class Exchange:
         response = simple_response(status, body, self.req.request_id, close)
         if retry_after:
             response = with_retry_after(response, status, retry_after)
+        if self.head_request:
+            # A HEAD response has no body (its Content-Length still says what a GET would get):
+            # bytes after the head would be read as the start of the next response.
+            response = response[: len(response) - len(body)]
+        else:
+            self.nbytes = len(body)
         self.down.write(response)
-        self.nbytes = len(body)
         self._finish()
 
     def abort(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from proxy.headers import simple_response, status_line
@@ -57,9 +58,20 @@ class Admission:
         cap = self.cap
         return frozenset(ep for ep in group.live if ep.in_flight >= cap)
 
-    def exclude(self, group: UpstreamGroup, also: object = ()) -> set[Endpoint]:
-        """What a pick must skip: unavailable endpoints, full ones, and ``also`` (already tried)."""
-        return {*group.unavailable(), *self.full(group), *also}  # type: ignore[misc]
+    def exclude(self, group: UpstreamGroup, also: Collection[Endpoint] = ()) -> Collection[Endpoint]:
+        """What a pick must skip: unavailable endpoints, full ones, and ``also`` (already tried).
+
+        Runs per request while the cap is on: with no endpoint full and nothing in ``also`` it
+        returns the group's cached set instead of building a new one.
+        """
+        cap = self.cap
+        for ep in group.live:
+            if ep.in_flight >= cap:
+                break
+        else:
+            if not also:
+                return group.unavailable()
+        return {*group.unavailable(), *self.full(group), *also}
 
     def admit(self, ex: Exchange) -> None:
         """Send ``ex`` to an endpoint with room, or queue it, or refuse it."""

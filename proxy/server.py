@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,8 @@ from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
 
 log = logging.getLogger("proxy.server")
+
+PR_SET_PDEATHSIG = 1  # prctl(2): signal this process gets when its parent dies
 
 
 class ProxyServer:
@@ -186,6 +189,12 @@ def run_worker(config: Config, worker: int = 0) -> int:
 
 def _worker_entry(config: Config, worker: int) -> None:  # pragma: no cover - runs in a child process
     setup_logging(config.log_level)
+    # If the supervisor is killed outright (SIGKILL, OOM), its workers get SIGTERM and drain instead
+    # of living on as orphans that hold the port (Linux only; elsewhere they outlive it).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the supervisor already died between spawn and prctl
+            sys.exit(1)
     sys.exit(run_worker(config, worker))
 
 
@@ -218,10 +227,14 @@ def supervise(config: Config) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for w in workers:
+            if stopping:  # a signal arrived while starting: do not start more
+                break
             w.start()
-        log.info("supervising %d workers: pids %s", len(workers), " ".join(str(w.pid) for w in workers))
+        running = [w for w in workers if w.pid is not None]
+        log.info("supervising %d workers: pids %s", len(running), " ".join(str(w.pid) for w in running))
+        if stopping:
+            on_signal(signal.SIGTERM, None)  # the ones started after the signal have not seen it
         failed = False
-        running = list(workers)
         while running:
             mp_connection.wait([w.sentinel for w in running], timeout=0.5)
             for w in [w for w in running if w.exitcode is not None]:
@@ -232,7 +245,8 @@ def supervise(config: Config) -> int:
                     if not stopping:
                         on_signal(signal.SIGTERM, None)  # stop the rest; the orchestrator restarts us
         for w in workers:
-            w.join()
+            if w.pid is not None:
+                w.join()
         return 1 if failed else 0
     finally:
         for sig, handler in previous.items():

@@ -110,8 +110,3 @@ class Tunnel:
             other = self.upstream if side is self.client else self.client
             other.transport.close()
             self.down.tunnel_closed(exc if side is self.client else None)
-
-    def close(self) -> None:
-        """Drain timeout / shutdown: cut both connections."""
-        for side in (self.client, self.upstream):
-            side.transport.abort()

@@ -31,6 +31,14 @@ LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
 
 
+LAST_FILES = ("test_shutdown.py",)  # stop and restart the session lab's proxy (a new host port)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run LAST_FILES after every other test, whatever the file names sort to (a stable sort)."""
+    items.sort(key=lambda item: item.path.name in LAST_FILES)
+
+
 def _docker_problem() -> str | None:
     try:
         client = docker.from_env()
@@ -112,16 +120,28 @@ class Lab:
         filters = {"label": [f"{LABEL_PROJECT}={self.project}", f"{LABEL_SERVICE}={service}"]}
         return self.docker.containers.list(all=all, filters=filters)
 
+    @staticmethod
+    def stats(container: docker.models.containers.Container) -> dict:
+        """A backend container's own ``/stats`` (read inside it: backends publish no port)."""
+        code = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8001/stats').read().decode())"
+        exit_code, output = container.exec_run(["python", "-c", code])
+        assert exit_code == 0, output
+        return json.loads(output)
+
     def backend_stats(self) -> dict[str, int]:
         """Requests each running backend counted itself, by its id (the container hostname)."""
         counts: dict[str, int] = {}
-        code = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8001/stats').read().decode())"
         for container in self.containers("backend"):
-            exit_code, output = container.exec_run(["python", "-c", code])
-            assert exit_code == 0, output
-            stats = json.loads(output)
+            stats = self.stats(container)
             counts[stats["backend"]] = stats["requests"]
         return counts
+
+    @staticmethod
+    def address(container: docker.models.containers.Container) -> str:
+        """The container's ``ip:8001``: the proxy's name for it (endpoint label, metrics ``upstream``)."""
+        container.reload()
+        (net,) = container.attrs["NetworkSettings"]["Networks"].values()
+        return f"{net['IPAddress']}:8001"
 
     # --- proxy ----------------------------------------------------------------------------
     def endpoints(self) -> list[dict]:
@@ -150,38 +170,12 @@ def docker_ready() -> None:
 
 @pytest.fixture(scope="session")
 def lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Build the images, start proxy + 3 backends, and remove everything at the end, pass or fail."""
-    _remove_projects(docker.from_env(), _is_stale)
-    project = f"{PROJECT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    work = tmp_path_factory.mktemp("lab")
-    results = work / "results"
-    results.mkdir()
-    env = {
-        **_repo_env(),
-        "COMPOSE_PROJECT_NAME": project,
-        "PROXY_BIND": "127.0.0.1",
-        "PROXY_PORT": "0",
-        "PROXY_ADMIN_PORT": "0",
-        "LOADGEN_DURATION": "5",
-        "LOADGEN_CONCURRENCY": "10",
-        "LOADGEN_RESULTS": str(results),
-    }
-    env_file = work / "lab.env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
-    compose = DockerCompose(REPO, compose_file_name="docker-compose.yml", env_file=str(env_file))
-    lab = Lab(compose, project, results)
-    try:
-        lab.run("build", timeout=900)
-        lab.run("up", "-d", "--wait", "--scale", "backend=3", "proxy", "backend")
-        lab.publish()
-        lab.wait_for_endpoints(3)
+    """Build every image, start proxy + 3 backends, and remove everything at the end, pass or fail."""
+    results = tmp_path_factory.mktemp("results")  # the loadgen service's /results
+    env = {"LOADGEN_DURATION": "5", "LOADGEN_CONCURRENCY": "10", "LOADGEN_RESULTS": str(results)}
+    with own_lab(tmp_path_factory, "lab", env=env, build=()) as lab:
+        lab.results_dir = results
         yield lab
-    finally:
-        keep_logs = os.environ.get("ASGI_LAB_KEEP_LOGS")  # a file to write the stack's logs to
-        if keep_logs:
-            Path(keep_logs).write_text(lab.run("logs", "--no-color", "--timestamps", check=False).stdout)
-        lab.run("down", "--volumes", "--remove-orphans", "--timeout", "3", check=False)
-        _remove_projects(lab.docker, lambda name: name == project)  # whatever `down` missed
 
 
 @pytest.fixture
@@ -201,12 +195,15 @@ def own_lab(
     compose_files: Sequence[str] = (),
     up: Sequence[str] = ("--scale", "backend=3", "proxy", "backend"),
     endpoints: int = 3,
+    build: Sequence[str] = ("backend", "proxy"),
 ) -> Iterator[Lab]:
     """A differently configured lab under its own project (``<prefix><pid>-<name>-<rand>``).
 
     ``env`` adds or overrides Compose variables, ``compose_files`` are override files (relative to
-    the repo) on top of docker-compose.yml, ``up`` ends the ``up -d --wait`` command line. Everything
-    the project started is removed at the end, pass or fail, like the session ``lab``.
+    the repo) on top of docker-compose.yml, ``up`` ends the ``up -d --wait`` command line, ``build``
+    names the services whose images are built first (empty: all). Everything the project started
+    is removed at the end, pass or fail: containers, networks and volumes, also those ``down``
+    misses (a service started by a test that is not in ``up``).
     """
     _remove_projects(docker.from_env(), _is_stale)
     project = f"{PROJECT_PREFIX}{os.getpid()}-{name}-{uuid.uuid4().hex[:6]}"
@@ -226,7 +223,7 @@ def own_lab(
     )
     lab = Lab(compose, project, work)
     try:
-        lab.run("build", "backend", "proxy", timeout=900)
+        lab.run("build", *build, timeout=900)
         lab.run("up", "-d", "--wait", *up)
         lab.publish()
         lab.wait_for_endpoints(endpoints)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from .conftest import Lab, own_lab
-from .traffic import Trickle
+from .traffic import BackgroundGet, Trickle
 
 SLOW_MS = 3000
 # Uvicorn notices SIGTERM on its next 0.1 s tick and may answer requests already on its
@@ -35,11 +35,7 @@ def docker_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def addresses(lab: Lab, service: str = "backend") -> set[str]:
-    out = set()
-    for c in lab.containers(service):
-        (net,) = c.attrs["NetworkSettings"]["Networks"].values()
-        out.add(f"{net['IPAddress']}:8001")
-    return out
+    return {lab.address(c) for c in lab.containers(service)}
 
 
 def live(lab: Lab) -> set[str]:
@@ -57,28 +53,16 @@ def wait_live(lab: Lab, wanted: set[str], timeout: float = 10) -> float:
 
 def slow_request_then_stop(lab: Lab) -> dict:
     """Stop the replica serving a slow request, under a trickle of GETs; what everyone saw."""
-    replies: list[httpx.Response | Exception] = []
-
-    def slow() -> None:
-        try:
-            replies.append(httpx.get(f"{lab.base_url}/delay/{SLOW_MS}", timeout=15))
-        except httpx.HTTPError as exc:
-            replies.append(exc)
-
-    client = threading.Thread(target=slow)
-    client.start()
+    client = BackgroundGet(f"{lab.base_url}/delay/{SLOW_MS}", timeout=15)
     deadline = time.monotonic() + 5
     serving = None
     while serving is None and time.monotonic() < deadline:
         time.sleep(0.1)
         for c in lab.containers("backend"):
-            code = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8001/stats').read().decode())"
-            _, out = c.exec_run(["python", "-c", code])
-            if f"/delay/{SLOW_MS}".encode() in out:
+            if f"/delay/{SLOW_MS}" in lab.stats(c)["by_path"]:
                 serving = c
     assert serving is not None, "no replica is serving the slow request"
-    (net,) = serving.attrs["NetworkSettings"]["Networks"].values()
-    address = f"{net['IPAddress']}:8001"
+    address = lab.address(serving)
     serving_id = serving.attrs["Config"]["Hostname"]
     with Trickle(f"{lab.base_url}/") as trickle:
         time.sleep(0.3)
@@ -95,11 +79,11 @@ def slow_request_then_stop(lab: Lab) -> dict:
                 draining_seen = view
             else:
                 time.sleep(0.02)
-        client.join(timeout=15)
+        reply = client.result(timeout=15)
         stopping.join(timeout=20)
         time.sleep(0.5)
     return {
-        "reply": replies[0] if replies else None,
+        "reply": reply,
         "serving_id": serving_id,
         "removed_after": removed_after,
         "draining_view": draining_seen,

@@ -45,15 +45,18 @@ def faulty_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> 
         yield lab
 
 
-def address_of(container) -> str:  # type: ignore[no-untyped-def]
-    container.reload()
-    (net,) = container.attrs["NetworkSettings"]["Networks"].values()
-    return f"{net['IPAddress']}:8001"
-
-
 def endpoint(lab: Lab, address: str) -> dict:
     (view,) = [e for e in lab.endpoints() if e["address"] == address]
     return view
+
+
+def wait_health(lab: Lab, address: str, health: str, timeout: float = 10) -> float:
+    """Seconds until the proxy shows ``health`` for ``address`` (polled every 50 ms)."""
+    start = time.monotonic()
+    while (seen := endpoint(lab, address)["health"]) != health:
+        assert time.monotonic() - start < timeout, f"{address} is still {seen} after {timeout:g}s"
+        time.sleep(0.05)
+    return time.monotonic() - start
 
 
 def test_failing_replica_is_ejected_after_consecutive_5xx_and_gets_nothing_more(faulty_lab: Lab) -> None:
@@ -72,7 +75,7 @@ def test_failing_replica_is_ejected_after_consecutive_5xx_and_gets_nothing_more(
     assert by_backend[faulty_id] == CONSECUTIVE_5XX, by_backend
     ejected_after = max(o.at for o in failures) - started
     print(f"\nejected after {ejected_after:.2f}s of traffic ({len(trickle.outcomes)} requests: {by_backend})")
-    view = endpoint(lab, address_of(faulty))
+    view = endpoint(lab, lab.address(faulty))
     assert view["ejected"] is True and view["ejections"] == 1, view
     assert 50 < view["ejected_for"] <= 60, view
 
@@ -82,15 +85,11 @@ def test_paused_replica_is_marked_unhealthy_and_skipped_then_comes_back(faulty_l
     (faulty,) = lab.containers("backend-faulty")
     faulty_id = faulty.attrs["Config"]["Hostname"]
     target = lab.containers("backend")[0]
-    target_id, address = target.attrs["Config"]["Hostname"], address_of(target)
+    target_id, address = target.attrs["Config"]["Hostname"], lab.address(target)
     assert endpoint(lab, address)["health"] == "healthy"
     target.pause()  # its /health stops answering: checks time out
     try:
-        paused = time.monotonic()
-        while endpoint(lab, address)["health"] != "unhealthy" and time.monotonic() - paused < 10:
-            time.sleep(0.05)
-        took = time.monotonic() - paused
-        assert endpoint(lab, address)["health"] == "unhealthy"
+        took = wait_health(lab, address, "unhealthy")
         print(f"\npaused replica marked unhealthy after {took:.2f}s")
         # interval x threshold + timeout is the design figure; slack for a shared 2-core machine.
         assert took <= INTERVAL * UNHEALTHY + TIMEOUT + INTERVAL + 1.5, took
@@ -102,11 +101,7 @@ def test_paused_replica_is_marked_unhealthy_and_skipped_then_comes_back(faulty_l
         assert ok and all(r.status_code == 200 for r in ok)
     finally:
         target.unpause()
-    unpaused = time.monotonic()
-    while endpoint(lab, address)["health"] != "healthy" and time.monotonic() - unpaused < 10:
-        time.sleep(0.05)
-    back = time.monotonic() - unpaused
-    assert endpoint(lab, address)["health"] == "healthy"
+    back = wait_health(lab, address, "healthy")
     print(f"healthy again {back:.2f}s after unpause")
     assert back <= INTERVAL * (HEALTHY + 1) + 1.5, back
     with httpx.Client(base_url=lab.base_url, timeout=5) as client:

@@ -40,9 +40,7 @@ def replica_addresses(lab: Lab) -> dict[str, str]:
     """Each backend container's ``ip:8001`` (the proxy's upstream label) -> its hostname (backend id)."""
     out = {}
     for c in lab.containers("backend"):
-        c.reload()
-        (net,) = c.attrs["NetworkSettings"]["Networks"].values()
-        out[f"{net['IPAddress']}:8001"] = c.attrs["Config"]["Hostname"]
+        out[lab.address(c)] = c.attrs["Config"]["Hostname"]
     return out
 
 

@@ -11,20 +11,16 @@ The measured shares are printed (run with ``-s``) and quoted in docs/proxy.md.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import docker
 import httpx
 import pytest
-from testcontainers.compose import DockerCompose
 
-from .conftest import PROJECT_PREFIX, REPO, Lab, _is_stale, _remove_projects, _repo_env
+from .conftest import Lab, own_lab
 
 SLOW_MS = 100
 CONCURRENCY = 8
@@ -35,38 +31,14 @@ POLICIES = ("round_robin", "random", "least_request", "p2c", "peak_ewma", "consi
 @pytest.fixture(scope="module")
 def slow_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """proxy + 2 normal backends + 1 slowed backend, removed at the end whatever happened."""
-    _remove_projects(docker.from_env(), _is_stale)
-    project = f"{PROJECT_PREFIX}{os.getpid()}-policy-{uuid.uuid4().hex[:6]}"
-    work = tmp_path_factory.mktemp("policies")
-    env = {
-        **_repo_env(),
-        "COMPOSE_PROJECT_NAME": project,
-        "PROXY_BIND": "127.0.0.1",
-        "PROXY_PORT": "0",
-        "PROXY_ADMIN_PORT": "0",
-        "SLOW_BACKEND_DELAY_MS": str(SLOW_MS),
-    }
-    env_file = work / "lab.env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
-    compose = DockerCompose(
-        REPO,
-        compose_file_name=["docker-compose.yml", "tests/integration/compose/slow-backend.yml"],
-        env_file=str(env_file),
-    )
-    lab = Lab(compose, project, work)
-    try:
-        lab.run("build", "backend", "proxy", timeout=900)
-        lab.run("up", "-d", "--wait", "--scale", "backend=2", "proxy", "backend", "backend-slow")
-        lab.publish()
-        lab.wait_for_endpoints(3)
+    with own_lab(
+        tmp_path_factory,
+        "policy",
+        env={"SLOW_BACKEND_DELAY_MS": str(SLOW_MS)},
+        compose_files=["tests/integration/compose/slow-backend.yml"],
+        up=("--scale", "backend=2", "proxy", "backend", "backend-slow"),
+    ) as lab:
         yield lab
-    finally:
-        keep_logs = os.environ.get("ASGI_LAB_KEEP_LOGS")
-        if keep_logs:
-            with open(keep_logs, "a") as out:
-                out.write(lab.run("logs", "--no-color", "--timestamps", check=False).stdout)
-        lab.run("down", "--volumes", "--remove-orphans", "--timeout", "3", check=False)
-        _remove_projects(lab.docker, lambda name: name == project)
 
 
 @dataclass

@@ -1,40 +1,35 @@
 """Stopping the proxy container: in-flight requests finish, the process exits 0.
 
-Runs last (file order): it stops the proxy and starts it again, which gives it a new host port.
+Runs last (conftest.LAST_FILES): it stops the proxy and starts it again, which gives it a new host port.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 
 from .conftest import Lab
+from .traffic import BackgroundGet
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(lab3: Lab) -> None:
     (proxy,) = lab3.containers("proxy")
-    replies: list[httpx.Response | Exception] = []
-
-    def slow_request() -> None:
-        try:
-            replies.append(httpx.get(f"{lab3.base_url}/delay/1500", timeout=10))
-        except httpx.HTTPError as exc:
-            replies.append(exc)
-
-    client = threading.Thread(target=slow_request)
-    client.start()
+    client = BackgroundGet(f"{lab3.base_url}/delay/1500", timeout=10)
     try:
-        time.sleep(0.5)  # the request is now waiting on a backend
+        # SIGTERM only once the request is waiting on a backend (a busy host can take a while).
+        deadline = time.monotonic() + 5
+        while sum(e["in_flight"] for e in lab3.endpoints()) < 1:
+            assert time.monotonic() < deadline, "the slow request never reached a backend"
+            time.sleep(0.05)
         started = time.monotonic()
         proxy.stop(timeout=10)  # SIGTERM, SIGKILL after 10 s
         stopped_after = time.monotonic() - started
-        client.join(timeout=10)
+        reply = client.result(timeout=10)
         proxy.reload()
-        assert len(replies) == 1 and isinstance(replies[0], httpx.Response), replies
-        assert replies[0].status_code == 200
-        assert replies[0].headers.get("connection") == "close", "a draining proxy closes the connection"
+        assert isinstance(reply, httpx.Response), reply
+        assert reply.status_code == 200
+        assert reply.headers.get("connection") == "close", "a draining proxy closes the connection"
         assert proxy.attrs["State"]["ExitCode"] == 0, proxy.logs()[-2000:]
         assert stopped_after < 5, f"the proxy took {stopped_after:.1f}s to stop: drain did not end"
     finally:

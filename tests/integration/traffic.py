@@ -54,3 +54,23 @@ class Trickle:
 
     def backends_since(self, since: float) -> set[str]:
         return {o.backend for o in self.outcomes if o.at >= since and o.backend}
+
+
+class BackgroundGet:
+    """One GET sent from a thread at once (a request in flight while the test acts on containers)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.reply: httpx.Response | Exception | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, timeout), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, timeout: float) -> None:
+        try:
+            self.reply = httpx.get(url, timeout=timeout)
+        except httpx.HTTPError as exc:
+            self.reply = exc
+
+    def result(self, timeout: float) -> httpx.Response | Exception | None:
+        """The response or the transport error; None if it has not ended within ``timeout``."""
+        self._thread.join(timeout)
+        return self.reply

@@ -7,7 +7,8 @@ import json
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.admin import Reply, Request
-from tests.unit.test_proxy_metrics import StatusUpstream, get_many, http, proxy, run
+from tests.unit.test_proxy_metrics import get_many, http, proxy, run
+from tests.unit.upstreams import StatusServer
 
 
 def req(method: str, path: str, body: bytes = b"", extra: str = "") -> bytes:
@@ -17,7 +18,7 @@ def req(method: str, path: str, body: bytes = b"", extra: str = "") -> bytes:
 
 def test_unknown_path_404_lists_routes_and_wrong_method_405() -> None:
     async def main() -> None:
-        async with StatusUpstream() as up, proxy([up.address]) as srv:
+        async with StatusServer() as up, proxy([up.address]) as srv:
             status, _, body = await http(srv.admin_port, req("GET", "/nope"))
             assert status == 404
             for route in ("GET /healthz", "GET /metrics", "GET /upstreams"):
@@ -33,7 +34,7 @@ def test_unknown_path_404_lists_routes_and_wrong_method_405() -> None:
 
 def test_metrics_content_type_and_head() -> None:
     async def main() -> None:
-        async with StatusUpstream() as up, proxy([up.address]) as srv:
+        async with StatusServer() as up, proxy([up.address]) as srv:
             status, headers, body = await http(srv.admin_port, req("GET", "/metrics?x=1"))
             assert status == 200 and headers["content-type"] == CONTENT_TYPE_LATEST
             assert b"asgilab_proxy_requests_total" in body
@@ -45,7 +46,7 @@ def test_metrics_content_type_and_head() -> None:
 
 def test_upstreams_shows_every_replica_with_counters() -> None:
     async def main() -> None:
-        async with StatusUpstream() as a, StatusUpstream() as b, proxy([a.address, b.address]) as srv:
+        async with StatusServer() as a, StatusServer() as b, proxy([a.address, b.address]) as srv:
             await get_many(srv.port, ["/", "/", "/status/500", "/"])
             assert srv.state is not None
             group = srv.state.group
@@ -72,7 +73,7 @@ def test_upstreams_shows_every_replica_with_counters() -> None:
 
 def test_added_route_reads_json_body() -> None:
     async def main() -> None:
-        async with StatusUpstream() as up, proxy([up.address]) as srv:
+        async with StatusServer() as up, proxy([up.address]) as srv:
             assert srv.admin is not None
 
             def echo(r: Request) -> Reply:

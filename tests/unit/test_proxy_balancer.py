@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import json
 import math
 from collections import Counter
@@ -30,7 +30,8 @@ from proxy.balancer import (
 from proxy.config import Config, load_config
 from proxy.context import ProxyState
 from proxy.pool import Endpoint, UpstreamGroup
-from proxy.server import ProxyServer
+from tests.unit.test_proxy_e2e import proxy
+from tests.unit.upstreams import StatusServer
 
 _loops: list[asyncio.AbstractEventLoop] = []
 
@@ -435,19 +436,6 @@ def test_admin_switches_policy_at_runtime(caplog: pytest.LogCaptureFixture) -> N
 # -- through a real proxy: hash key from the request, switch over the admin port -------------------
 
 
-async def _backend(name: bytes) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
-
-
 async def _get(port: int, extra: bytes = b"", method: bytes = b"GET", path: bytes = b"/") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"%s %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s\r\n" % (method, path, extra))
@@ -458,19 +446,13 @@ async def _get(port: int, extra: bytes = b"", method: bytes = b"GET", path: byte
 
 def test_proxy_hashes_on_header_and_switches_policy_over_admin() -> None:
     async def main() -> None:
-        backends = [await _backend(b"b%d" % i) for i in range(3)]
-        endpoints = [("127.0.0.1", s.sockets[0].getsockname()[1]) for s in backends]
-        cfg = Config(
-            listen_host="127.0.0.1",
-            listen_port=0,
-            admin_host="127.0.0.1",
-            admin_port=0,
-            policy="consistent_hash",
-            hash_on="header:X-User",
-        )
-        srv = ProxyServer(cfg, access_log_stream=io.StringIO(), endpoints=endpoints)
-        await srv.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            backends = [await stack.enter_async_context(StatusServer(body=b"b%d" % i)) for i in range(3)]
+            srv = await stack.enter_async_context(
+                proxy(
+                    endpoints=[b.address for b in backends], policy="consistent_hash", hash_on="header:X-User"
+                )
+            )
             users = [b"user-%d" % i for i in range(12)]
             first = {u: await _get(srv.port, b"X-User: %s\r\n" % u) for u in users}
             again = {u: await _get(srv.port, b"X-User: %s\r\n" % u) for u in users}
@@ -483,9 +465,5 @@ def test_proxy_hashes_on_header_and_switches_policy_over_admin() -> None:
             assert srv.state is not None and srv.state.balancer.name == "p2c"
             same_user = Counter([await _get(srv.port, b"X-User: user-1\r\n") for _ in range(30)])
             assert len(same_user) > 1, "after the switch the key no longer pins the backend"
-        finally:
-            await srv.close()
-            for s in backends:
-                s.close()
 
     asyncio.run(asyncio.wait_for(main(), 10))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from proxy.config import Config, load_config
+from proxy.config import Config, ConfigError, _size, build_parser, load_config
 
 
 def test_defaults() -> None:
@@ -90,3 +93,71 @@ def test_cli_process_exit_code_and_help() -> None:
         and "default backend:8001" in proc.stdout
         and "PROXY_DRAIN_TIMEOUT" in proc.stdout
     )
+
+
+# -- docs drift: README's proxy knob table against the parser -------------------------------------
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_proxy_rows() -> dict[str, list[str]]:
+    """``--flag`` -> the cells of its row in README's "### Proxy" table."""
+    section = README.read_text().split("### Proxy (`python -m proxy --help`)", 1)[1].split("\n### ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `--"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            for flag in re.findall(r"`(--[a-z0-9-]+)`", cells[0]):
+                rows[flag] = cells
+    return rows
+
+
+def _same_default(documented: str, actual: str) -> bool:
+    doc = documented.replace("`", "").strip()
+    if doc == actual or (("," in doc) and set(doc.split(",")) == set(actual.split(","))):
+        return True
+    with contextlib.suppress(ValueError):
+        return float(doc) == float(actual)
+    with contextlib.suppress(ConfigError):
+        return _size("--default", doc) == int(actual)
+    return False
+
+
+def test_readme_documents_every_proxy_flag_with_its_env_name_and_default() -> None:
+    rows = _readme_proxy_rows()
+    flags = {}
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag != "--help":
+                flags[flag] = action.help or ""
+    assert sorted(set(flags) - set(rows)) == [], "flags missing from README's proxy table"
+    assert sorted(set(rows) - set(flags)) == [], "README rows for flags `python -m proxy` does not have"
+    for flag, help_ in flags.items():
+        documented = re.search(r"\[env (\S+); default (.*)\]$", help_)
+        if documented is None:  # --no-access-log: shares --access-log's row
+            continue
+        env, default = documented.groups()
+        _, env_cell, default_cell, *_ = rows[flag]
+        assert f"`{env}`" in env_cell, f"{flag}: README names {env_cell}, the parser {env}"
+        assert _same_default(default_cell, default), f"{flag}: README says {default_cell}, --help {default}"
+
+
+def test_compose_passes_the_proxy_knobs_with_the_flags_defaults_and_readme_lists_them() -> None:
+    compose = yaml.safe_load((README.parent / "docker-compose.yml").read_text())
+    environment = compose["services"]["proxy"]["environment"]
+    variables = {}
+    env = {}
+    for name, value in environment.items():
+        # `${PROXY_X:-default}` (the shell or .env may set PROXY_X), or a fixed value.
+        match = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", str(value))
+        if match:
+            variables[match.group(1)] = match.group(2)
+        env[name] = match.group(2) if match else str(value)
+    assert {"PROXY_POLICY", "PROXY_HASH_ON", "PROXY_WORKERS", "PROXY_DISCOVERY"} <= set(variables)
+    # With nothing set in the shell, the service runs with the proxy's own defaults.
+    assert load_config([], env) == Config()
+    table = README.read_text().split("### Compose variables", 1)[1].split("\n## ", 1)[0]
+    documented = [
+        re.compile(n.replace("*", "[A-Z0-9_]*")) for n in re.findall(r"`(PROXY_[A-Z0-9_*]+)`", table)
+    ]
+    missing = [v for v in variables if not any(pattern.fullmatch(v) for pattern in documented)]
+    assert missing == [], "Compose variables of the proxy service missing from README's table"

@@ -16,6 +16,7 @@ import uvloop
 
 from proxy.config import Config
 from proxy.server import ProxyServer
+from tests.unit.upstreams import LocalServer
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -78,7 +79,7 @@ def hget(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-class FakeUpstream:
+class FakeUpstream(LocalServer):
     """Tiny HTTP/1.1 server; behaviour chosen by request path."""
 
     def __init__(self) -> None:
@@ -91,22 +92,11 @@ class FakeUpstream:
         self.reset_all = False  # read every request, then close without answering (a crashing app)
         self.status_all: int | None = None  # answer every request with this status
         self.release = asyncio.Event()
-        self.server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> FakeUpstream:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
+        await super().__aexit__(*exc)
         for w in self.writers:
             w.close()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -835,3 +825,22 @@ def test_sigterm_drains_and_exits_zero() -> None:
                     await proc.wait()
 
     run(main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_proxy_generated_error_to_head_has_no_body_and_keeps_the_connection_usable(loop: str) -> None:
+    async def main() -> None:
+        async with proxy(free_port()) as srv:  # nothing listens upstream: every request gets a 502
+            r, w = await connect(srv.port)
+            w.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await read_response(r, "HEAD")
+            assert head.status == 502 and int(head.get("Content-Length") or 0) > 0
+            w.write(get("/after-head"))
+            # With the 502's body written after the HEAD response, this would parse that text.
+            resp = await read_response(r)
+            assert resp.status == 502 and resp.body.startswith(b"502 Bad Gateway")
+            w.close()
+            (head_line, _) = access_lines(srv)
+            assert head_line["method"] == "HEAD" and head_line["bytes"] == 0
+
+    run(main, loop)

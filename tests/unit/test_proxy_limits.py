@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from proxy.config import ConfigError, build_parser, config_from
+from proxy.limits import Admission
+from proxy.pool import UpstreamGroup
 from tests.unit.test_proxy_e2e import (
     LOOPS,
     FakeUpstream,
@@ -266,3 +268,21 @@ def test_retry_settings_from_the_environment() -> None:
     assert cfg.retry_on == frozenset({"reset", "502", "503"})
     assert cfg.max_retries == 3
     assert config_from(build_parser().parse_args(["--retry-on", "none"]), {}).retry_on == frozenset()
+
+
+def test_admission_skips_full_and_unavailable_endpoints_and_reuses_the_cached_set_if_none_is_full() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("t", asyncio.get_running_loop(), fail_timeout=5)
+        group.update([("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)])
+        a, b, c = group.live
+        adm = Admission(cap=2, queue_size=10, queue_timeout=1)
+        # Per request while the cap is on: nothing full, nothing tried -> the group's cached set.
+        assert adm.exclude(group) is group.unavailable()
+        group.mark_failed(c)
+        assert adm.exclude(group) is group.unavailable() and set(adm.exclude(group)) == {c}
+        a.in_flight = 2
+        assert set(adm.exclude(group)) == {a, c}
+        assert set(adm.exclude(group, also=[b])) == {a, b, c}
+        group.close()
+
+    run(main)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
@@ -15,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config import Config
 from proxy.counters import LATENCY_BUCKETS, Counters, Histogram
 from proxy.server import ProxyServer
+from tests.unit.test_proxy_e2e import free_port
+from tests.unit.upstreams import StatusServer
 
 P = "asgilab_proxy_"
 
@@ -28,53 +29,6 @@ def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
 
 
 # -- helpers shared with test_proxy_admin.py ------------------------------------------------------
-class StatusUpstream:
-    """Keep-alive HTTP/1.1 upstream: ``/status/NNN`` answers NNN, anything else ``status``."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.connections = 0
-        self.requests = 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> StatusUpstream:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.server is not None
-        return ("127.0.0.1", self.server.sockets[0].getsockname()[1])
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                target = head.split(b" ", 2)[1].decode()
-                self.requests += 1
-                status = int(target.rsplit("/", 1)[1]) if target.startswith("/status/") else self.status
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % status)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (connects are refused)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @contextlib.asynccontextmanager
 async def proxy(
     endpoints: Sequence[tuple[str, int]], worker: int = 0, **cfg: object
@@ -181,7 +135,7 @@ def test_counters_response_classes() -> None:
 # -- through a real proxy -------------------------------------------------------------------------
 def test_counts_match_what_clients_saw() -> None:
     async def main() -> None:
-        async with StatusUpstream() as a, StatusUpstream() as b, proxy([a.address, b.address]) as srv:
+        async with StatusServer() as a, StatusServer() as b, proxy([a.address, b.address]) as srv:
             statuses = await get_many(srv.port, ["/"] * 7)
             statuses += await get_many(srv.port, ["/status/404", "/status/500"])
             assert statuses == [200] * 7 + [404, 500]
@@ -226,7 +180,7 @@ def test_counts_match_what_clients_saw() -> None:
 
 def test_retried_attempts_count_per_upstream_and_request_once() -> None:
     async def main() -> None:
-        async with StatusUpstream() as a, StatusUpstream() as b, proxy([a.address, b.address]) as srv:
+        async with StatusServer() as a, StatusServer() as b, proxy([a.address, b.address]) as srv:
             # 503 is retried by default (--retry-on): the client sees one 503, each attempt is counted.
             assert await get_many(srv.port, ["/status/503"]) == [503]
             attempts = a.requests + b.requests
@@ -243,7 +197,7 @@ def test_retried_attempts_count_per_upstream_and_request_once() -> None:
 
 def test_failed_connect_counts_as_failure_and_client_502() -> None:
     async def main() -> None:
-        dead = ("127.0.0.1", closed_port())
+        dead = ("127.0.0.1", free_port())
         async with proxy([dead]) as srv:
             assert await get_many(srv.port, ["/", "/"]) == [502, 502]
             m = await scrape(srv)
@@ -286,7 +240,7 @@ def test_in_flight_while_a_request_waits() -> None:
 
 def test_event_counters_map_to_families() -> None:
     async def main() -> None:
-        async with StatusUpstream() as a, proxy([a.address]) as srv:
+        async with StatusServer() as a, proxy([a.address]) as srv:
             assert srv.state is not None
             c = srv.state.counters
             c.inc("retries", "connect")
@@ -307,7 +261,7 @@ def test_event_counters_map_to_families() -> None:
 
 def test_outlier_ejection_shows_in_metrics() -> None:
     async def main() -> None:
-        good, bad = StatusUpstream(), StatusUpstream(500)
+        good, bad = StatusServer(), StatusServer(500)
         async with good, bad, proxy([good.address, bad.address], outlier_consecutive_5xx=2) as srv:
             statuses = await get_many(srv.port, ["/"] * 10)
             # Round robin until the bad replica's second 500 ejects it; then only the good one.
@@ -326,7 +280,7 @@ def test_outlier_ejection_shows_in_metrics() -> None:
 
 def test_health_states_exported() -> None:
     async def main() -> None:
-        ups = StatusUpstream(), StatusUpstream(), StatusUpstream()
+        ups = StatusServer(), StatusServer(), StatusServer()
         async with ups[0] as a, ups[1] as b, ups[2] as c, proxy([a.address, b.address, c.address]) as srv:
             assert srv.state is not None
             group = srv.state.group
@@ -359,9 +313,9 @@ def test_workers_each_count_their_own_share() -> None:
     """--workers N: every worker has its own admin listener and counters; their sum is the total."""
 
     async def main() -> None:
-        port = closed_port()
+        port = free_port()
         settings = {"listen_port": port, "workers": 2}
-        up = StatusUpstream()
+        up = StatusServer()
         async with up, proxy([up.address], 0, **settings) as w0, proxy([up.address], 1, **settings) as w1:
             assert w0.port == w1.port == port and w0.admin_port != w1.admin_port
             for _ in range(40):  # new connections: the kernel spreads them over both workers

@@ -13,8 +13,7 @@ from proxy.counters import Counters
 from proxy.outlier import OutlierDetector, OutlierPolicy, outlier_detector
 from proxy.pool import UpstreamGroup
 from proxy.server import ProxyServer
-
-from .test_proxy_health import StatusServer
+from tests.unit.upstreams import StatusServer
 
 
 def setup(n: int = 3, **policy: float) -> tuple[UpstreamGroup, OutlierDetector, Counters]:

@@ -218,3 +218,19 @@ def test_workers_validation() -> None:
     ):
         p = subprocess.run([sys.executable, "-m", "proxy", *args], cwd=REPO, capture_output=True, text=True)
         assert p.returncode == 2 and msg in p.stderr and "PROXY_WORKERS" in p.stderr
+
+
+def test_workers_do_not_outlive_a_killed_supervisor() -> None:
+    with upstream() as up, workers(2, up) as (proc, listen, _admin):
+        pids = _children(proc.pid)
+        proc.kill()  # SIGKILL: no chance to forward anything
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, "orphaned workers kept running"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", listen), timeout=0.5).close()
