@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.nginx import wait_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
@@ -78,20 +80,6 @@ def _free_ports(n: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no run of free ports")
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"proxy exited early with {proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing on port {port}") from None
-            time.sleep(0.05)
 
 
 def _children(pid: int) -> set[int]:
@@ -153,8 +141,8 @@ def workers(n: int, up: int) -> Iterator[tuple[subprocess.Popen, int, int]]:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for i in range(n):
-            _wait_port(admin + i, proc)
-        _wait_port(listen, proc)
+            wait_port(admin + i, 20.0, proc)
+        wait_port(listen, 20.0, proc)
         yield proc, listen, admin
     finally:
         if proc.poll() is None:
