@@ -94,6 +94,27 @@ def rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, float | None, 
         for key in PERCENTILE_KEYS:
             if key in la or key in lb:
                 out.append((label.format(key), la.get(key), lb.get(key)))
+    out += _by_request_rows(a, b)
+    return out
+
+
+def _by_request_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+    """Errors and p99 per request kind of a mix (``by_request``), for the kinds both runs sent.
+
+    Only for a mix of several kinds: one kind's figures would repeat the rows above. This is the
+    row that says "POST failures went from 8 to 0" after a proxy change, which the totals blur.
+    """
+    ba, bb = a.get("by_request") or {}, b.get("by_request") or {}
+    kinds = [k for k in ba if k in bb]
+    if len(kinds) < 2:
+        return []
+    out: list[tuple[str, float | None, float | None]] = []
+    for k in kinds:
+        ea, eb = ba[k], bb[k]
+        out.append((f"errors {k}", ea.get("failed"), eb.get("failed")))
+        out.append(
+            (f"p99 ms {k}", (ea.get("latency_ms") or {}).get("p99"), (eb.get("latency_ms") or {}).get("p99"))
+        )
     return out
 
 

@@ -25,6 +25,11 @@ folded into the bucket's histogram when someone needs percentiles. Local latenci
 so the dict stays small and one record_value call covers many requests. A sealed second keeps only
 its compressed HDR encoding (~1 KB instead of ~140 KB), which is also what a worker process hands to
 the parent: :func:`merge_exports` decodes and adds them.
+
+Per request kind: with a mix of several requests, each entry has a child :class:`Timeline`
+(``Timeline.by_request``) in which the runner records the request as well, so the report can
+say which kind failed when. Children are sealed, exported and merged by the same code as the
+totals, hence exact across workers too. A single request has no child: its figures are the totals.
 """
 
 from __future__ import annotations
@@ -226,6 +231,28 @@ class Timeline:
         #: the deadline and its clock reads a few microseconds later; that request still belongs
         #: to the run's last second, not to a second of its own after the end.
         self.last_second = 1 << 30
+        #: A mix of several requests: one child timeline per entry (report key -> timeline), each
+        #: request recorded in it as well as here. Empty for a single request, whose results are
+        #: the totals, so the common case pays nothing.
+        self.by_request: dict[str, Timeline] = {}
+
+    def split_by_request(self, labels: Sequence[str]) -> list[Timeline]:
+        """Give each mix entry its own timeline on this one's clock; returned in mix order.
+
+        A child is a whole :class:`Timeline` (counts, status, error kinds, backends, corrected and
+        uncorrected histograms per second) rather than a few counters, so that per-entry results
+        are sealed, exported and merged across workers by the very code that does the totals.
+        """
+        children = [Timeline(self.start, open_loop=self.open_loop) for _ in labels]
+        self.by_request = dict(zip(labels, children, strict=True))
+        return children
+
+    def begin(self, start: float, last_second: int | None = None) -> None:
+        """Set second 0 (a ``perf_counter()`` value) and the last second, for the children too."""
+        for tl in (self, *self.by_request.values()):
+            tl.start = start
+            if last_second is not None:
+                tl.last_second = last_second
 
     def bucket(self, second: int) -> SecondBucket:
         """The bucket for ``second``, creating it and any empty seconds before it."""
@@ -326,11 +353,15 @@ class Timeline:
         for b in self.buckets[: max(0, last + 1)]:
             if not b.sealed:
                 self.seal(b)
+        for child in self.by_request.values():
+            child.seal_settled(elapsed_s, timeout_s)
 
     def finish(self) -> None:
         """Seal everything: call once the run has drained."""
         for b in self.buckets:
             self.seal(b)
+        for child in self.by_request.values():
+            child.finish()
 
     def export(self) -> dict[str, Any]:
         """This timeline as plain data (picklable, JSON-able): what a worker sends the parent."""
@@ -361,7 +392,10 @@ class Timeline:
                     "hist_u": enc_u if self.open_loop else enc_c,
                 }
             )
-        return {"open_loop": self.open_loop, "seconds": seconds}
+        out: dict[str, Any] = {"open_loop": self.open_loop, "seconds": seconds}
+        if self.by_request:
+            out["by_request"] = {label: child.export() for label, child in self.by_request.items()}
+        return out
 
 
 @dataclass
@@ -390,6 +424,8 @@ class MergedRun:
     seconds: list[SecondSummary]
     corrected: LatencyHistogram
     uncorrected: LatencyHistogram
+    #: Per mix entry (report key -> its merged run); empty for a single request (see Timeline).
+    by_request: dict[str, MergedRun] = field(default_factory=dict)
 
 
 def _add(into: dict, items: Iterable[tuple[Any, int]]) -> None:
@@ -434,4 +470,9 @@ def merge_exports(parts: Sequence[dict[str, Any]]) -> MergedRun:
         total_c.merge(hist_c)
         total_u.merge(hist_u)
         seconds.append(out)
-    return MergedRun(open_loop, seconds, total_c, total_u)
+    labels = list(dict.fromkeys(label for p in parts for label in p.get("by_request", {})))
+    by_request = {
+        label: merge_exports([p["by_request"][label] for p in parts if label in p.get("by_request", {})])
+        for label in labels
+    }
+    return MergedRun(open_loop, seconds, total_c, total_u, by_request)

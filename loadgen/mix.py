@@ -48,9 +48,25 @@ class PreparedRequest:
     label: str  # "GET /path", for reports
     wire: bytes  # the whole request, written as is
     head: bool  # a HEAD response has no body even when it announces one
+    index: int = 0  # position in the mix: which entry the report files this request under
 
 
-def prepare(spec: RequestLike, target: Target) -> PreparedRequest:
+def labels(specs: Sequence[RequestLike]) -> list[str]:
+    """Report keys of the mix entries: ``"POST /echo"``, made unique with ``#2``, ``#3`` suffixes.
+
+    Two entries may share method and path (different bodies or headers); their results must not
+    be summed under one key, so the later ones are numbered in mix order.
+    """
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for spec in specs:
+        base = f"{spec.method} {spec.path or '/'}"
+        n = seen[base] = seen.get(base, 0) + 1
+        out.append(base if n == 1 else f"{base} #{n}")
+    return out
+
+
+def prepare(spec: RequestLike, target: Target, index: int = 0, label: str | None = None) -> PreparedRequest:
     """Build the wire bytes: a body of ``body_size`` bytes of ``x`` with its Content-Length."""
     body = b"x" * spec.body_size
     headers = list(spec.headers)
@@ -59,7 +75,7 @@ def prepare(spec: RequestLike, target: Target) -> PreparedRequest:
     path = spec.path or "/"
     wire_target = Target(target.host, target.port, target.host_header, path)
     wire = build_request(spec.method, wire_target, headers) + body
-    return PreparedRequest(f"{spec.method} {path}", wire, spec.method == "HEAD")
+    return PreparedRequest(label or f"{spec.method} {path}", wire, spec.method == "HEAD", index)
 
 
 def weighted_cycle(weights: Sequence[float], length: int = CYCLE_LEN) -> list[int]:
@@ -88,7 +104,10 @@ class MixCycle:
     def __init__(self, specs: Sequence[RequestLike], target: Target, *, phase: int = 0) -> None:
         if not specs:
             raise ValueError("the request mix is empty")
-        self.requests = [prepare(s, target) for s in specs]
+        self.requests = [
+            prepare(s, target, i, label)
+            for i, (s, label) in enumerate(zip(specs, labels(specs), strict=True))
+        ]
         order = weighted_cycle([s.weight for s in specs])
         self._order = [self.requests[i] for i in order]
         self._i = phase % len(self._order)

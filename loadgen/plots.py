@@ -6,7 +6,9 @@ Four files, each answering one question a reader of an experiment asks:
   uncorrected p99 dashed, whose gap to the corrected one is coordinated omission made visible);
 * ``throughput.png``: responses per second against the intended rate, and errors per second by
   kind (transport errors and 5xx responses), with the scenario's actions as labelled vertical
-  lines: the plot where a kill at t=10 s either shows or does not;
+  lines: the plot where a kill at t=10 s either shows or does not. With a mix of several
+  requests, a marker per request kind and second gives its failures ("failed: POST /echo"), so
+  the POSTs that must not be replayed show up against the GETs the proxy may retry;
 * ``backends.png``: each backend's share of the responses per second, stacked to 100 %: a killed
   replica's band ends, a new replica's band starts, a slow one's shrinks under a smart policy;
 * ``spectrum.png``: the HDR percentile spectrum of the whole run, x = 1/(1-p) on a log axis like
@@ -223,6 +225,20 @@ def entry_errors(entry: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def failures_by_request(timeline: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Failures per second of each request kind of a mix, when any kind had any.
+
+    Empty for a single request (its failures are the error bars themselves), for a run without
+    failures and for reports written before ``by_request`` existed. A kind without failures is
+    kept (all zeros): "GET /: none" next to the POSTs' failures is the point of the plot.
+    """
+    kinds = list(dict.fromkeys(k for e in timeline for k in (e.get("by_request") or {})))
+    if len(kinds) < 2:
+        return {}
+    out = {k: [(e.get("by_request") or {}).get(k, {}).get("failed", 0) for e in timeline] for k in kinds}
+    return out if any(any(v) for v in out.values()) else {}
+
+
 def _throughput(timeline: list[dict[str, Any]], actions: list[dict[str, Any]], title: str) -> Figure:
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
@@ -249,8 +265,16 @@ def _throughput(timeline: list[dict[str, Any]], actions: list[dict[str, Any]], t
         color = _ERROR_COLORS.get(kind, "tab:gray")
         bottom.bar(seconds, counts, width=0.9, align="edge", bottom=base, label=kind, color=color)
         base = [b + c for b, c in zip(base, counts, strict=True)]
+    by_request = failures_by_request(timeline)
+    markers = "oXsD^v"
+    for i, (label, counts) in enumerate(by_request.items()):
+        xs = [s + 0.45 for s, n in zip(seconds, counts, strict=True) if n]
+        ys = [n for n in counts if n]
+        marker = markers[i % len(markers)]
+        bottom.plot(xs, ys, linestyle="none", marker=marker, markersize=7, markerfacecolor="none",
+                    color="black", label=f"failed: {label}" + ("" if ys else " (none)"))  # fmt: skip
     if kinds:
-        bottom.legend(loc="upper right", fontsize=8, ncol=min(len(kinds), 5))
+        bottom.legend(loc="upper right", fontsize=8, ncol=min(len(kinds) + len(by_request), 5))
     else:
         bottom.text(
             0.5, 0.5, "no errors", transform=bottom.transAxes, ha="center", va="center", color="tab:green"

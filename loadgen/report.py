@@ -14,7 +14,11 @@ because tests, plots, ``compare`` and scripts read them by name, and a change of
   library (Java, Go, Rust, ``hdrh`` in Python) can decode, merge and re-plot them;
 * ``status``, ``errors``, ``backends``: counts by status code, error kind, ``X-Backend-Id``;
 * ``actions``: what the scenario did to the lab and when (actual elapsed seconds);
-* ``timeline``: one entry per whole second, requests filed under the second they were issued in.
+* ``timeline``: one entry per whole second, requests filed under the second they were issued in;
+* ``by_request`` (top level and in each timeline entry; additive to schema 2): the same counts per
+  mix entry (``"POST /echo"``), so a failure is attributed to the kind of request that failed
+  (a POST that must not be replayed vs a GET the proxy may retry). A single request's entry is
+  the totals.
 
 The Markdown summary (:func:`format_summary`) is both what is printed to stdout at the end and the
 content of ``summary.md``, so a results directory reads the same as the terminal did.
@@ -33,7 +37,8 @@ from typing import Any
 
 from loadgen.client import ERROR_KINDS
 from loadgen.config import Config
-from loadgen.histogram import SecondSummary
+from loadgen.histogram import LatencyHistogram, MergedRun, SecondSummary
+from loadgen.mix import labels
 from loadgen.run import Outcome
 
 SCHEMA = 2
@@ -60,7 +65,24 @@ def _status(counts: dict[int, int]) -> dict[str, int]:
     return {str(code): n for code, n in sorted(counts.items())}
 
 
-def _timeline_entry(s: SecondSummary, open_loop: bool) -> dict[str, Any]:
+def _entry_second(s: SecondSummary | None) -> dict[str, Any]:
+    """One mix entry's figures for one second (a second in which it had no request: zeros)."""
+    if s is None:
+        s = SecondSummary(second=0)
+    return {
+        "requests": s.requests,
+        "responses": sum(s.status.values()),
+        "failed": s.failed,
+        "errors": sum(s.errors.values()),
+        "status": _status(s.status),
+        "errors_by_kind": _errors(s.errors),
+        "p50_ms": s.latency_ms.get("p50"),
+        "p99_ms": s.latency_ms.get("p99"),
+    }
+
+
+def _timeline_entry(s: SecondSummary, open_loop: bool, by_request: dict[str, MergedRun]) -> dict[str, Any]:
+    """One second, with ``by_request``: each mix entry's own figures for it."""
     lat = s.latency_ms
     responses = sum(s.status.values())
     errors = sum(s.errors.values())
@@ -83,6 +105,10 @@ def _timeline_entry(s: SecondSummary, open_loop: bool) -> dict[str, Any]:
         "status": _status(s.status),
         "errors_by_kind": _errors(s.errors),
         "backends": dict(s.backends),
+        "by_request": {
+            label: _entry_second(run.seconds[s.second] if s.second < len(run.seconds) else None)
+            for label, run in by_request.items()
+        },
     }
 
 
@@ -141,22 +167,63 @@ def _mix(plan: Any) -> list[dict[str, Any]]:
     ]
 
 
-def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
-    """The report dict described in docs/loadgen.md ("Report files")."""
-    plan = outcome.plan
-    merged = outcome.merged
-    open_loop = plan.mode == "open"
+def _totals(run: MergedRun) -> dict[str, Any]:
+    """A run's (or one mix entry's) counts summed over its seconds, as the report shows them."""
     status: Counter[int] = Counter()
     errors: Counter[str] = Counter()
     backends: Counter[str] = Counter()
     requests = failed = 0
-    for s in merged.seconds:
+    for s in run.seconds:
         requests += s.requests
         failed += s.failed
         status.update(s.status)
         errors.update(s.errors)
         backends.update(s.backends)
-    responses = sum(status.values())
+    return {
+        "requests": requests,
+        "responses": sum(status.values()),
+        "failed": failed,
+        "status": _status(dict(status)),
+        "errors": _errors(dict(errors)),
+        "backends": dict(sorted(backends.items())),
+    }
+
+
+def _entry_runs(plan: Any, merged: MergedRun) -> dict[str, MergedRun]:
+    """Each mix entry's merged run, in mix order. A single request's is the whole run; an entry of
+    a mix that got no request at all (a run shorter than its turn) gets an empty one."""
+    keys = labels(plan.mix)
+    if len(keys) == 1:
+        return {keys[0]: merged}
+    return {
+        k: merged.by_request.get(k) or MergedRun(merged.open_loop, [], LatencyHistogram(), LatencyHistogram())
+        for k in keys
+    }
+
+
+def _by_request(plan: Any, runs: dict[str, MergedRun]) -> dict[str, dict[str, Any]]:
+    """Per mix entry: what it is, then its counts and latency (see docs/loadgen.md)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (label, run), spec in zip(runs.items(), plan.mix, strict=True):
+        counts = _totals(run)
+        out[label] = {
+            "method": spec.method,
+            "path": spec.path,
+            "weight": spec.weight,
+            **{k: counts[k] for k in ("requests", "responses", "failed", "status", "errors")},
+            "latency_ms": run.corrected.summary_ms(),
+        }
+    return out
+
+
+def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
+    """The report dict described in docs/loadgen.md ("Report files")."""
+    plan = outcome.plan
+    merged = outcome.merged
+    open_loop = plan.mode == "open"
+    totals = _totals(merged)
+    runs = _entry_runs(plan, merged)
+    requests, responses, failed = totals["requests"], totals["responses"], totals["failed"]
     elapsed = outcome.elapsed_s
     methods = {r.method for r in plan.mix}
     return {
@@ -185,14 +252,15 @@ def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
             "uncorrected": merged.uncorrected.encode(),
             "unit": "us",
         },
-        "status": _status(dict(status)),
-        "errors": _errors(dict(errors)),
-        "backends": dict(sorted(backends.items())),
+        "status": totals["status"],
+        "errors": totals["errors"],
+        "backends": totals["backends"],
+        "by_request": _by_request(plan, runs),
         "connections_used": sum(s.get("connections_used", 0) for s in outcome.stats),
         "connects": sum(s.get("connects", 0) for s in outcome.stats),
         "stopped_early": outcome.stopped_early,
         "actions": list(outcome.actions),
-        "timeline": [_timeline_entry(s, open_loop) for s in merged.seconds],
+        "timeline": [_timeline_entry(s, open_loop, runs) for s in merged.seconds],
     }
 
 
@@ -275,6 +343,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines += [f"| {code} | {n} |" for code, n in r["status"].items()] or ["| - | 0 |"]
     lines += ["", "## Errors", "", "| kind | count |", "|---|---:|"]
     lines += [f"| {kind} | {n} |" for kind, n in r["errors"].items()]
+    lines += _by_request_lines(r)
     lines += ["", "## Backends (X-Backend-Id)", "", "| backend | count | % |", "|---|---:|---:|"]
     responses = r["responses"]
     lines += [f"| {name} | {n} | {_pct(n, responses)} |" for name, n in r["backends"].items()]
@@ -298,12 +367,56 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: summary.md lists at most this many seconds with failures per request kind.
+FAILED_SECONDS_SHOWN = 8
+
+
+def failed_seconds(report: dict[str, Any], label: str) -> list[tuple[int, int]]:
+    """(second, failed) for each second in which mix entry ``label`` had failures."""
+    out = []
+    for e in report["timeline"]:
+        n = (e.get("by_request") or {}).get(label, {}).get("failed", 0)
+        if n:
+            out.append((e["second"], n))
+    return out
+
+
+def _by_request_lines(r: dict[str, Any]) -> list[str]:
+    """The "By request" table: which kind of request failed, and in which seconds."""
+    rows = r.get("by_request")  # absent in reports written before it existed
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## By request",
+        "",
+        "| request | weight | requests | responses | failed | 5xx | transport errors | p50 ms | p99 ms "
+        "| failed in seconds (count) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, e in rows.items():
+        five = sum(n for code, n in e["status"].items() if int(code) >= 500)
+        transport = sum(e["errors"].values())
+        secs = failed_seconds(r, label)
+        where = ", ".join(f"{s} ({n})" for s, n in secs[:FAILED_SECONDS_SHOWN])
+        if len(secs) > FAILED_SECONDS_SHOWN:
+            where += f", ... ({len(secs)} seconds)"
+        lat = e["latency_ms"]
+        lines.append(
+            f"| {label} | {e['weight']:g} | {e['requests']} | {e['responses']} | {e['failed']} | {five} "
+            f"| {transport} | {_fmt_ms(lat['p50'])} | {_fmt_ms(lat['p99'])} | {where or '-'} |"
+        )
+    return lines
+
+
 def format_csv(report: dict[str, Any]) -> str:
-    """timeline.csv: the timeline's scalar columns, then one ``backend:<id>`` column per backend."""
+    """timeline.csv: the timeline's scalar columns, one ``backend:<id>`` column per backend, then
+    one ``failed:<request>`` column per mix entry (``failed:POST /echo``)."""
     names = sorted({name for e in report["timeline"] for name in e["backends"]})
+    kinds = list(report.get("by_request") or {})
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS, *(f"backend:{n}" for n in names)])
+    w.writerow([*CSV_COLUMNS, *(f"backend:{n}" for n in names), *(f"failed:{k}" for k in kinds)])
     for e in report["timeline"]:
         row: list[Any] = []
         for col in CSV_COLUMNS:
@@ -313,6 +426,7 @@ def format_csv(report: dict[str, Any]) -> str:
                 v = e[col]
                 row.append("" if v is None else v)
         row += [e["backends"].get(n, 0) for n in names]
+        row += [(e.get("by_request") or {}).get(k, {}).get("failed", 0) for k in kinds]
         w.writerow(row)
     return out.getvalue()
 

@@ -20,9 +20,10 @@ three parts, each validated up front so that a typo costs one line of stderr, no
                                                 the next stage starts from the previous level
   ======== ==================================== ============================================
 
-* ``mix``: weighted request kinds ``{weight, method, path, headers, body_size}``; each request is
-  one of them, chosen with probability weight / sum of weights. Absent: the CLI's request (URL
-  path, ``--method``, ``--header``), so a scenario can be only a load shape.
+* ``mix``: weighted request kinds ``{weight, method, path, headers, body_size}``; each entry gets
+  weight / sum of weights of the requests, in a fixed smooth weighted round-robin order (not at
+  random: see ``mix.py``), so every second carries each entry's share. Absent: the CLI's request
+  (URL path, ``--method``, ``--header``), so a scenario can be only a load shape.
 * ``actions``: things done to containers at a time into the run (``at``, seconds): ``stop``,
   ``kill``, ``pause``, ``unpause``, ``restart`` a service's containers, ``scale`` a service, and
   ``policy``: switch the proxy's load-balancing policy through its admin API (``PUT /policy``).

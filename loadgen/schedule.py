@@ -152,6 +152,11 @@ class _Runner:
         self._conns: list[Connection] = []
         self.timeline = Timeline(0.0, open_loop=self.open_loop)
         self.mix = MixCycle(plan.mix, plan.target, phase=index * 7919)
+        #: A mix of several requests: each entry's own timeline (indexed like the mix), so the
+        #: report can say which kind of request failed. None for one request (the totals are its).
+        self.entry_timelines: list[Timeline] | None = None
+        if self.mix.single is None:
+            self.entry_timelines = self.timeline.split_by_request([r.label for r in self.mix.requests])
 
     def stop(self) -> None:
         """End the run now (e.g. on SIGINT): stop issuing, drain, and still produce the report."""
@@ -174,7 +179,7 @@ class _Runner:
             await self._sleep_until(perf_counter() + (self._start_wall - time.time()))
         started_at = datetime.now(UTC)
         start = perf_counter()
-        self.timeline.start = start
+        self.timeline.begin(start)
         if not self._stopped_early:
             self._deadline = start + self.plan.duration_s
         try:
@@ -287,7 +292,7 @@ class ClosedLoop(_Runner):
         return self.plan.share(round(self.plan.load_at(elapsed)), self.index, self.count)
 
     def _begin(self, start: float) -> None:
-        self.timeline.last_second = max(0, math.ceil(self.plan.duration_s) - 1)
+        self.timeline.begin(start, last_second=max(0, math.ceil(self.plan.duration_s) - 1))
         self._active = 0
         self._retire = 0
         self._adjust_timer: asyncio.TimerHandle | None = None
@@ -315,56 +320,70 @@ class ClosedLoop(_Runner):
         conn = self._new_connection()
         self._active += 1
         self._in_flight += 1
-        on_done = self._worker(conn)
-        if self.mix.single is not None:
-            conn.send(on_done)
-        else:
-            req = self.mix.next()
-            conn.send(on_done, req.wire, req.head)
+        self._worker(conn)
 
     def _end_issuing(self) -> None:
         pass
 
-    def _worker(self, conn: Connection) -> Callable[..., None]:
-        """The per-connection loop, as a callback: record, then send again unless past the deadline."""
+    def _worker(self, conn: Connection) -> None:
+        """The per-connection loop, as a callback: record, then send again unless past the deadline.
+
+        Sends the connection's first request; ``entry`` is the mix entry of the one in flight.
+        """
         record = self.timeline.record
         mix = self.mix
         single = mix.single is not None
+        by_entry = None if self.entry_timelines is None else [t.record for t in self.entry_timelines]
+        entry = 0
+
+        def send_mix() -> None:
+            nonlocal entry
+            req = mix.next()
+            entry = req.index
+            conn.send(on_done, req.wire, req.head)
 
         def on_done(
             sent_at: float, done_at: float, status: int, backend: bytes | None, error: str | None
         ) -> None:
             record(sent_at, done_at, status, backend, error)
+            if by_entry is not None:
+                by_entry[entry](sent_at, done_at, status, backend, error)
             if done_at < self._deadline:
                 if self._retire == 0:
                     if single:
                         conn.send(on_done)
                     else:
-                        req = mix.next()
-                        conn.send(on_done, req.wire, req.head)
+                        send_mix()
                     return
                 self._retire -= 1
                 self._active -= 1
             self._request_done()
 
-        return on_done
+        if single:
+            conn.send(on_done)
+        else:
+            send_mix()
 
 
 class _Slot:
     """One open-loop connection and the intended time of the request it carries."""
 
-    __slots__ = ("conn", "intended", "runner")
+    __slots__ = ("conn", "entry", "intended", "runner")
 
     def __init__(self, runner: OpenLoop, conn: Connection) -> None:
         self.runner = runner
         self.conn = conn
         self.intended = 0.0
+        self.entry = 0  # the mix entry of the request in flight
 
     def on_done(
         self, sent_at: float, done_at: float, status: int, backend: bytes | None, error: str | None
     ) -> None:
         r = self.runner
         r.timeline.record_open(self.intended, sent_at, done_at, status, backend, error)
+        by_entry = r._by_entry
+        if by_entry is not None:
+            by_entry[self.entry](self.intended, sent_at, done_at, status, backend, error)
         r._in_flight -= 1
         backlog = r._backlog
         if backlog and not r._closed:
@@ -394,6 +413,8 @@ class OpenLoop(_Runner):
         self.sent_late = 0  # sent after the deadline (+ slack): not counted as achieved
         self.unsent = 0
         self.pump_late_max = 0.0  # worst delay of the scheduler itself behind a due request
+        entries = self.entry_timelines
+        self._by_entry = None if entries is None else [t.record_open for t in entries]
         schedule = ArrivalSchedule(
             plan.load_at, plan.duration_s, constant=plan.constant, index=self.index, count=self.count
         )
@@ -418,6 +439,7 @@ class OpenLoop(_Runner):
             slot.conn.send(slot.on_done)
         else:
             req = mix.next()
+            slot.entry = req.index
             slot.conn.send(slot.on_done, req.wire, req.head)
 
     def _pump(self) -> None:

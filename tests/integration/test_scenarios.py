@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import matplotlib.image
 import pytest
+import yaml
 
 from loadgen.actions import ActionRunner
 from loadgen.scenario import Action
@@ -43,6 +44,32 @@ def restore(lab: Lab) -> None:
     lab.wait_for_endpoints(3)
 
 
+def up_backends(lab: Lab, *overrides: str) -> None:
+    """(Re)create the 3 backend replicas with these Compose override files on top (none: as
+    docker-compose.yml has them; Compose recreates a replica whose configuration changed)."""
+    cmd = lab.compose.docker_compose_command()
+    at = max(i for i, arg in enumerate(cmd) if arg == "-f") + 2
+    for override in overrides:
+        cmd[at:at] = ["-f", override]
+    args = ["up", "-d", "--wait", "--no-deps", "--scale", "backend=3", "backend"]
+    done = subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lab.wait_for_endpoints(3)
+
+
+def run_scenario(lab: Lab, scenario: Path, results: Path) -> dict:
+    """``python -m loadgen`` on the host against this lab, its actions on this lab's project."""
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": lab.project}
+    run = subprocess.run(
+        [sys.executable, "-m", "loadgen", lab.base_url + "/", "--scenario", str(scenario),
+         "--results-dir", str(results), "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    (run_dir,) = results.iterdir()
+    return json.loads((run_dir / "report.json").read_text())
+
+
 def coloured_share(path: Path) -> float:
     rgb = matplotlib.image.imread(path)[..., :3]
     return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.25).mean())
@@ -59,21 +86,14 @@ def test_killing_a_replica_mid_run_lines_up_in_the_report_and_plots(scen_lab: La
         "stages:\n  - {kind: hold, duration: 8, target: 200}\n"
         f'actions:\n  - {{at: {KILL_AT_S}, kind: kill, target: "backend:{number}"}}\n'
     )
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": scen_lab.project}
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "loadgen", scen_lab.base_url + "/", "--scenario", str(scenario),
-             "--results-dir", str(tmp_path / "results"), "--quiet"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stdout + run.stderr
+        report = run_scenario(scen_lab, scenario, tmp_path / "results")
         victim.reload()
         assert victim.status == "exited", "the action really killed the container"
     finally:
         restore(scen_lab)
 
     (run_dir,) = (tmp_path / "results").iterdir()
-    report = json.loads((run_dir / "report.json").read_text())
     (action,) = report["actions"]
     assert (action["kind"], action["target"], action["ok"]) == ("kill", f"backend:{number}", True), action
     assert KILL_AT_S <= action["at_s"] < KILL_AT_S + 0.5, "recorded when it happened, on the run's clock"
@@ -177,3 +197,56 @@ def test_the_compose_service_runs_a_scenario_and_acts_on_its_own_project(
     assert 2 <= pause["at_s"] < 2.5 and 4 <= unpause["at_s"] < 4.5
     assert report["failed"] == 0, "a paused replica stalls requests, it does not fail them"
     assert report["latency_ms"]["max"] >= 1500, "requests sent to the paused replica waited for the unpause"
+
+
+def test_post_heavy_kill_failures_are_posts_only(scen_lab: Lab, tmp_path: Path) -> None:
+    """The shipped post-heavy-kill mix, shortened (8 s, kill at 3 s), with every replica 20 ms
+    late (compose/delay-all.yml) so that requests are in flight on the victim when it dies.
+
+    A POST that already reached the killed replica may have been applied, so the proxy must not
+    replay it: it fails, and the report's ``by_request`` has to say it was a POST. GETs caught the
+    same way are retried on another replica, so no GET fails. A run may catch no POST at all (the
+    victim may have none in flight); the attribution must still add up.
+    """
+    shipped = yaml.safe_load((REPO / "loadgen/scenarios/post-heavy-kill.yaml").read_text())
+    post, get = (f"{m['method']} {m['path']}" for m in shipped["mix"])
+    assert (post, get) == ("POST /echo", "GET /")
+    try:
+        up_backends(scen_lab, "compose/delay-all.yml")
+        victim = scen_lab.containers("backend")[0]
+        number = victim.labels["com.docker.compose.container-number"]
+        short = {
+            **shipped,
+            "name": "post-heavy-kill-short",
+            "stages": [{"kind": "ramp", "duration": 1, "to": 300}, {"kind": "hold", "duration": 7}],
+            "actions": [{"at": KILL_AT_S, "kind": "kill", "target": f"backend:{number}"}],
+        }
+        scenario = tmp_path / "post-heavy-kill-short.yaml"
+        scenario.write_text(yaml.safe_dump(short))
+        report = run_scenario(scen_lab, scenario, tmp_path / "results")
+    finally:
+        up_backends(scen_lab)  # without the delay again, and the victim back
+
+    (action,) = report["actions"]
+    assert action["ok"] and KILL_AT_S <= action["at_s"] < KILL_AT_S + 0.5, action
+    kill_second = int(action["at_s"])
+    by = report["by_request"]
+    assert list(by) == [post, get]
+    # Attribution adds up: for the run and for every second, the entries are the totals.
+    for key in ("requests", "responses", "failed"):
+        assert by[post][key] + by[get][key] == report[key], key
+    assert by[post]["requests"] > 1200 and by[get]["requests"] > 500, "70 % / 30 % of ~2,250"
+    assert abs(by[post]["requests"] / report["requests"] - 0.7) < 0.01, "the weighted order's share"
+    for e in report["timeline"]:
+        p, g = e["by_request"][post], e["by_request"][get]
+        assert (p["requests"] + g["requests"], p["failed"] + g["failed"]) == (e["requests"], e["failed"]), e
+    # Which requests failed: POSTs only, and only those in flight at the kill or sent just after
+    # (filed under the second they were issued in: one issued 20 ms before the kill is in flight).
+    assert by[get]["failed"] == 0, f"a GET failed: the proxy should have retried it: {by[get]}"
+    failed_at = {e["second"]: e["by_request"][post]["failed"] for e in report["timeline"]}
+    first = int(action["at_s"] - 0.1)
+    late = {s: n for s, n in failed_at.items() if n and not first <= s <= kill_second + 2}
+    assert not late, f"POST failures away from the kill at {action['at_s']} s: {late}"
+    assert by[post]["failed"] == sum(failed_at.values()) == report["failed"]
+    five = sum(n for code, n in by[post]["status"].items() if int(code) >= 500)
+    assert by[post]["failed"] == five + sum(by[post]["errors"].values())

@@ -50,6 +50,25 @@ def test_table_rows_hold_both_values_and_the_differences(tmp_path: Path) -> None
     assert text.startswith("A: A-run  \nB: B-run\n")
 
 
+def test_a_mix_gets_errors_and_p99_per_request_kind(tmp_path: Path) -> None:
+    def entry(failed: int, p99: float) -> dict:
+        return {"failed": failed, "latency_ms": {"p99": p99}}
+
+    a, b = synthetic_report(), synthetic_report()
+    a["by_request"] = {"POST /echo": entry(8, 21.0), "GET /": entry(0, 20.0)}
+    b["by_request"] = {"POST /echo": entry(0, 22.0), "GET /": entry(0, 19.0), "PUT /x": entry(1, 5.0)}
+    table = rows(a, b)
+    kinds = [(m, va, vb) for m, va, vb in table if m.endswith(("POST /echo", "GET /", "PUT /x"))]
+    assert kinds == [
+        ("errors POST /echo", 8, 0), ("p99 ms POST /echo", 21.0, 22.0),
+        ("errors GET /", 0, 0), ("p99 ms GET /", 20.0, 19.0),
+    ], "kinds both runs sent, in A's order"  # fmt: skip
+    assert "| errors POST /echo | 8 | 0 | -8 | -100.0 % |" in format_table(a, b)
+    a["by_request"] = {"GET /": entry(0, 20.0)}  # a single request: its rows would repeat the totals
+    b["by_request"] = {"GET /": entry(0, 19.0)}
+    assert not [m for m, _, _ in rows(a, b) if m.endswith("GET /")]
+
+
 def test_diff_edge_cases() -> None:
     assert diff(0, 0) == ("0", "0 %")
     assert diff(0, 3) == ("+3", "-")  # no relative change from zero

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,45 +11,7 @@ import pytest
 
 from loadgen.__main__ import main
 
-
-class ThreadedServer:
-    """A keep-alive HTTP server on its own loop/thread (main() runs its own loop)."""
-
-    def __init__(self) -> None:
-        self.served = 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                self.served += 1
-                backend = "ab"[self.served % 2]
-                writer.write(
-                    f"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend-Id: {backend}\r\n\r\nok".encode()
-                )
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def __enter__(self) -> ThreadedServer:
-        self.thread.start()
-        self.ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+from .loadgen_server import ThreadedServer
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from loadgen.plan import make_plan
 from loadgen.scenario import load_scenario
 from loadgen.schedule import ClosedLoop, OpenLoop
 
+from .loadgen_server import ThreadedServer
+
 
 def test_weighted_cycle_is_smooth_and_exact() -> None:
     order = weighted_cycle([3, 1, 1])
@@ -37,37 +39,6 @@ def test_prepared_request_bytes() -> None:
     assert labels == {"GET /a": 100, "GET /b": 300} and mix.single is None
 
 
-class RecordingServer:
-    """Answers 200 and records (method, path, body length) of every request, reading bodies."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, int]] = []
-        self.connections = 0
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                method, path, _ = head.split("\r\n", 1)[0].split(" ")
-                length = 0
-                for line in head.split("\r\n")[1:]:
-                    name, _, value = line.partition(":")
-                    if name.lower() == "content-length":
-                        length = int(value)
-                body = await reader.readexactly(length) if length else b""
-                self.seen.append((method, path, len(body)))
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Backend-Id: r\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 def test_scenario_ramp_and_mix_in_open_loop(tmp_path: Path) -> None:
     """A rate scenario: the ramp's integral per second, the mix's weights on the wire."""
     path = tmp_path / "ramp.yaml"
@@ -77,23 +48,16 @@ def test_scenario_ramp_and_mix_in_open_loop(tmp_path: Path) -> None:
         "mix:\n  - {weight: 3, method: GET, path: /a}\n"
         "  - {weight: 1, method: POST, path: /b, body_size: 100}\n"
     )
-    srv = RecordingServer()
-
-    async def main() -> dict:
-        url = await srv.start()
-        config = load_config([url, "--scenario", str(path), "--quiet"], {})
+    with ThreadedServer() as srv:
+        config = load_config([srv.url, "--scenario", str(path), "--quiet"], {})
         plan = make_plan(config, load_scenario(path))
         assert (plan.mode, plan.duration_s, plan.peak, plan.constant) == ("open", 3.0, 200.0, None)
-        result = await OpenLoop(plan).run()
-        srv.server.close()
-        return {"result": result, "merged": merge_exports([result.timeline.export()])}
-
-    out = asyncio.run(main())
-    merged = out["merged"]
+        result = asyncio.run(OpenLoop(plan).run())
+    merged = merge_exports([result.timeline.export()])
     # 0 -> 200 req/s over 2 s, then 200: 50, 150 and 200 requests due in seconds 0, 1, 2
     assert [s.intended for s in merged.seconds] == [50, 150, 200]
-    assert sum(s.requests for s in merged.seconds) == len(srv.seen) == 400
-    assert Counter(srv.seen) == {("GET", "/a", 0): 300, ("POST", "/b", 100): 100}
+    assert sum(s.requests for s in merged.seconds) == srv.served == 400
+    assert srv.seen == {("GET", "/a", 0): 300, ("POST", "/b", 100): 100}
 
 
 def test_scenario_changing_concurrency_in_closed_loop(tmp_path: Path) -> None:
@@ -103,13 +67,7 @@ def test_scenario_changing_concurrency_in_closed_loop(tmp_path: Path) -> None:
         '[[stages]]\nkind = "hold"\nduration = "1s"\ntarget = 2\n'
         '[[stages]]\nkind = "step"\nduration = "1s"\ntarget = 5\n'
     )
-    srv = RecordingServer()
-
-    async def main() -> int:
-        url = await srv.start()
-        plan = make_plan(load_config([url, "--scenario", str(path), "-q"], {}), load_scenario(path))
-        result = await ClosedLoop(plan).run()
-        srv.server.close()
-        return result.stats["connections_used"]
-
-    assert asyncio.run(main()) == 5 == srv.connections  # 2, then 3 more at t = 1 s
+    with ThreadedServer() as srv:
+        plan = make_plan(load_config([srv.url, "--scenario", str(path), "-q"], {}), load_scenario(path))
+        result = asyncio.run(ClosedLoop(plan).run())
+    assert result.stats["connections_used"] == 5 == srv.connections  # 2, then 3 more at t = 1 s

@@ -28,13 +28,13 @@ STARTED = datetime(2026, 11, 25, 17, 45, 0, tzinfo=UTC)
 TOP_KEYS = [
     "schema", "url", "method", "mode", "concurrency", "connections", "rate", "duration_s", "elapsed_s",
     "started_at", "workers", "scenario", "mix", "requests", "responses", "failed", "rps", "rate_check",
-    "latency_ms", "latency_uncorrected_ms", "histograms", "status", "errors", "backends",
+    "latency_ms", "latency_uncorrected_ms", "histograms", "status", "errors", "backends", "by_request",
     "connections_used", "connects", "stopped_early", "actions", "timeline",
 ]  # fmt: skip
 ENTRY_KEYS = [
     "second", "intended", "requests", "responses", "failed", "errors", "unsent", "waited", "rps",
     "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "uncorrected_p99_ms", "status",
-    "errors_by_kind", "backends",
+    "errors_by_kind", "backends", "by_request",
 ]  # fmt: skip
 LAT_KEYS = ["mean", "p50", "p90", "p99", "p99.9", "p99.99", "max"]
 
@@ -115,6 +115,16 @@ def test_closed_loop_report_has_exactly_the_documented_keys_and_values() -> None
     )
     assert s1["errors_by_kind"] == {"connect": 0, "timeout": 0, "reset": 1, "other": 0}
     assert s1["p50_ms"] == pytest.approx(10.0, rel=1e-3)
+    # One request: its by_request entry is the totals, per run and per second.
+    (only,) = r["by_request"].values()
+    assert list(r["by_request"]) == ["GET /"]
+    assert (only["method"], only["path"], only["weight"]) == ("GET", "/", 1.0)
+    assert (only["requests"], only["responses"], only["failed"]) == (10, 9, 2)
+    assert (only["status"], only["errors"], only["latency_ms"]) == (r["status"], r["errors"], lat)
+    assert s1["by_request"]["GET /"] == {
+        "requests": 2, "responses": 1, "failed": 2, "errors": 1, "status": {"503": 1},
+        "errors_by_kind": s1["errors_by_kind"], "p50_ms": s1["p50_ms"], "p99_ms": s1["p99_ms"],
+    }  # fmt: skip
     assert succeeded(r) == 8
     json.dumps(r)  # serialisable as is
 
