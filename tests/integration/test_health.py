@@ -1,7 +1,7 @@
 """Outlier ejection and active health checks against real replicas.
 
-The stack is its own Compose project (base file + ``compose/faulty-backend.yml``): two ``backend``
-replicas and a ``backend-faulty`` replica that answers every request 500 while its ``/health``
+The stack is its own Compose project (base file + ``compose/failing-replica.yml``): two ``backend``
+replicas and a ``backend-failing`` replica that answers every request 500 while its ``/health``
 stays green, all behind the DNS name ``backend``. The proxy checks ``/health`` every 0.5 s
 (2 failures = unhealthy, 2 passes = healthy again) and ejects after 5 consecutive 5xx for 60 s.
 Figures (time to ejection, time to unhealthy) are printed; run with ``-s`` to see them.
@@ -39,8 +39,8 @@ def faulty_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> 
         tmp_path_factory,
         "health",
         env=env,
-        compose_files=["tests/integration/compose/faulty-backend.yml"],
-        up=("--scale", "backend=2", "proxy", "backend", "backend-faulty"),
+        compose_files=["compose/failing-replica.yml"],
+        up=("--scale", "backend=2", "proxy", "backend", "backend-failing"),
     ) as lab:
         yield lab
 
@@ -61,7 +61,7 @@ def wait_health(lab: Lab, address: str, health: str, timeout: float = 10) -> flo
 
 def test_failing_replica_is_ejected_after_consecutive_5xx_and_gets_nothing_more(faulty_lab: Lab) -> None:
     lab = faulty_lab
-    (faulty,) = lab.containers("backend-faulty")
+    (faulty,) = lab.containers("backend-failing")
     faulty_id = faulty.attrs["Config"]["Hostname"]
     with Trickle(f"{lab.base_url}/") as trickle:
         started = time.monotonic()
@@ -82,7 +82,7 @@ def test_failing_replica_is_ejected_after_consecutive_5xx_and_gets_nothing_more(
 
 def test_paused_replica_is_marked_unhealthy_and_skipped_then_comes_back(faulty_lab: Lab) -> None:
     lab = faulty_lab
-    (faulty,) = lab.containers("backend-faulty")
+    (faulty,) = lab.containers("backend-failing")
     faulty_id = faulty.attrs["Config"]["Hostname"]
     target = lab.containers("backend")[0]
     target_id, address = target.attrs["Config"]["Hostname"], lab.address(target)

@@ -1,6 +1,6 @@
 """Load-balancing policies against real containers: three replicas, one of them slowed down.
 
-The stack is its own Compose project (base file + ``compose/slow-backend.yml``): two ``backend``
+The stack is its own Compose project (base file + ``compose/slow-replica.yml``): two ``backend``
 replicas and a ``backend-slow`` replica answering every request ``SLOW_MS`` late, all behind the
 DNS name ``backend``. Under a steady closed-loop load from the host (``CONCURRENCY`` clients
 sending back to back), the test switches the policy through the admin API and counts which
@@ -34,8 +34,13 @@ def slow_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> It
     with own_lab(
         tmp_path_factory,
         "policy",
-        env={"SLOW_BACKEND_DELAY_MS": str(SLOW_MS)},
-        compose_files=["tests/integration/compose/slow-backend.yml"],
+        env={
+            "EXTRA_DELAY_MS": str(SLOW_MS),
+            "PROXY_POLICY": "round_robin",
+            "PROXY_HASH_ON": "header:X-User",
+            "PROXY_ACCESS_LOG": "false",
+        },
+        compose_files=["compose/slow-replica.yml"],
         up=("--scale", "backend=2", "proxy", "backend", "backend-slow"),
     ) as lab:
         yield lab
