@@ -47,6 +47,9 @@ class Config:
     pool_idle_timeout: float = 4.0
     pool_max_idle: int = 128
     connect_timeout: float = 2.0
+    # A connect still pending after this long marks the endpoint failed and moves the request on
+    # (exchange.py, "Slow connects" in docs/proxy.md); 0 = off.
+    connect_slow_threshold: float = 0.25
     fail_timeout: float = 1.0
     upstream_timeout: float = 30.0
     client_header_timeout: float = 30.0
@@ -227,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--pool-max-idle", d.pool_max_idle, "max idle upstream connections kept per endpoint")
     opt("--connect-timeout", d.connect_timeout, "seconds to establish an upstream connection")
     opt(
+        "--connect-slow-threshold",
+        d.connect_slow_threshold,
+        "seconds a connect may pend before its endpoint counts as failed and the request moves on (0 = off)",
+    )
+    opt(
         "--fail-timeout",
         d.fail_timeout,
         "seconds an endpoint gets no new requests after a failed connect (nginx's fail_timeout; 0 = off)",
@@ -376,6 +384,7 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         ("--pool-idle-timeout", float, 0.0, True),
         ("--pool-max-idle", int, 0, False),
         ("--connect-timeout", float, 0.0, True),
+        ("--connect-slow-threshold", float, 0.0, False),
         ("--fail-timeout", float, 0.0, False),
         ("--upstream-timeout", float, 0.0, True),
         ("--client-header-timeout", float, 0.0, True),

@@ -8,6 +8,7 @@ import the server or admin modules.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING
 
 from proxy.accesslog import AccessLog
@@ -50,4 +51,6 @@ class ProxyState:
             if config.max_in_flight_per_upstream
             else None
         )
+        if self.admission is not None:
+            group.on_capacity = partial(self.admission.wake, group)
         self.tunnels_open = 0  # Upgrade tunnels (WebSocket) currently spliced, a gauge for /metrics

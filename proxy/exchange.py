@@ -8,7 +8,9 @@ Retries (what may be retried is ``proxy/retry.py``'s business; this is where it 
 - A failed connect means the request never left the proxy (its body, if any, is
   still held here), so any request moves on to the next endpoint it has not tried
   yet, until every live endpoint was tried (``connect-failure``; not budgeted). The
-  failed endpoint also gets no new requests for ``--fail-timeout``.
+  failed endpoint also gets no new requests for ``--fail-timeout``. A connect still pending
+  after ``--connect-slow-threshold`` counts as failed the same way, without waiting for
+  ``--connect-timeout`` (``_connect_slow``): a vanished replica's address drops SYNs.
 - An upstream connection that fails after the request was written but before any
   response byte (``reset``) may or may not have reached the application: only a
   method from ``--retry-methods`` whose body (if any) was kept is sent again, on
@@ -16,6 +18,9 @@ Retries (what may be retried is ``proxy/retry.py``'s business; this is where it 
 - A retriable status (``503`` by default) is not forwarded when another endpoint can
   be tried: its body is read and discarded, the connection goes back to the pool and
   the request is sent to a different replica. With no other replica it is forwarded.
+  Only a short body announced by Content-Length, arriving in time, is read that way; any
+  other costs the connection instead (retry.DISCARD_LIMIT). With the in-flight cap on,
+  the retry must find a replica under the cap, else the client gets the cap's 503.
 Every retry after the request was sent takes one unit from the retry budget and one
 from ``--max-retries``; when either is spent the client gets the failure.
 """
@@ -30,7 +35,7 @@ from typing import TYPE_CHECKING
 from proxy.flow import CLIENT_BUSY, UPSTREAM_BUSY, WAITING_UPSTREAM
 from proxy.headers import CHUNKED, LENGTH, NO_BODY, UpstreamRequest, rewrite_response, simple_response
 from proxy.limits import with_retry_after
-from proxy.retry import CONNECT_FAILURE, KEEP_BODY_LIMIT, RESET
+from proxy.retry import CONNECT_FAILURE, DISCARD_LIMIT, DISCARD_TIMEOUT_S, KEEP_BODY_LIMIT, RESET
 from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamConnection
 
@@ -46,6 +51,12 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 # How the response body is framed towards the client.
 R_NONE, R_LENGTH, R_CHUNKED, R_CLOSE = 0, 1, 2, 3
+
+
+def _close_late(fut: asyncio.Future) -> None:
+    """An abandoned connect that completed anyway: close the connection nobody will use."""
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result()[0].close()
 
 
 def _reason(exc: BaseException | None) -> str:
@@ -213,8 +224,56 @@ class Exchange:
             loop.create_connection(lambda: UpstreamConnection(ep), ep.host, ep.port), loop=loop
         )
         self.connecting = fut
-        self.connect_timer = loop.call_later(self.state.config.connect_timeout, fut.cancel)
+        cfg = self.state.config
+        if 0 < cfg.connect_slow_threshold < cfg.connect_timeout:
+            # Still one timer per connect: it fires first at the threshold (_connect_slow), which
+            # re-arms it for the rest of --connect-timeout if the request keeps waiting.
+            self.connect_timer = loop.call_later(cfg.connect_slow_threshold, self._connect_slow)
+        else:
+            self.connect_timer = loop.call_later(cfg.connect_timeout, fut.cancel)
         fut.add_done_callback(self._connected)
+
+    def _connect_slow(self) -> None:
+        """The connect is still pending after --connect-slow-threshold: stop sending to that endpoint.
+
+        A LAN connect takes well under a millisecond, so one this slow is almost always to an
+        address nobody answers any more (a removed container drops SYNs; nothing refuses them),
+        which would otherwise hold this request, and every other one that picks the address
+        before the next DNS answer, for the whole --connect-timeout. The endpoint cools off as
+        after a failed connect (``mark_failed``, which also asks DNS discovery to re-resolve),
+        and the request moves on to an endpoint it has not tried when there is one: nothing was
+        sent yet, so any request may. With no other endpoint it keeps waiting for this connect.
+        """
+        self.connect_timer = None
+        fut = self.connecting
+        ep = self.endpoint
+        if fut is None or fut.done() or ep is None or self.finished:
+            return  # completed in the same loop iteration: _connected is already scheduled
+        state = self.state
+        cfg = state.config
+        state.group.mark_failed(ep)
+        nxt = self._retry_target(CONNECT_FAILURE, None)
+        if nxt is None:
+            state.counters.inc("connect_slow", "waited")  # slow connect, no other endpoint: kept waiting
+            remaining = cfg.connect_timeout - cfg.connect_slow_threshold
+            self.connect_timer = state.loop.call_later(remaining, fut.cancel)
+            return
+        state.counters.inc("connect_slow", "moved")  # slow connect abandoned for another endpoint
+        log.warning(
+            "connect to %s not done after %gs; trying request %s on %s",
+            ep.label,
+            cfg.connect_slow_threshold,
+            self.req.request_id.decode("latin-1"),
+            nxt.label,
+        )
+        fut.remove_done_callback(self._connected)
+        fut.add_done_callback(_close_late)
+        fut.cancel()
+        self.connecting = None
+        self._observe(ep, 0, "connect")
+        self._release(ep)
+        self.endpoint = None
+        self._use(nxt, pooled=True)
 
     def _connected(self, fut: asyncio.Future) -> None:
         if self.connect_timer is not None:
@@ -393,11 +452,19 @@ class Exchange:
         if status >= 500 and self.body_done and status in self.state.retry_policy.statuses:
             nxt = self._retry_target(str(status), None)
             if nxt is not None:
-                # Read and drop this response, then send the request to ``nxt`` (on_response_end).
+                # Read and drop this response, then send the request to ``nxt`` (on_response_end),
+                # if its body is small and announced; else give up the connection (retry.py).
                 self.retry_to = nxt
                 self.resp_mode = R_NONE
-                if resp.content_length < 0 and not resp.chunked:
-                    self.upstream_close = self.close_delimited = True
+                n = resp.content_length
+                if self.head_request or n == 0:
+                    return  # no body: on_response_end follows at once
+                if 0 < n <= DISCARD_LIMIT:
+                    limit = min(DISCARD_TIMEOUT_S, self.state.config.upstream_timeout)
+                    self.timer = self.state.loop.call_later(limit, self._discard_timed_out)
+                    return
+                self.upstream_close = True
+                self._retry_after_status(conn)
                 return
         keep = self.client_keep_alive and self.body_done and not self.state.draining
         parts = resp.parts
@@ -468,10 +535,22 @@ class Exchange:
             conn.close()
         self._finish()
 
+    def _discard_timed_out(self) -> None:
+        """The retriable response's body did not arrive in time: drop its connection, retry now."""
+        self.timer = None
+        conn = self.conn
+        if self.finished or self.retry_to is None or conn is None:
+            return
+        self.upstream_close = True
+        self._retry_after_status(conn)
+
     def _retry_after_status(self, conn: UpstreamConnection) -> None:
-        """The discarded retriable response is over: pool its connection, try the next endpoint."""
+        """The discarded retriable response is over (or given up): pool or close its connection, retry."""
         nxt, self.retry_to = self.retry_to, None
         assert nxt is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.conn = None
         conn.detach()
         ep = self.endpoint
@@ -479,6 +558,22 @@ class Exchange:
             ep.put_idle(conn)
         else:
             conn.close()
+        if ep is not None:
+            self._release(ep)
+            self.endpoint = None
+        state = self.state
+        adm = state.admission
+        if adm is not None and (nxt.in_flight >= adm.cap or not nxt.live):
+            # The slot seen when the status arrived was taken while its body was read: the retry
+            # passes the in-flight cap like a first attempt, on another untried endpoint with
+            # room; with none, the client gets a 503 rather than a replica going over its cap
+            # (Envoy's retry overflow). It is not queued: a retry behind fresh requests, or one
+            # blocking the queue's head, would only add to the overload the cap is there to shed.
+            group = state.group
+            nxt = state.balancer.pick(group.live, adm.exclude(group, self.tried), self.hash_key)
+            if nxt is None or nxt.in_flight >= adm.cap:
+                adm.reject(self, "retry", f"every other endpoint has {adm.cap} requests in flight")
+                return
         log.info(
             "upstream %s answered %d; retrying request %s on %s",
             self.upstream_label,
@@ -486,9 +581,6 @@ class Exchange:
             self.req.request_id.decode("latin-1"),
             nxt.label,
         )
-        if ep is not None:
-            self._release(ep)
-            self.endpoint = None
         self.status = 0
         self.upstream_close = self.close_delimited = False
         self.body = list(self.kept) if self.kept else []

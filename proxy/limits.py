@@ -86,7 +86,7 @@ class Admission:
             return
         if len(self.waiting) >= self.queue_size:
             reason = f"every endpoint has {self.cap} requests in flight and the queue is full"
-            self._reject(ex, "full", reason)
+            self.reject(ex, "full", reason)
             return
         self.waiting.append(ex)
         ex.queued = True
@@ -97,7 +97,7 @@ class Admission:
         if not ex.queued:
             return
         self.forget(ex)
-        self._reject(ex, "timeout", f"no endpoint slot became free within {self.queue_timeout:g}s")
+        self.reject(ex, "timeout", f"no endpoint slot became free within {self.queue_timeout:g}s")
 
     def forget(self, ex: Exchange) -> None:
         """``ex`` leaves the queue (client gone, or expired)."""
@@ -122,8 +122,10 @@ class Admission:
                 ex.timer = None
             ex.use(ep)
 
-    def _reject(self, ex: Exchange, why: str, reason: str) -> None:
+    def reject(self, ex: Exchange, why: str, reason: str) -> None:
+        """Answer ``ex`` 503 with Retry-After because of the cap (``why``: full, timeout, retry)."""
         log.warning("503 for request %s: %s", ex.req.request_id.decode("latin-1"), reason)
         ex.state.counters.inc("rejected", "503")  # a request refused by the proxy, by status
-        ex.state.counters.inc("queue_overflow", why)  # refused by the in-flight cap's queue: full, timeout
+        # refused by the in-flight cap: queue full, queue timeout, or a retry with no endpoint left
+        ex.state.counters.inc("queue_overflow", why)
         ex.fail(503, f"503 Service Unavailable: {reason}\n".encode(), retry_after=RETRY_AFTER_S)

@@ -204,6 +204,10 @@ class UpstreamGroup:
         self.outlier: OutlierDetector | None = None
         # Told about every failed connect: DNS discovery re-resolves early (discovery.py).
         self.on_connect_failure: Callable[[], None] | None = None
+        # Told when an endpoint may have become pickable (added by discovery, cooled off, ejection
+        # over, healthy again): the in-flight cap's queue (limits.py) dispatches waiting requests
+        # now instead of only when a request finishes.
+        self.on_capacity: Callable[[], None] | None = None
         # Replaced wholesale on change (never mutated) so a balancer always sees a consistent list.
         self.live: list[Endpoint] = []
         self.endpoints: dict[Address, Endpoint] = {}
@@ -237,7 +241,12 @@ class UpstreamGroup:
         self._dirty = True
         log.info("endpoints %s -> %s", self.name, [ep.label for ep in live])
         log.debug("previous endpoints %s", old)
+        self._capacity()
         return True
+
+    def _capacity(self) -> None:
+        if self.on_capacity is not None:
+            self.on_capacity()
 
     def mark_failed(self, ep: Endpoint) -> None:
         """A connect to ``ep`` failed: send it no new requests for ``fail_timeout`` seconds.
@@ -264,6 +273,7 @@ class UpstreamGroup:
         ep.cool_timer = None
         ep.cooling = False
         self._dirty = True
+        self._capacity()
 
     def eject(self, ep: Endpoint, seconds: float) -> None:
         """Passive outlier detection decided ``ep`` is out for ``seconds`` (outlier.py)."""
@@ -280,12 +290,15 @@ class UpstreamGroup:
         self._dirty = True
         if ep.live:
             log.info("endpoint %s: ejection over, back in rotation", ep.label)
+            self._capacity()
 
     def set_health(self, ep: Endpoint, health: str) -> None:
         """Active health checking changed ``ep``'s state (health.py)."""
         if ep.health != health:
             ep.health = health
             self._dirty = True
+            if health != UNHEALTHY:
+                self._capacity()
 
     def unavailable(self) -> Collection[Endpoint]:
         """Endpoints new picks should skip: cooling, ejected or actively unhealthy.

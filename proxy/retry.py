@@ -30,6 +30,14 @@ from __future__ import annotations
 # per_request_buffer_limit_bytes plays the same role. Larger bodies are streamed and not kept.
 KEEP_BODY_LIMIT = 64 * 1024
 
+# A retriable status's body is read and dropped (so its connection can be pooled) only when its
+# Content-Length is at most DISCARD_LIMIT and it all arrives within DISCARD_TIMEOUT_S (capped by
+# --upstream-timeout). Anything else (chunked, close-delimited, larger, or stalled) costs the
+# connection instead: it is closed and the request retried at once, so a backend that sends an
+# endless or stalled error body cannot hold the request.
+DISCARD_LIMIT = 64 * 1024
+DISCARD_TIMEOUT_S = 1.0
+
 CONNECT_FAILURE = "connect-failure"
 RESET = "reset"
 RETRY_ON_WORDS = (CONNECT_FAILURE, RESET)

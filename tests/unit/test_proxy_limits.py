@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 
 import pytest
 
 from proxy.config import ConfigError, build_parser, config_from
 from proxy.limits import Admission
-from proxy.pool import UpstreamGroup
+from proxy.pool import HEALTHY, UNHEALTHY, UpstreamGroup
 from tests.unit.test_proxy_e2e import (
     LOOPS,
     FakeUpstream,
@@ -284,5 +285,44 @@ def test_admission_skips_full_and_unavailable_endpoints_and_reuses_the_cached_se
         assert set(adm.exclude(group)) == {a, c}
         assert set(adm.exclude(group, also=[b])) == {a, b, c}
         group.close()
+
+    run(main)
+
+
+def test_queued_requests_are_dispatched_as_soon_as_an_endpoint_becomes_available() -> None:
+    """Capacity that appears (a new replica, one healthy or cooled off again) serves the queue at once."""
+
+    async def main() -> None:
+        async with FakeUpstream() as busy, FakeUpstream() as other:
+            for how in ("discovered", "healthy", "cooled"):
+                start = [addr(busy)] if how == "discovered" else [addr(busy), addr(other)]
+                async with proxy(
+                    endpoints=start,
+                    max_in_flight_per_upstream=1,
+                    queue_timeout=3,
+                    fail_timeout=0.3,
+                ) as srv:
+                    assert srv.state is not None
+                    group = srv.state.group
+                    if how == "healthy":
+                        group.set_health(group.live[1], UNHEALTHY)
+                    elif how == "cooled":
+                        group.mark_failed(group.live[1])  # cooling for --fail-timeout (0.3 s)
+                    slow = asyncio.ensure_future(fetch(srv.port, get("/slow?2")))
+                    await asyncio.sleep(0.1)
+                    t0 = perf_counter()
+                    queued = asyncio.ensure_future(fetch(srv.port, get(f"/{how}")))
+                    await asyncio.sleep(0.1)
+                    assert srv.state.admission is not None and len(srv.state.admission.waiting) == 1, how
+                    if how == "discovered":
+                        group.update([addr(busy), addr(other)])
+                    elif how == "healthy":
+                        group.set_health(group.live[1], HEALTHY)
+                    resp = await queued
+                    elapsed = perf_counter() - t0
+                    assert resp.status == 200 and resp.body == f"ok GET /{how}".encode(), how
+                    assert elapsed < 1.0, f"{how}: waited {elapsed:.2f}s, until the busy request ended"
+                    assert (await slow).status == 200
+                    assert f"/{how}" in [rq.target for rq in other.requests]
 
     run(main)

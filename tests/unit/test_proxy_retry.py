@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 
 import pytest
 
@@ -16,8 +17,10 @@ from tests.unit.test_proxy_e2e import (
     free_port,
     get,
     proxy,
+    read_head,
     run,
 )
+from tests.unit.upstreams import LocalServer
 
 
 def post(path: str, body: bytes, method: str = "POST") -> bytes:
@@ -207,5 +210,108 @@ def test_retry_is_reported_to_each_endpoint_tried() -> None:
                 assert srv.state is not None
                 eps = {ep.label: ep for ep in srv.state.group.live}
                 assert all(ep.in_flight == 0 for ep in eps.values()), "every attempt released its endpoint"
+
+    run(main)
+
+
+class Stalling503(LocalServer):
+    """Answers every request 503 and then never finishes the body (``/endless``: an endless chunked
+    stream; else a Content-Length body of which only a part is sent; ``/small``: a whole short one).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                line, _headers = await read_head(reader)
+                target = line.split(" ")[1]
+                self.requests.append(target)
+                if target == "/late":  # a whole short body, 0.3 s after the head
+                    writer.write(b"HTTP/1.1 503 X\r\nContent-Length: 4\r\n\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.3)
+                    writer.write(b"busy")
+                    await writer.drain()
+                    continue
+                if target == "/small":
+                    writer.write(b"HTTP/1.1 503 X\r\nContent-Length: 4\r\n\r\nbusy")
+                    await writer.drain()
+                    continue
+                if target == "/endless":
+                    writer.write(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    while True:
+                        writer.write(b"5\r\nbusy.\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.01)
+                writer.write(b"HTTP/1.1 503 X\r\nContent-Length: 100\r\n\r\nbusy")
+                await writer.drain()
+                await asyncio.sleep(3600)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_503_whose_body_never_ends_is_dropped_and_retried_without_waiting_for_it(loop: str) -> None:
+    async def main() -> None:
+        async with (
+            Stalling503() as bad,
+            FakeUpstream() as good,
+            proxy(
+                endpoints=[("127.0.0.1", bad.port), addr(good)], upstream_timeout=5, health_interval=0
+            ) as srv,
+        ):
+            for path, most in (("/endless", 0.5), ("/stalled", 1.5), ("/small", 0.5)):
+                bad_before = len(bad.requests)
+                t0 = perf_counter()
+                # Two requests: round robin sends one of them to the 503 replica first.
+                resps = await asyncio.gather(*(fetch(srv.port, get(path)) for _ in range(2)))
+                elapsed = perf_counter() - t0
+                assert [r.status for r in resps] == [200, 200], path
+                assert {r.body for r in resps} == {f"ok GET {path}".encode()}
+                assert len(bad.requests) == bad_before + 1, path
+                assert elapsed < most, f"{path}: {elapsed:.2f}s, the 503 body held the request"
+            assert srv.state is not None
+            assert srv.state.counters.count("retries", "503") == 3
+            # The complete small 503 left its connection pooled; the other two were closed.
+            ep = srv.state.group.endpoints[("127.0.0.1", bad.port)]
+            assert len(ep.idle) == 1 and bad.connections == 3
+            assert ep.in_flight == 0
+
+    run(main, loop)
+
+
+def test_a_503_retry_passes_the_in_flight_cap_and_never_puts_a_replica_over_it() -> None:
+    async def main() -> None:
+        async with (
+            Stalling503() as bad,
+            FakeUpstream() as good,
+            proxy(
+                endpoints=[("127.0.0.1", bad.port), addr(good)],
+                max_in_flight_per_upstream=1,
+                health_interval=0,
+            ) as srv,
+        ):
+            # The 503's head picks `good` for the retry; its body takes 0.3 s, and meanwhile
+            # another request takes good's only slot.
+            late = asyncio.ensure_future(fetch(srv.port, get("/late")))
+            await asyncio.sleep(0.1)
+            busy = asyncio.ensure_future(fetch(srv.port, get("/slow?0.6")))
+            resp = await late
+            assert resp.status == 503 and resp.get("Retry-After") == "1"
+            assert b"every other endpoint has 1 requests in flight" in resp.body
+            assert (await busy).status == 200
+            assert [rq.target for rq in good.requests] == ["/slow?0.6"], "good never got 2 at once"
+            assert srv.state is not None
+            assert srv.state.counters.count("queue_overflow", "retry") == 1
+            # With the slot free again, the same retry goes through.
+            resp = await fetch(srv.port, get("/late"))
+            assert resp.status == 200 and resp.body == b"ok GET /late"
+            assert all(ep.in_flight == 0 for ep in srv.state.group.live)
 
     run(main)
