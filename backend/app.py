@@ -23,8 +23,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.faults import Faults, fault_config_from_env
+from backend.servers import DEFAULT_SERVER
 
 BACKEND_ID = os.environ.get("BACKEND_ID") or socket.gethostname()
+# Which ASGI server runs this replica (`python -m backend` sets it from --server).
+SERVER = os.environ.get("BACKEND_SERVER") or DEFAULT_SERVER
 MAX_DELAY_MS = 60_000
 MAX_BYTES = 64 * 1024 * 1024
 MAX_CHUNKS = 10_000
@@ -67,7 +70,7 @@ api = FastAPI(title="asgi-lab backend", docs_url=None, redoc_url=None)
 
 @api.get("/")
 async def root() -> dict[str, str]:
-    return {"backend": BACKEND_ID}
+    return {"backend": BACKEND_ID, "server": SERVER}
 
 
 @api.get("/health")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from backend.__main__ import parse_args
-from backend.app import BACKEND_ID, REQUEST_COUNTS, app
+from backend.app import BACKEND_ID, REQUEST_COUNTS, SERVER, app
 
 
 def call(method: str, url: str, **kwargs: object) -> httpx.Response:
@@ -25,7 +25,7 @@ def call(method: str, url: str, **kwargs: object) -> httpx.Response:
 def test_every_response_names_the_replica_even_errors() -> None:
     for path in ("/", "/health", "/nope", "/delay/oops"):
         assert call("GET", path).headers["x-backend-id"] == BACKEND_ID
-    assert call("GET", "/").json() == {"backend": BACKEND_ID}
+    assert call("GET", "/").json() == {"backend": BACKEND_ID, "server": SERVER}
 
 
 def test_echo_reports_method_query_headers_and_body_digest() -> None:
@@ -102,4 +102,5 @@ def test_config_validation_names_the_variable(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setenv("BACKEND_PORT", "eighty")
     with pytest.raises(SystemExit) as exc:
         parse_args([])
-    assert "BACKEND_PORT" in str(exc.value.code)
+    assert exc.value.code == 2
+    assert "BACKEND_PORT" in capsys.readouterr().err
