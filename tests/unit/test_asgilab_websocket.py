@@ -1,0 +1,756 @@
+"""asgilab.websocket at the frame level: a wsproto client talks to a WebSocketSession over a fake transport.
+
+The session gets the upgrade request head and then raw frames, exactly as the engine forwards
+them after the hand-over; what it writes is parsed by the client side of wsproto, so every
+assertion is about bytes on the wire, as a browser or client library would see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from wsproto import ConnectionType, WSConnection, events
+
+from asgilab import websocket as ws_module
+from asgilab.errors import ClientDisconnected
+from asgilab.websocket import Receive, Scope, Send, WebSocketSession
+
+LOG = "test.asgilab.websocket"
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass
+class Config:
+    ws_max_size: int | None = 1 << 20
+    ws_ping_interval: float | None = None
+    ws_ping_timeout: float | None = None
+    ws_idle_timeout: float | None = None
+
+
+class FakeTransport:
+    """What the session sees of a socket: writes are kept, close/abort report connection_lost."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.written = bytearray()
+        self.closing = False
+        self.aborted = False
+        self.reading = True
+        self.session: WebSocketSession | None = None
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "write after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            assert self.session is not None
+            self.loop.call_soon(self.session.connection_lost, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+
+class Peer:
+    """The client end: a wsproto client connection plus the session under test."""
+
+    def __init__(
+        self,
+        app: App,
+        config: Config | None = None,
+        subprotocols: tuple[str, ...] = (),
+        request: bytes | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = FakeTransport(self.loop)
+        self.client = WSConnection(ConnectionType.CLIENT)
+        self.closed_calls = 0
+        self.scope: Scope = {
+            "type": "websocket",
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "query_string": b"room=1",
+            "root_path": "",
+            "headers": [(b"host", b"x")],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        self.session = WebSocketSession(
+            app,
+            self.scope,
+            self.transport,  # type: ignore[arg-type]
+            loop=self.loop,
+            config=config or Config(),
+            logger=logging.getLogger(LOG),
+            on_close=self._on_close,
+        )
+        self.transport.session = self.session
+        if request is None:
+            request = self.client.send(
+                events.Request(host="x", target="/ws?room=1", subprotocols=list(subprotocols))
+            )
+        self.session.start(request)
+        self._seen = 0
+        self.pending: list[events.Event] = []  # parsed but not yet looked at by the test
+
+    def _on_close(self) -> None:
+        self.closed_calls += 1
+
+    def send(self, event: events.Event) -> None:
+        self.session.data_received(self.client.send(event))
+
+    def raw(self, data: bytes) -> None:
+        self.session.data_received(data)
+
+    def received(self) -> list[events.Event]:
+        """Events the client parsed from what the server wrote since the last call."""
+        new = bytes(self.transport.written[self._seen :])
+        self._seen = len(self.transport.written)
+        if new:
+            self.client.receive_data(new)
+        got, self.pending = self.pending + list(self.client.events()), []
+        return got
+
+    async def until(self, condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        """Let the loop run until ``condition`` holds (a bound for a loaded machine, not a timing claim)."""
+        deadline = self.loop.time() + timeout
+        while not condition():
+            assert self.loop.time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.001)
+
+    async def next_events(self, what: str) -> list[events.Event]:
+        """Wait until the server wrote something the client can parse, and return it."""
+        got: list[events.Event] = []
+        await self.until(lambda: bool(got.extend(self.received()) or got), what)
+        return got
+
+    async def settle(self) -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+    """A client->server frame built by hand (RFC 6455 5.2), for what wsproto's client never sends."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept, echo every message, record the disconnect in the scope for the test to read."""
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            scope["test.disconnect"] = message
+            return
+        await send({"type": "websocket.send", "bytes": message.get("bytes"), "text": message.get("text")})
+
+
+def accepted(peer: Peer) -> events.AcceptConnection:
+    evs = peer.received()
+    assert isinstance(evs[0], events.AcceptConnection), evs
+    peer.pending = evs[1:]
+    return evs[0]
+
+
+# -- handshake
+
+
+def test_accept_with_subprotocol_and_headers_and_the_scope_keys() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send(
+            {"type": "websocket.accept", "subprotocol": "chat.v2", "headers": [(b"x-backend-id", b"b7")]}
+        )
+        await receive()
+
+    async def main() -> None:
+        peer = Peer(app, subprotocols=("chat.v1", "chat.v2"))
+        await peer.settle()
+        accept = accepted(peer)
+        assert accept.subprotocol == "chat.v2"
+        assert (b"x-backend-id", b"b7") in accept.extra_headers
+        scope = peer.scope
+        assert scope["subprotocols"] == ["chat.v1", "chat.v2"]
+        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+        assert scope["extensions"] == {"websocket.http.response": {}}
+        peer.send(events.CloseConnection(code=1000))
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+
+    run(main)
+
+
+def test_subprotocol_the_client_did_not_offer_is_an_app_error() -> None:
+    errors: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await send({"type": "websocket.accept", "subprotocol": "graphql-ws"})
+        except RuntimeError as exc:
+            errors.append(str(exc))
+            raise
+
+    async def main() -> None:
+        peer = Peer(app, subprotocols=("chat",))
+        await peer.until(lambda: peer.transport.closing, "the 500")
+        (reject, *_) = peer.received()
+        assert isinstance(reject, events.RejectConnection) and reject.status_code == 500
+
+    run(main)
+    assert errors and "not offered" in errors[0]
+
+
+def test_close_before_accept_is_http_403() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.close", "code": 4003})
+        seen.append(dict(await receive()))
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        reject = peer.received()[0]
+        assert isinstance(reject, events.RejectConnection)
+        assert reject.status_code == 403
+        assert (b"connection", b"close") in reject.headers
+
+    run(main)
+    assert seen == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}]
+
+
+def test_denial_response_extension() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        assert "websocket.http.response" in scope["extensions"]
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 401,
+                "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"13")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": b"token ", "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"expired"})
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        evs = peer.received()
+        assert isinstance(evs[0], events.RejectConnection) and evs[0].status_code == 401
+        assert (b"www-authenticate", b"Bearer") in evs[0].headers
+        body = b"".join(e.data for e in evs if isinstance(e, events.RejectData))
+        assert body == b"token expired"
+        assert isinstance(evs[-1], events.RejectData) and evs[-1].body_finished
+
+    run(main)
+
+
+def test_exception_before_accept_is_500_and_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise KeyError("session")
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        reject = peer.received()[0]
+        assert isinstance(reject, events.RejectConnection) and reject.status_code == 500
+
+    run(main)
+    (record,) = [r for r in caplog.records if r.name == LOG and r.levelno == logging.ERROR]
+    assert record.exc_info and isinstance(record.exc_info[1], KeyError)
+
+
+def test_app_returning_without_an_answer_is_500(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        reject = peer.received()[0]
+        assert isinstance(reject, events.RejectConnection) and reject.status_code == 500
+
+    run(main)
+    assert any("without accepting" in r.getMessage() for r in caplog.records if r.name == LOG)
+
+
+def test_bad_upgrade_request_is_refused_without_calling_the_app() -> None:
+    called: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append(True)
+
+    async def main() -> None:
+        head = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        peer = Peer(app, request=head)  # no Sec-WebSocket-Version / -Key
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert peer.transport.written.startswith(b"HTTP/1.1 4")
+
+    run(main)
+    assert called == []
+
+
+# -- messages
+
+
+def test_text_and_binary_echo() -> None:
+    async def main() -> None:
+        peer = Peer(echo)
+        await peer.settle()
+        accepted(peer)
+        peer.send(events.TextMessage(data="héllo"))
+        peer.send(events.BytesMessage(data=b"\x00\xff\x01"))
+        await peer.settle()
+        got = peer.received()
+        assert [type(e) for e in got] == [events.TextMessage, events.BytesMessage]
+        assert got[0].data == "héllo" and got[1].data == b"\x00\xff\x01"
+
+    run(main)
+
+
+def test_fragmented_messages_are_reassembled() -> None:
+    received: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        for _ in range(3):
+            message = await receive()
+            received.append(message.get("text", message.get("bytes")))
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+        accepted(peer)
+        peer.send(events.TextMessage(data="frag", message_finished=False))
+        peer.send(events.TextMessage(data="ment", message_finished=False))
+        peer.send(events.TextMessage(data="ed", message_finished=True))
+        peer.send(events.BytesMessage(data=b"\x01\x02", message_finished=False))
+        peer.send(events.BytesMessage(data=b"\x03", message_finished=True))
+        # A character whose UTF-8 bytes are split across two frames (text frame + continuation).
+        euro = "€".encode()
+        peer.raw(frame(0x1, b"price " + euro[:1], fin=False) + frame(0x0, euro[1:] + b"5", fin=True))
+        await peer.until(lambda: len(received) == 3, "three messages")
+
+    run(main)
+    assert received == ["fragmented", b"\x01\x02\x03", "price €5"]
+
+
+def test_frames_sent_before_the_accept_are_delivered_after_it() -> None:
+    got: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await asyncio.sleep(0.01)  # the app takes its time (auth...) while frames arrive
+        await send({"type": "websocket.accept"})
+        got.append((await receive())["text"])
+
+    async def main() -> None:
+        peer = Peer(app)
+        # wsproto's client refuses to send before the 101, so craft the frame.
+        peer.raw(frame(0x1, b"early bird"))
+        await peer.until(lambda: got == ["early bird"], "the early message")
+
+    run(main)
+
+
+# -- ping / pong
+
+
+def test_client_ping_is_answered_with_its_payload() -> None:
+    async def main() -> None:
+        peer = Peer(echo)
+        await peer.settle()
+        accepted(peer)
+        peer.send(events.Ping(payload=b"are-you-there"))
+        assert peer.received() == [events.Pong(payload=b"are-you-there")]
+
+    run(main)
+
+
+def test_server_pings_and_a_pong_keeps_the_connection() -> None:
+    async def main() -> None:
+        peer = Peer(echo, Config(ws_ping_interval=0.01, ws_ping_timeout=5))
+        await peer.settle()
+        accepted(peer)
+        for _ in range(2):
+            (ping,) = await peer.next_events("a ping")
+            assert isinstance(ping, events.Ping) and len(ping.payload) == 4
+            peer.send(ping.response())
+        assert not peer.transport.closing
+
+    run(main)
+
+
+def test_no_pong_within_the_timeout_drops_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, LOG)
+
+    async def main() -> None:
+        peer = Peer(echo, Config(ws_ping_interval=0.01, ws_ping_timeout=0.02))
+        await peer.settle()
+        accepted(peer)
+        await peer.until(lambda: peer.closed_calls == 1, "the drop")
+        assert peer.transport.aborted
+        assert any(isinstance(e, events.Ping) for e in peer.received())
+        assert peer.scope["test.disconnect"] == {
+            "type": "websocket.disconnect",
+            "code": 1006,
+            "reason": "keepalive ping timeout",
+        }
+
+    run(main)
+    assert any("no pong within 0.02 s" in r.getMessage() for r in caplog.records if r.name == LOG)
+
+
+def test_idle_timeout_closes_with_1001() -> None:
+    async def main() -> None:
+        peer = Peer(echo, Config(ws_idle_timeout=0.03))
+        await peer.settle()
+        accepted(peer)
+        closes = await peer.next_events("the idle close")
+        assert closes == [events.CloseConnection(code=1001, reason="idle timeout")]
+        peer.send(events.CloseConnection(code=1001))  # the client answers; the server ends TCP
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert not peer.transport.aborted
+        assert peer.scope["test.disconnect"]["code"] == 1001
+
+    run(main)
+
+
+# -- close codes
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "echoed_code", "app_code"),
+    [(4001, "bye now", 4001, 4001), (1000, "", 1000, 1000), (None, None, 1005, 1005)],
+)
+def test_client_close_is_echoed_and_reaches_the_app(
+    code: int | None, reason: str | None, echoed_code: int, app_code: int
+) -> None:
+    async def main() -> None:
+        peer = Peer(echo)
+        await peer.settle()
+        accepted(peer)
+        if code is None:
+            peer.raw(frame(0x8, b""))  # a close frame with no status code at all
+        else:
+            peer.send(events.CloseConnection(code=code, reason=reason))
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        (echoed,) = peer.received()
+        assert isinstance(echoed, events.CloseConnection) and echoed.code == echoed_code
+        assert peer.scope["test.disconnect"] == {
+            "type": "websocket.disconnect",
+            "code": app_code,
+            "reason": reason or "",
+        }
+        assert not peer.transport.aborted
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"), [({}, (1000, "")), ({"code": 4404, "reason": "gone"}, (4404, "gone"))]
+)
+def test_app_close_sends_its_code_and_reason(message: dict[str, Any], expected: tuple[int, str]) -> None:
+    disconnects: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", **message})
+        disconnects.append(await receive())
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+        accepted(peer)
+        (close,) = peer.received()
+        assert isinstance(close, events.CloseConnection)
+        assert (close.code, close.reason or "") == expected
+        assert not peer.transport.closing  # waiting for the client's answer
+        peer.send(close.response())
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+
+    run(main)
+    assert disconnects == [{"type": "websocket.disconnect", "code": expected[0], "reason": expected[1]}]
+
+
+def test_client_that_never_answers_our_close_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_module, "CLOSE_TIMEOUT", 0.02)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close"})
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert peer.transport.aborted
+
+    run(main)
+
+
+def test_connection_lost_without_close_frame_is_1006() -> None:
+    async def main() -> None:
+        peer = Peer(echo)
+        await peer.settle()
+        accepted(peer)
+        peer.transport.closing = True
+        peer.session.connection_lost(ConnectionResetError())
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert peer.scope["test.disconnect"] == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+
+    run(main)
+
+
+def test_exception_after_accept_closes_with_1011(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        raise ZeroDivisionError
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+        evs = peer.received()
+        assert isinstance(evs[0], events.AcceptConnection)
+        assert isinstance(evs[1], events.CloseConnection) and evs[1].code == 1011
+
+    run(main)
+    assert any(r.exc_info for r in caplog.records if r.name == LOG)
+
+
+def test_app_returning_after_accept_closes_with_1000() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+        evs = peer.received()
+        assert evs[1] == events.CloseConnection(code=1000, reason="")
+
+    run(main)
+
+
+@pytest.mark.parametrize(("payload", "code"), [(b"\xff\xfe", 1007), (None, 1002)])
+def test_protocol_errors_close_with_their_code(payload: bytes | None, code: int) -> None:
+    async def main() -> None:
+        peer = Peer(echo)
+        await peer.settle()
+        accepted(peer)
+        # Invalid UTF-8 in a text frame, or an unmasked client frame (clients must mask).
+        peer.raw(frame(0x1, payload) if payload else frame(0x2, b"x", mask=False))
+        await peer.until(lambda: peer.transport.closing, "the close")
+        (close,) = peer.received()
+        assert isinstance(close, events.CloseConnection) and close.code == code
+        await peer.until(lambda: "test.disconnect" in peer.scope, "the disconnect")
+        assert peer.scope["test.disconnect"]["code"] == code
+
+    run(main)
+
+
+# -- limits and backpressure
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_oversized_message_closes_with_1009(fragmented: bool) -> None:
+    async def main() -> None:
+        peer = Peer(echo, Config(ws_max_size=10))
+        await peer.settle()
+        accepted(peer)
+        peer.send(events.BytesMessage(data=b"0123456789"))  # exactly the limit: fine
+        await peer.settle()
+        if fragmented:  # each fragment is small, the message is not
+            for _ in range(3):
+                peer.send(events.BytesMessage(data=b"abcd", message_finished=False))
+        else:
+            peer.send(events.TextMessage(data="x" * 11))
+        await peer.settle()
+        evs = peer.received()
+        assert evs[0] == events.BytesMessage(data=b"0123456789")
+        assert isinstance(evs[1], events.CloseConnection) and evs[1].code == 1009
+        assert peer.scope["test.disconnect"]["code"] == 1009
+
+    run(main)
+
+
+def test_send_waits_while_the_transport_is_paused() -> None:
+    sent: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        for i in range(3):
+            await send({"type": "websocket.send", "text": f"m{i}"})
+            sent.append(i)
+        await receive()
+
+    async def main() -> None:
+        peer = Peer(app)
+        peer.session.pause_writing()  # the socket buffer is over its high-water mark
+        await peer.settle()
+        assert sent == [] and peer.transport.written == b""
+        peer.session.resume_writing()
+        await peer.until(lambda: sent == [0, 1, 2], "the sends")
+        evs = peer.received()
+        assert [e.data for e in evs[1:]] == ["m0", "m1", "m2"]  # type: ignore[attr-defined]
+
+    run(main)
+
+
+def test_reading_pauses_while_the_app_is_not_receiving() -> None:
+    gate = asyncio.Event()
+    got: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await gate.wait()  # a slow app
+        while len(got) < 100:
+            got.append((await receive())["text"])
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+        accepted(peer)
+        sent = 0
+        while peer.transport.reading and sent < 100:
+            peer.send(events.TextMessage(data=f"{sent}"))
+            sent += 1
+        # The queue is bounded: reading stopped long before the client ran out of messages.
+        assert not peer.transport.reading
+        assert sent == ws_module.QUEUE_MESSAGES
+        gate.set()
+        await peer.until(lambda: peer.transport.reading, "reading resumed")
+        while sent < 100:  # the kernel would now deliver the rest
+            peer.send(events.TextMessage(data=f"{sent}"))
+            sent += 1
+            await asyncio.sleep(0)
+        await peer.until(lambda: len(got) == 100, "all messages")
+
+    run(main)
+    assert got == [str(i) for i in range(100)]
+
+
+def test_send_after_close_raises_an_oserror_subclass(caplog: pytest.LogCaptureFixture) -> None:
+    outcomes: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        assert (await receive())["type"] == "websocket.disconnect"
+        try:
+            await send({"type": "websocket.send", "text": "too late"})
+        except OSError as exc:
+            outcomes.append(exc)
+        await send({"type": "websocket.send", "text": "still too late"})  # escapes the app
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+        accepted(peer)
+        peer.send(events.CloseConnection(code=1001))
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+
+    run(main)
+    assert len(outcomes) == 1 and isinstance(outcomes[0], ClientDisconnected)
+    # The server swallows its own exception: no error in the log.
+    assert not [r for r in caplog.records if r.name == LOG and r.levelno >= logging.ERROR]
+
+
+def test_send_after_the_apps_own_close_raises_too() -> None:
+    outcomes: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close"})
+        try:
+            await send({"type": "websocket.send", "bytes": b"x"})
+        except ClientDisconnected as exc:
+            outcomes.append(exc)
+
+    async def main() -> None:
+        peer = Peer(app)
+        await peer.settle()
+
+    run(main)
+    assert len(outcomes) == 1
+
+
+# -- server drain
+
+
+def test_shutdown_closes_open_sessions_with_1012_and_refuses_handshakes_with_503() -> None:
+    async def slow_accept(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        peer = Peer(echo)
+        await peer.settle()
+        accepted(peer)
+        peer.session.shutdown()
+        (close,) = peer.received()
+        assert isinstance(close, events.CloseConnection) and close.code == 1012
+        peer.send(close.response())
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert peer.scope["test.disconnect"]["code"] == 1012
+
+        pending = Peer(slow_accept)
+        await pending.settle()
+        pending.session.shutdown()
+        reject = pending.received()[0]
+        assert isinstance(reject, events.RejectConnection) and reject.status_code == 503
+        assert pending.transport.closing
+        assert pending.session.task is not None
+        pending.session.task.cancel()
+
+    run(main)
