@@ -6,18 +6,25 @@ Two sources feed an ``UpstreamGroup`` through ``update`` (which drains what leav
   returns one A record per running replica of a service, so re-resolving ``backend`` every
   second is enough to follow ``docker compose --scale backend=N`` without restarting the proxy.
   NXDOMAIN means "no containers right now" (empty set); any other failure is treated as
-  transient and the last known set is kept.
+  transient and the last known set is kept. On Docker Swarm the same holds for a service with
+  ``endpoint_mode: dnsrr``; a service with the default virtual IP answers with that one address,
+  and then the proxy follows ``tasks.<name>`` (every task's address) instead, since a proxy that
+  balances wants the tasks, not a second balancer (IPVS) in front of them.
 - ``DockerDiscovery``: asks the Docker engine (socket mounted read-only) for the running
   containers of one Compose service and follows its event stream, like Traefik's Docker
   provider. A replica being stopped leaves the set as soon as Docker sends it the signal,
   before DNS would notice, and a replica with a healthcheck joins only once Docker calls it
-  healthy.
+  healthy. When the proxy itself runs as a Swarm task, the same source reads the Swarm tasks
+  API instead (tasks on every node, not only this node's containers; managers only): a task
+  counts when Swarm wants it running and says it runs, which, for a task with a healthcheck,
+  means healthy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
@@ -61,6 +68,14 @@ def make_resolver(loop: asyncio.AbstractEventLoop) -> Resolver:
     return resolve
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _sort_key(addr: Address) -> tuple[tuple[int, ...] | tuple[str], int]:
     try:
         return tuple(int(p) for p in addr[0].split(".")), addr[1]
@@ -78,6 +93,7 @@ class DnsDiscovery:
     """
 
     hint_gap = 0.1
+    probe_timeout = 1.0  # seconds for a ``tasks.<name>`` lookup; slower means: not Swarm, stop asking
 
     def __init__(
         self,
@@ -96,6 +112,8 @@ class DnsDiscovery:
         self._hinted: asyncio.Task[None] | None = None
         self._last = float("-inf")  # loop time of the last resolution started
         self._warned = False
+        # Look behind a single address for Swarm tasks, unless the name is already tasks.* or an IP.
+        self._probe = not host.startswith("tasks.") and not _is_ip(host)
 
     def stale(self) -> None:
         """A connect failed: the last answer may be out of date; resolve again soon."""
@@ -117,6 +135,8 @@ class DnsDiscovery:
         self._last = self.group.loop.time()
         try:
             addresses = await self.resolver(self.host, self.port)
+            if self._probe and len(addresses) == 1:
+                addresses = await self._behind_vip(addresses)
         except socket.gaierror as exc:
             if exc.errno in _NOT_FOUND:
                 if self.group.live:
@@ -132,6 +152,34 @@ class DnsDiscovery:
             log.warning("upstream %s:%d resolved to no addresses", self.host, self.port)
             self._warned = True
         self.group.update(addresses)
+
+    async def _behind_vip(self, addresses: list[Address]) -> list[Address]:
+        """One address may be a Swarm service's virtual IP: if ``tasks.<name>`` lists other
+        addresses, follow that name from now on (its answer is every task, whatever the
+        service's endpoint mode). Asked again at each resolution while the name has one address
+        (a VIP whose tasks are not healthy yet answers NXDOMAIN for tasks.*), so it costs one
+        lookup per interval under Compose with one replica, and nothing once decided."""
+        name = f"tasks.{self.host}"
+        try:
+            tasks = await asyncio.wait_for(self.resolver(name, self.port), self.probe_timeout)
+        except socket.gaierror:
+            return addresses  # not on Swarm, or no task running yet
+        except OSError as exc:  # TimeoutError included
+            self._probe = False  # a DNS that stalls on unknown names: do not ask it every second
+            log.info("not looking up %s any more (%s)", name, exc.__class__.__name__)
+            return addresses
+        if not tasks or addresses[0] in tasks:
+            return addresses  # the name already lists the tasks (dnsrr, or Compose)
+        log.info(
+            "upstream %s resolves to one address, %s, in front of %d tasks (a Swarm virtual IP): "
+            "following %s instead",
+            self.host,
+            addresses[0][0],
+            len(tasks),
+            name,
+        )
+        self.host, self._probe = name, False
+        return tasks
 
     async def _run(self) -> None:
         while True:
@@ -161,6 +209,9 @@ class DnsDiscovery:
 
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
+# Labels Swarm puts on a task's container: the proxy finds out from its own that it runs on Swarm.
+LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
+LABEL_STACK = "com.docker.stack.namespace"
 # Container events that can change the set; healthcheck execs ("exec_start: ...") come every few
 # seconds per replica and are ignored rather than answered with a re-list.
 _RELEVANT = frozenset(
@@ -168,6 +219,8 @@ _RELEVANT = frozenset(
 )
 # Events after which the container should be listed as running.
 _JOINING = frozenset({"start", "restart", "unpause"})
+# On Swarm a task with a healthcheck is listed as running only once healthy.
+_JOINING_SWARM = _JOINING | {"health_status"}
 # Signals in a kill event that mean the container is going away (docker stop: SIGTERM, then KILL).
 _STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
 
@@ -182,8 +235,15 @@ class DockerDiscovery:
     removes the container at once although it still runs: the replica is shutting down
     gracefully, so it gets no new requests while its in-flight ones finish (drain).
 
+    On Swarm (the proxy's own container carries Swarm's labels) the members are the running tasks
+    of the stack's service (``<stack>_<service>``) on every node, read from the tasks API (a
+    manager's, so the proxy is placed on a manager). Container events only come from this node,
+    so besides re-listing on them the tasks are listed every ``interval`` seconds: a task that
+    Swarm is about to stop (its desired state is no longer ``running``: scale down, rolling
+    update) leaves the set at the next listing, before its container gets the signal.
+
     ``client`` is a ``docker.DockerClient`` or anything with the same ``containers.get``,
-    ``containers.list`` and ``events`` (tests pass a fake).
+    ``containers.list``, ``events``, ``info`` and ``api.tasks`` (tests pass a fake).
     """
 
     def __init__(
@@ -196,6 +256,7 @@ class DockerDiscovery:
         client: Any = None,
         self_id: str | None = None,
         max_backoff: float = 10.0,
+        interval: float = 1.0,
     ) -> None:
         self.group = group
         self.service = service
@@ -204,10 +265,13 @@ class DockerDiscovery:
         self.client = client
         self.self_id = self_id if self_id is not None else socket.gethostname()
         self.max_backoff = max_backoff
+        self.interval = interval  # Swarm: seconds between task listings (events are this node's only)
+        self.swarm_service: str | None = None  # set when the proxy runs as a Swarm task
         self.networks: set[str] = set()  # the proxy's own networks (to pick the address it can reach)
         self._stopping: set[str] = set()  # containers sent a signal: on their way out
         self._stream: Any = None
         self._thread: threading.Thread | None = None
+        self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._last: list[Address] | None = None
 
@@ -232,8 +296,12 @@ class DockerDiscovery:
             log.info("docker discovery: not running in a container known to Docker (%s)", self.self_id)
         if own is not None:
             self.networks = set((own.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+            labels = own.labels or {}
+            if labels.get(LABEL_SWARM_SERVICE):
+                self._connect_swarm(labels)
+                return
             if self.project is None:
-                self.project = (own.labels or {}).get(LABEL_PROJECT)
+                self.project = labels.get(LABEL_PROJECT)
         if not self.project:
             raise DiscoveryError(
                 "docker discovery: no Compose project: the proxy's container has no "
@@ -247,16 +315,64 @@ class DockerDiscovery:
             sorted(self.networks) or "(any)",
         )
 
+    def _connect_swarm(self, labels: Mapping[str, str]) -> None:
+        """The proxy is a Swarm task: follow the tasks of ``<stack>_<service>`` on every node."""
+        if self.project is None:
+            self.project = labels.get(LABEL_STACK)
+        self.swarm_service = f"{self.project}_{self.service}" if self.project else self.service
+        swarm = (self.client.info() or {}).get("Swarm") or {}
+        if not swarm.get("ControlAvailable"):
+            raise DiscoveryError(
+                "docker discovery: the proxy runs as a Swarm task on a node that is not a manager, "
+                "and only managers answer the tasks API; place it with the constraint "
+                "node.role == manager (swarm/stack.yml does)"
+            )
+        log.info(
+            "docker discovery: Swarm tasks of service %r, port %d, via networks %s, listed every %gs",
+            self.swarm_service,
+            self.port,
+            sorted(self.networks) or "(any)",
+            self.interval,
+        )
+
     @property
     def _labels(self) -> list[str]:
+        if self.swarm_service is not None:
+            return [f"{LABEL_SWARM_SERVICE}={self.swarm_service}"]
         return [f"{LABEL_PROJECT}={self.project}", f"{LABEL_SERVICE}={self.service}"]
 
     def list_addresses(self) -> list[Address]:
         """The addresses new requests may go to now (blocking: calls the engine)."""
-        return self.addresses_of(self._running())
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[set[str], list[Address]]:
+        """Ids of the containers listed as running, and the addresses to use now."""
+        if self.swarm_service is not None:
+            tasks = self._tasks()
+            ids = {_task_container(t) for t in tasks if _task_running(t)}
+            return ids, self.addresses_of_tasks(tasks)
+        containers = self._running()
+        return {c.id for c in containers}, self.addresses_of(containers)
 
     def _running(self) -> list[Any]:
         return self.client.containers.list(filters={"label": self._labels, "status": "running"})
+
+    def _tasks(self) -> list[Mapping[str, Any]]:
+        filters = {"service": self.swarm_service, "desired-state": "running"}
+        return list(self.client.api.tasks(filters=filters))
+
+    def addresses_of_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> list[Address]:
+        """Addresses of the tasks Swarm wants running and reports running (healthy, if checked)."""
+        out = set()
+        for task in tasks:
+            if task.get("DesiredState") != "running" or not _task_running(task):
+                continue
+            if _task_container(task) in self._stopping:
+                continue
+            ip = _pick_task_ip(task.get("NetworksAttachments") or (), self.networks)
+            if ip:
+                out.add((ip, self.port))
+        return sorted(out, key=_sort_key)
 
     def _list_after(self, action: str, cid: str) -> list[Address]:
         """List after an event; wait a little for a container the event says is running again.
@@ -265,18 +381,14 @@ class DockerDiscovery:
         container as running; without a second look it would only come back with the next
         event, seconds later. Retries take at most ~0.75 s and only in that case.
         """
-        containers = self._running()
+        joining = _JOINING_SWARM if self.swarm_service is not None else _JOINING
+        ids, addresses = self._snapshot()
         delay = 0.05
-        while (
-            action in _JOINING
-            and cid not in {c.id for c in containers}
-            and delay < 0.5
-            and not self._stop.is_set()
-        ):
+        while action in joining and cid not in ids and delay < 0.5 and not self._stop.is_set():
             self._stop.wait(delay)
             delay *= 2
-            containers = self._running()
-        return self.addresses_of(containers)
+            ids, addresses = self._snapshot()
+        return addresses
 
     def addresses_of(self, containers: Iterable[Any]) -> list[Address]:
         out = set()
@@ -338,6 +450,14 @@ class DockerDiscovery:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
+    def _poll(self) -> None:
+        """Thread body on Swarm: list the tasks every interval (other nodes send no events here)."""
+        while not self._stop.wait(self.interval):
+            try:
+                self._publish(self.list_addresses())
+            except Exception as exc:
+                log.warning("listing Swarm tasks failed (%s); keeping last endpoints", exc)
+
     def _publish(self, addresses: list[Address]) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self.group.loop.call_soon_threadsafe(self._apply, addresses)
@@ -351,7 +471,7 @@ class DockerDiscovery:
     # -- the Discovery interface ----------------------------------------------------------------
     async def refresh(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.client is None or not self.project:
+        if self.client is None or not (self.project or self.swarm_service):
             await loop.run_in_executor(None, self._connect)
         self._apply(await loop.run_in_executor(None, self.list_addresses))
 
@@ -360,6 +480,9 @@ class DockerDiscovery:
             self._stop.clear()
             self._thread = threading.Thread(target=self._follow, name="docker-discovery", daemon=True)
             self._thread.start()
+        if self.swarm_service is not None and self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="swarm-tasks", daemon=True)
+            self._poller.start()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -367,9 +490,10 @@ class DockerDiscovery:
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()  # unblocks the thread's read
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 2.0)
-            self._thread = None
+        for thread in (self._thread, self._poller):
+            if thread is not None:
+                await asyncio.to_thread(thread.join, 2.0)
+        self._thread = self._poller = None
 
 
 def _iterate(stream: Any) -> Iterator[Mapping[str, Any]]:
@@ -386,6 +510,30 @@ def _pick_ip(networks: Mapping[str, Any], preferred: set[str]) -> str | None:
     return None
 
 
+def _task_running(task: Mapping[str, Any]) -> bool:
+    return ((task.get("Status") or {}).get("State")) == "running"
+
+
+def _task_container(task: Mapping[str, Any]) -> str:
+    return str(((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or "")
+
+
+def _pick_task_ip(attachments: Iterable[Mapping[str, Any]], preferred: set[str]) -> str | None:
+    """The task's address on a network the proxy shares, else on its first non-ingress one."""
+    found: list[tuple[str, str]] = []
+    for attachment in attachments:
+        name = str((((attachment.get("Network") or {}).get("Spec")) or {}).get("Name") or "")
+        for cidr in attachment.get("Addresses") or ():
+            found.append((name, str(cidr).split("/", 1)[0]))
+    for name, ip in found:
+        if name in preferred:
+            return ip
+    for name, ip in found:
+        if name != "ingress":
+            return ip
+    return None
+
+
 def make_discovery(config: Config, group: UpstreamGroup, resolver: Resolver | None = None) -> Discovery:
     """The source ``--discovery`` names, for the configured upstream."""
     if config.discovery == "docker":
@@ -394,5 +542,6 @@ def make_discovery(config: Config, group: UpstreamGroup, resolver: Resolver | No
             config.docker_service or config.upstream_host,
             config.upstream_port,
             project=config.docker_project,
+            interval=config.resolve_interval,
         )
     return DnsDiscovery(group, config.upstream_host, config.upstream_port, config.resolve_interval, resolver)

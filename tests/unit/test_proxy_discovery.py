@@ -19,15 +19,22 @@ from proxy.pool import UpstreamGroup
 
 
 class FakeDns:
+    """Answers ``answer`` for the upstream name; ``tasks.*`` (Swarm's task names) from ``tasks``."""
+
     def __init__(self) -> None:
         self.answer: list[tuple[str, int]] | BaseException = []
-        self.calls = 0
+        self.tasks: list[tuple[str, int]] | BaseException = socket.gaierror(socket.EAI_NONAME, "not known")
+        self.calls = 0  # lookups of names other than tasks.*
+        self.names: list[str] = []
 
     async def __call__(self, host: str, port: int) -> list[tuple[str, int]]:
-        self.calls += 1
-        if isinstance(self.answer, BaseException):
-            raise self.answer
-        return self.answer
+        self.names.append(host)
+        answer = self.tasks if host.startswith("tasks.") else self.answer
+        if not host.startswith("tasks."):
+            self.calls += 1
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
 
 def test_discovery_follows_dns_and_failure_policy() -> None:
@@ -346,5 +353,205 @@ def test_a_failed_connect_makes_dns_discovery_resolve_at_once_but_not_in_a_storm
         g.mark_failed(g.live[0])
         await asyncio.sleep(0.01)
         assert dns.calls == calls + 1
+
+    asyncio.run(main())
+
+
+def test_dns_discovery_follows_tasks_when_the_name_is_a_swarm_virtual_ip() -> None:
+    """Swarm's default endpoint mode answers the service name with one VIP (IPVS, absent here):
+    the proxy must balance the tasks behind it, which ``tasks.<name>`` lists."""
+
+    async def main() -> None:
+        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        dns = FakeDns()
+        d = DnsDiscovery(g, "backend", 8001, 60.0, dns)
+        dns.answer = [("10.0.1.2", 8001)]  # the VIP; no task healthy yet: tasks.backend is NXDOMAIN
+        await d.refresh()
+        assert labels(g) == ["10.0.1.2:8001"] and dns.names == ["backend", "tasks.backend"]
+        dns.tasks = [("10.0.1.5", 8001), ("10.0.1.6", 8001)]
+        await d.refresh()
+        assert labels(g) == ["10.0.1.5:8001", "10.0.1.6:8001"]
+        assert d.host == "tasks.backend"
+        # From now on only tasks.backend is asked, also when the service scales to one task.
+        dns.tasks = [("10.0.1.6", 8001)]
+        dns.names.clear()
+        await d.refresh()
+        assert labels(g) == ["10.0.1.6:8001"] and dns.names == ["tasks.backend"]
+
+    asyncio.run(main())
+
+
+def test_dns_discovery_keeps_a_name_that_already_lists_its_tasks() -> None:
+    async def main() -> None:
+        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        dns = FakeDns()
+        # dnsrr with one task: backend and tasks.backend give the same address; Compose: NXDOMAIN.
+        dns.answer = dns.tasks = [("10.0.1.5", 8001)]
+        d = DnsDiscovery(g, "backend", 8001, 60.0, dns)
+        await d.refresh()
+        assert d.host == "backend" and labels(g) == ["10.0.1.5:8001"]
+        dns.answer = [("10.0.1.5", 8001), ("10.0.1.6", 8001)]
+        dns.names.clear()
+        await d.refresh()
+        assert dns.names == ["backend"], "several addresses are no VIP: nothing else to ask"
+        # tasks.* named outright, or an IP literal, are never probed.
+        for host in ("tasks.backend", "10.0.0.1"):
+            dns.names.clear()
+            await DnsDiscovery(g, host, 8001, 60.0, dns).refresh()
+            assert dns.names == [host]
+
+    asyncio.run(main())
+
+
+def test_dns_discovery_stops_probing_a_dns_that_stalls_on_tasks_names() -> None:
+    async def main() -> None:
+        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        dns = FakeDns()
+        dns.answer = [("172.20.0.2", 8001)]
+
+        async def stalling(host: str, port: int) -> list[tuple[str, int]]:
+            if host.startswith("tasks."):
+                await asyncio.sleep(10)
+            return await dns(host, port)
+
+        d = DnsDiscovery(g, "backend", 8001, 60.0, stalling)
+        d.probe_timeout = 0.05
+        await d.refresh()
+        assert labels(g) == ["172.20.0.2:8001"]
+        dns.names.clear()
+        await d.refresh()
+        assert dns.names == ["backend"]
+
+    asyncio.run(main())
+
+
+# --- Docker discovery on Swarm: the tasks API --------------------------------------------------------
+
+STACK = "lab"
+
+
+def task(
+    tid: str, ip: str, *, state: str = "running", desired: str = "running", net: str = "lab_lab"
+) -> dict:
+    """A task as the Swarm API lists it (the fields discovery reads)."""
+    return {
+        "ID": tid,
+        "DesiredState": desired,
+        "Status": {"State": state, "ContainerStatus": {"ContainerID": f"c-{tid}"}},
+        "NetworksAttachments": [
+            {"Network": {"Spec": {"Name": "ingress"}}, "Addresses": ["10.0.0.9/24"]},
+            {"Network": {"Spec": {"Name": "lab_lab"}}, "Addresses": [f"{ip}/24"]},
+        ],
+    }
+
+
+class FakeApi:
+    def __init__(self, engine: FakeSwarmEngine) -> None:
+        self.engine = engine
+
+    def tasks(self, filters: dict) -> list[dict]:
+        self.engine.task_lists.append(filters)
+        # The engine filters by service and desired state; discovery must not rely on the latter.
+        return [t for t in self.engine.tasks if filters["service"] == f"{STACK}_{SERVICE}"]
+
+
+class FakeSwarmEngine(FakeEngine):
+    """A Swarm manager: the proxy's container carries Swarm's labels; tasks on several nodes."""
+
+    def __init__(self, manager: bool = True) -> None:
+        super().__init__()
+        proxy = self.all[0]
+        proxy.labels = {
+            "com.docker.swarm.service.name": f"{STACK}_proxy",
+            "com.docker.stack.namespace": STACK,
+        }
+        proxy.networks = {"lab_lab": {"IPAddress": "10.0.1.3"}}
+        self.manager = manager
+        self.tasks: list[dict] = []
+        self.task_lists: list[dict] = []
+        self.api = FakeApi(self)
+
+    def info(self) -> dict:
+        return {"Swarm": {"LocalNodeState": "active", "ControlAvailable": self.manager}}
+
+    def events(self, decode: bool, filters: dict) -> FakeStream:
+        assert filters["label"] == [f"com.docker.swarm.service.name={STACK}_{SERVICE}"]
+        return super().events(decode, filters)
+
+
+def test_swarm_discovery_lists_the_running_tasks_of_the_stacks_service_on_the_shared_network() -> None:
+    async def main() -> None:
+        engine = FakeSwarmEngine()
+        engine.tasks = [
+            task("t1", "10.0.1.5"),
+            task("t2", "10.0.1.6"),
+            task("t3", "10.0.1.7", state="starting"),  # healthcheck not passed yet
+            task("t4", "10.0.1.8", desired="shutdown"),  # Swarm is stopping it (scale down, update)
+            task("t5", "10.0.1.9", state="failed"),
+        ]
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        await d.refresh()
+        assert d.swarm_service == "lab_backend", "the stack comes from the proxy's own labels"
+        assert engine.task_lists[-1] == {"service": "lab_backend", "desired-state": "running"}
+        assert labels(group) == ["10.0.1.5:8001", "10.0.1.6:8001"], "the stack network's address, not ingress"
+
+    asyncio.run(main())
+
+
+def test_swarm_discovery_refuses_a_worker_node() -> None:
+    async def main() -> None:
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=FakeSwarmEngine(manager=False), self_id="proxy1")
+        with pytest.raises(DiscoveryError, match=r"node\.role == manager"):
+            await d.refresh()
+
+    asyncio.run(main())
+
+
+def test_swarm_discovery_follows_tasks_of_other_nodes_by_listing_and_local_kills_by_events() -> None:
+    async def main() -> None:
+        engine = FakeSwarmEngine()
+        engine.tasks = [task("t1", "10.0.1.5"), task("t2", "10.0.1.6")]
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", interval=0.02)
+        await d.refresh()
+        d.start()
+        await wait_for(lambda: len(engine.streams) == 1)
+        # A task scheduled on another node: no event reaches this engine, the next listing has it.
+        engine.tasks.append(task("t3", "10.0.1.7"))
+        await wait_for(lambda: len(group.live) == 3)
+        # Swarm decides to stop t1 (desired state first): it leaves before its container is signalled.
+        engine.tasks[0]["DesiredState"] = "shutdown"
+        await wait_for(lambda: labels(group) == ["10.0.1.6:8001", "10.0.1.7:8001"])
+        # A local container killed (docker kill, docker stop): out at once, though its task still runs.
+        engine.emit("kill", "c-t2", signal="9")
+        await wait_for(lambda: labels(group) == ["10.0.1.7:8001"])
+        await d.stop()
+        assert d._thread is None and d._poller is None
+        lists = len(engine.task_lists)
+        await asyncio.sleep(0.1)
+        assert len(engine.task_lists) == lists, "no listing after stop"
+
+    asyncio.run(main())
+
+
+def test_swarm_discovery_waits_for_a_task_that_turns_healthy() -> None:
+    """The health_status event comes before the manager reports the task as running."""
+
+    async def main() -> None:
+        engine = FakeSwarmEngine()
+        t1 = task("t1", "10.0.1.5", state="starting")
+        engine.tasks = [t1]
+        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", interval=60)
+        await d.refresh()
+        d.start()
+        await wait_for(lambda: len(engine.streams) == 1)
+        assert labels(group) == []
+        threading.Timer(0.15, t1["Status"].__setitem__, ("State", "running")).start()
+        engine.emit("health_status: healthy", "c-t1")
+        await wait_for(lambda: labels(group) == ["10.0.1.5:8001"], timeout=0.7)
+        await d.stop()
 
     asyncio.run(main())
