@@ -178,7 +178,8 @@ class Lifespan:
                 pending.set_result({"type": "returned", "why": "the app returned without answering"})
             return
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if pending is self._startup_answer and self.mode == "auto" and not self._startup_taken:
+        unsupported = self.mode == "auto" and not self._startup_taken
+        if pending is not None and pending is self._startup_answer and unsupported:
             # The common case of an app without lifespan support: it raised on the scope itself,
             # before asking for an event. One line, no traceback.
             pending.set_result({"type": "exception", "why": why})

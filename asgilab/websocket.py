@@ -298,7 +298,11 @@ class WebSocketSession:
                 )
         elif state is _State.OPEN:
             if kind == "websocket.send":
-                self._write(self.conn.send(events.Message(data=_payload(message))))
+                data = _payload(message)
+                frame: events.Event = (
+                    events.TextMessage(data=data) if isinstance(data, str) else events.BytesMessage(data=data)
+                )
+                self._write(self.conn.send(frame))
                 self._last_activity = self.loop.time()
             elif kind == "websocket.close":
                 code = message.get("code") or 1000

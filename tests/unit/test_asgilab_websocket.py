@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +145,12 @@ class Peer:
     async def next_events(self, what: str) -> list[events.Event]:
         """Wait until the server wrote something the client can parse, and return it."""
         got: list[events.Event] = []
-        await self.until(lambda: bool(got.extend(self.received()) or got), what)
+
+        def arrived() -> bool:
+            got.extend(self.received())
+            return bool(got)
+
+        await self.until(arrived, what)
         return got
 
     async def settle(self) -> None:
@@ -153,7 +158,7 @@ class Peer:
             await asyncio.sleep(0)
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(main())
 
 
@@ -346,8 +351,7 @@ def test_text_and_binary_echo() -> None:
         peer.send(events.BytesMessage(data=b"\x00\xff\x01"))
         await peer.settle()
         got = peer.received()
-        assert [type(e) for e in got] == [events.TextMessage, events.BytesMessage]
-        assert got[0].data == "héllo" and got[1].data == b"\x00\xff\x01"
+        assert got == [events.TextMessage(data="héllo"), events.BytesMessage(data=b"\x00\xff\x01")]
 
     run(main)
 
