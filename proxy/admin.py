@@ -1,34 +1,62 @@
-"""Admin listener: /metrics for Prometheus, /upstreams for humans, /healthz for Docker's healthcheck.
+"""Admin listener: /metrics for Prometheus, /upstreams for humans, /healthz for Docker's healthcheck,
+/dashboard and its /events stream (events.py) for watching, drain/undrain and /policy for acting.
 
 Deliberately built on asyncio streams rather than the hot-path protocols: it serves a request
 every few seconds, and keeping it separate means nothing in the request path imports it. Routes
 live in a small table (path -> method -> handler) so another route is one ``add_route`` call;
 handlers get the parsed request (body included, read by Content-Length) and return a ``Reply``.
 Rendering /metrics for a few dozen endpoints takes well under a millisecond, so it runs inline
-on the event loop instead of in a thread.
+on the event loop instead of in a thread. A handler may be a coroutine function (the ones that
+ask sibling workers, siblings.py); a stream route (/events) gets the connection itself.
+
+Write actions. ``POST /upstreams/{addr}/drain`` and ``/undrain`` need the bearer token of
+``--admin-token`` (PROXY_ADMIN_TOKEN) when one is set, and otherwise a loopback client: they are
+never open to the network without a token. A request a browser sends from another origin
+(``Origin`` not matching ``Host``) is refused either way, so a web page cannot drain through a
+local browser. ``PUT /policy`` keeps its behaviour from before (open, as the load generator's
+scenario actions use it) until the admin hardening lands; ``?workers=all`` makes it reach every
+worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import inspect
+import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.balancer import POLICIES, make_balancer
 from proxy.context import ProxyState
+from proxy.events import LiveView, Sample, worker_sample
 from proxy.headers import status_line
 from proxy.metrics import Metrics, endpoint_counters
+from proxy.siblings import Siblings
 
 log = logging.getLogger("proxy.admin")
 
 MAX_BODY = 64 * 1024  # admin request bodies are tiny JSON documents
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
+STATIC = Path(__file__).resolve().parent / "static"
+# uPlot, vendored once in git under loadgen/static/vendor (scripts/vendor-uplot) and copied into
+# the proxy image at build time; in a checkout the proxy reads it where it is vendored.
+VENDOR_DIRS = (STATIC / "vendor", Path(__file__).resolve().parent.parent / "loadgen" / "static" / "vendor")
+STATIC_FILES = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+}
+LOCAL_ONLY = "scope=worker"  # query of an action forwarded to a sibling: apply there, do not forward
 
 
 @dataclass
@@ -38,6 +66,7 @@ class Request:
     query: str
     headers: dict[str, str]  # lower-cased names
     body: bytes = b""
+    peer: str = ""  # the client's IP address
 
     def json(self) -> object:
         """The body as JSON; raises ValueError (answered 400 by the server) when it is not."""
@@ -69,7 +98,17 @@ class Reply:
         return head if head_only else head + self.body
 
 
-Handler = Callable[[Request], Reply]
+Handler = Callable[[Request], Reply | Awaitable[Reply]]
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def is_loopback(peer: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(peer.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 class BadAdminRequest(Exception):
@@ -84,6 +123,7 @@ class AdminServer:
     def __init__(self, state: ProxyState, worker: int = 0) -> None:
         """``worker``: this process's index under ``--workers`` (each worker has its own listener)."""
         self.state = state
+        self.worker = worker
         self.server: asyncio.AbstractServer | None = None
         self.metrics = Metrics(state, worker)
         # path -> METHOD -> handler; GET routes answer HEAD too.
@@ -92,6 +132,24 @@ class AdminServer:
         self.add_route("/metrics", ("GET",), self.metrics_text)
         self.add_route("/upstreams", ("GET",), self.upstreams)
         self.add_route("/policy", ("GET", "PUT", "POST"), self.policy)
+        self.add_route("/dashboard", ("GET",), self.dashboard)
+        self.add_route("/events/latest", ("GET",), self.events_latest)
+        self.add_route("/events/sample", ("GET",), self.events_sample)
+        # /upstreams/{addr}/drain and /undrain: matched by dispatch (the address is in the path).
+        self.actions: dict[str, bool] = {"drain": True, "undrain": False}
+        cfg = state.config
+        self.siblings = Siblings(cfg.admin_host, cfg.admin_port, cfg.workers, worker)
+        # The live view runs in worker 0 only and speaks for every worker (events.py).
+        self.live: LiveView | None = None
+        if worker == 0:
+            self.live = LiveView(
+                lambda: worker_sample(state, worker),
+                cfg.events_history,
+                self._sibling_samples if self.siblings else None,
+            )
+        self.streams: dict[str, StreamHandler] = {}
+        if self.live is not None:
+            self.streams["/events"] = self.live.serve
 
     def add_route(self, path: str, methods: tuple[str, ...], handler: Handler) -> None:
         table = self.routes.setdefault(path, {})
@@ -125,6 +183,90 @@ class AdminServer:
             "endpoints": rows,
         }
         return Reply.json(doc)
+
+    async def _sibling_samples(self) -> list[Sample]:
+        replies = await self.siblings.ask("GET", "/events/sample")
+        out = []
+        for r in replies:
+            with contextlib.suppress(ValueError):
+                doc = r.json()
+                if isinstance(doc, dict):
+                    out.append(doc)
+        return out
+
+    def dashboard(self, req: Request) -> Reply:
+        if self.live is None:
+            return Reply.text(404, "the dashboard is served by worker 0 (the first admin port)\n")
+        return Reply(200, (STATIC / "dashboard.html").read_bytes(), "text/html; charset=utf-8")
+
+    def static(self, name: str) -> Reply:
+        kind = STATIC_FILES.get(name)
+        if kind is None:
+            return Reply.text(404, f"not found: /static/{name}\n")
+        for folder in (STATIC, *VENDOR_DIRS):
+            path = folder / name
+            if path.is_file():
+                return Reply(200, path.read_bytes(), kind, {"Cache-Control": "max-age=300"})
+        return Reply.text(404, f"/static/{name} is missing from this build (see docs/live.md)\n")
+
+    def events_latest(self, req: Request) -> Reply:
+        """The latest whole-proxy snapshot (what /events sent last), for curl and tests."""
+        if self.live is None:
+            return Reply.text(404, "the live view is served by worker 0 (the first admin port)\n")
+        return Reply.json(self.live.latest)
+
+    def events_sample(self, req: Request) -> Reply:
+        """This worker's cumulative figures; worker 0 sums its siblings' answers (events.py)."""
+        return Reply.json(worker_sample(self.state, self.worker))
+
+    def authorize(self, req: Request) -> Reply | None:
+        """None if ``req`` may use a write action, else the refusal (module docstring)."""
+        origin = req.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != req.headers.get("host", ""):
+            return Reply.text(403, f"refused: a request from another origin ({origin})\n")
+        token = self.state.config.admin_token
+        if token:
+            scheme, _, given = req.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return Reply(
+                    401,
+                    b"this action needs the admin token: Authorization: Bearer <PROXY_ADMIN_TOKEN>\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="asgi-lab proxy admin"'},
+                )
+            return None
+        if not is_loopback(req.peer):
+            return Reply.text(
+                403,
+                "refused: without PROXY_ADMIN_TOKEN (--admin-token) only loopback clients may "
+                f"drain; this request came from {req.peer}\n",
+            )
+        return None
+
+    async def drain(self, req: Request, label: str, on: bool) -> Reply:
+        """POST /upstreams/{addr}/drain|undrain: no new requests to ``addr`` (in-flight ones finish).
+
+        Applied in this worker and forwarded to every sibling (with the same Authorization),
+        so the whole proxy stops sending to the replica; the answer says which workers did.
+        """
+        refused = self.authorize(req)
+        if refused is not None:
+            return refused
+        ep = self.state.group.set_drain(label, on)
+        workers: dict[str, str] = {}
+        if ep is not None:
+            workers[str(self.worker)] = "drained" if on else "undrained"
+        else:
+            workers[str(self.worker)] = "unknown endpoint"
+        if req.query != LOCAL_ONLY and self.siblings:
+            headers = {k: v for k, v in req.headers.items() if k == "authorization"}
+            path = f"/upstreams/{label}/{'drain' if on else 'undrain'}?{LOCAL_ONLY}"
+            for r in await self.siblings.ask("POST", path, headers):
+                doc = r.json() if r.status == 200 else None
+                state = doc.get("workers", {}).get(str(r.worker)) if isinstance(doc, dict) else None
+                workers[str(r.worker)] = state or (f"status {r.status}" if r.status else "no answer")
+        if all(v == "unknown endpoint" for v in workers.values()):
+            return Reply.text(404, f"unknown endpoint {label!r}: see GET /upstreams for the addresses\n")
+        return Reply.json({"address": label, "drained": on, "workers": workers})
 
     def policy(self, req: Request) -> Reply:
         """GET: the policy in use; PUT/POST: switch it at runtime (balancer.py).
@@ -160,8 +302,54 @@ class AdminServer:
             log.info("load-balancing policy switched: %s -> %s (admin API)", previous, name)
         return Reply.json({"policy": name, "previous": previous})
 
+    async def policy_everywhere(self, req: Request) -> Reply:
+        """``PUT /policy?workers=all``: this worker, then every sibling (the dashboard's control)."""
+        reply = self.policy(req)
+        if reply.status != 200 or not self.siblings:
+            return reply
+        doc = json.loads(reply.body)
+        answers = await self.siblings.ask("PUT", f"/policy?name={doc['policy']}")
+        doc["workers"] = {
+            str(self.worker): "ok",
+            **{str(r.worker): "ok" if r.status == 200 else f"status {r.status or 'none'}" for r in answers},
+        }
+        return Reply.json(doc)
+
     # -- dispatch ----------------------------------------------------------------------------------
     def dispatch(self, req: Request) -> Reply:
+        """Answer a request whose handler is synchronous (all but the ones that ask siblings)."""
+        reply = self._route_safe(req)
+        if inspect.isawaitable(reply):
+            reply.close()  # type: ignore[attr-defined]
+            raise TypeError(f"{req.method} {req.path} needs the event loop: use respond()")
+        return reply
+
+    async def respond(self, req: Request) -> Reply:
+        """Answer any request (awaiting the handler if it is a coroutine)."""
+        reply = self._route_safe(req)
+        if inspect.isawaitable(reply):
+            try:
+                return await reply
+            except ValueError as exc:
+                return Reply.text(400, f"bad request: {exc}\n")
+        return reply
+
+    def _route_safe(self, req: Request) -> Reply | Awaitable[Reply]:
+        try:
+            return self._route(req)
+        except ValueError as exc:  # bad JSON or a bad value in the body
+            return Reply.text(400, f"bad request: {exc}\n")
+
+    def _route(self, req: Request) -> Reply | Awaitable[Reply]:
+        if req.path.startswith("/static/") and req.method in ("GET", "HEAD"):
+            return self.static(req.path[len("/static/") :])
+        head, _, action = req.path.rpartition("/")
+        if head.startswith("/upstreams/") and action in self.actions:
+            if req.method != "POST":
+                return Reply(405, f"use POST for {req.path}\n".encode(), headers={"Allow": "POST"})
+            return self.drain(req, unquote(head[len("/upstreams/") :]), self.actions[action])
+        if req.path == "/policy" and req.method in ("PUT", "POST") and "workers=all" in req.query.split("&"):
+            return self.policy_everywhere(req)
         table = self.routes.get(req.path)
         if table is None:
             listing = "".join(
@@ -174,10 +362,7 @@ class AdminServer:
             return Reply(
                 405, f"method {req.method} not allowed on {req.path}\n".encode(), headers={"Allow": allow}
             )
-        try:
-            return handler(req)
-        except ValueError as exc:  # bad JSON or a bad value in the body
-            return Reply.text(400, f"bad request: {exc}\n")
+        return handler(req)
 
     async def _read(self, reader: asyncio.StreamReader) -> Request:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
@@ -210,10 +395,17 @@ class AdminServer:
         try:
             try:
                 req = await self._read(reader)
+                peer = writer.get_extra_info("peername")
+                req.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
             except BadAdminRequest as exc:
                 writer.write(Reply.text(exc.status, f"{exc}\n").encode())
             else:
-                writer.write(self.dispatch(req).encode(head_only=req.method == "HEAD"))
+                stream = self.streams.get(req.path)
+                if stream is not None and req.method == "GET":
+                    await stream(reader, writer)
+                else:
+                    reply = await self.respond(req)
+                    writer.write(reply.encode(head_only=req.method == "HEAD"))
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
@@ -228,6 +420,8 @@ class AdminServer:
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        if self.live is not None:
+            self.live.start()
 
     @property
     def port(self) -> int:
@@ -237,3 +431,5 @@ class AdminServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.live is not None:
+            self.live.close()

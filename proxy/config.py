@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from proxy.balancer import (
@@ -93,6 +93,10 @@ class Config:
     outlier_base_ejection: float = 5.0
     outlier_max_ejection: float = 60.0
     outlier_max_ejection_percent: float = 50.0
+    # Admin write actions and the dashboard's event stream (proxy/admin.py, proxy/events.py).
+    # Bearer token for drain/undrain; "" = only loopback clients may drain. Kept out of repr().
+    admin_token: str = field(default="", repr=False)
+    events_history: float = 900.0  # seconds of per-second snapshots replayed to a late viewer
 
     @property
     def upstream(self) -> str:
@@ -305,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="write one JSON access-log line per request to stdout [env PROXY_ACCESS_LOG; default on]",
     )
     p.add_argument("--no-access-log", dest="access_log", action="store_const", const="0", help="disable it")
+    opt(
+        "--admin-token",
+        "none",
+        "bearer token the admin write actions (drain/undrain) require; without one only loopback "
+        "clients may use them",
+    )
+    opt(
+        "--events-history",
+        d.events_history,
+        "seconds of per-second snapshots /events replays to a late viewer",
+    )
     opt("--log-level", d.log_level, "stderr log level: DEBUG, INFO, WARNING, ERROR")
     opt("--policy", d.policy, f"load-balancing policy: {', '.join(POLICIES)}")
     opt("--hash-on", d.hash_on, "consistent_hash key: header:NAME, cookie:NAME or client (address)")
@@ -440,7 +455,23 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         if kw["workers"] > 1 and kw.get("admin_port", Config().admin_port) + kw["workers"] - 1 > 65535:
             raise ConfigError(f"{_both('--workers')}: admin ports (admin port + worker index) exceed 65535")
     _discovery_health_outlier(get, kw)
+    _admin_events(get, kw)
     return Config(**kw)
+
+
+def _admin_events(get: Any, kw: dict[str, Any]) -> None:
+    """Flags of the admin write actions and the dashboard's event stream (admin.py, events.py)."""
+    if (v := get("--admin-token")) is not None:
+        token = v.strip()
+        if token and (len(token) < 8 or any(c.isspace() or not c.isprintable() for c in token)):
+            raise ConfigError(
+                f"{_both('--admin-token')}: expected at least 8 printable characters, no spaces"
+            )
+        kw["admin_token"] = token
+    if (v := get("--events-history")) is not None:
+        kw["events_history"] = _number("--events-history", v, float, 1.0, strict=False)
+        if kw["events_history"] > 86400:
+            raise ConfigError(f"{_both('--events-history')}: at most 86400 seconds, got {v!r}")
 
 
 def _discovery_health_outlier(get: Any, kw: dict[str, Any]) -> None:

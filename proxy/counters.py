@@ -35,19 +35,38 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
+# Fine bounds for the per-endpoint attempt latency (``Endpoint.latency``): four buckets per
+# power of two from 2^-15 s (31 us) to 2^5 s (32 s), each bucket ~19 % wide, so a percentile
+# interpolated inside a bucket is within ~10 % of the true value. The dashboard's per-replica p50
+# and p99 come from the difference of two snapshots of these counts (proxy/events.py). The
+# Prometheus buckets are a subset of the bounds, so /metrics still exposes exactly LATENCY_BUCKETS
+# (``cumulative`` sums the fine counts up to each exported bound). Observing costs one bisect over
+# ~96 floats instead of 16: about 7 comparisons instead of 4 (benchmarks/hotpath.py, docs/live.md).
+FINE_LATENCY_BUCKETS: tuple[float, ...] = tuple(
+    sorted({*(2.0 ** (k / 4) for k in range(-60, 21)), *LATENCY_BUCKETS})
+)
+
+
 class Histogram:
     """Fixed-bucket histogram: one ``bisect`` and two additions per observation, no locks.
 
     ``counts`` are per bucket (not cumulative), with one extra slot for values above the last
-    bound (+Inf); the exporter accumulates them at scrape time.
+    bound (+Inf); the exporter accumulates them at scrape time. ``export`` (a subset of
+    ``bounds``) is what ``cumulative`` reports, so a histogram can keep finer buckets than the
+    ones /metrics exposes.
     """
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "export", "sum")
 
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self, bounds: tuple[float, ...] = LATENCY_BUCKETS, export: tuple[float, ...] | None = None
+    ) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        if export is not None and not set(export) <= set(bounds):
+            raise ValueError("export bounds must be a subset of the histogram's bounds")
+        self.export = bounds if export is None else export
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
@@ -61,9 +80,20 @@ class Histogram:
         """(le, cumulative count) pairs ending with +Inf, as Prometheus histograms are exposed."""
         out = []
         total = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += n
-            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        export = self.export
+        if export is self.bounds:
+            for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+                total += n
+                out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+            return out
+        counts = self.counts
+        i = 0
+        for bound in export:
+            j = self.bounds.index(bound)
+            total += sum(counts[i : j + 1])
+            i = j + 1
+            out.append((repr(bound), total))
+        out.append(("+Inf", total + sum(counts[i:])))
         return out
 
 

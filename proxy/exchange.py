@@ -355,6 +355,8 @@ class Exchange:
                 return None
             self.retries_left -= 1
         counters.inc("retries", kind)  # attempts sent again: connect-failure, reset, or the status
+        if self.tried:
+            self.tried[-1].retries += 1  # per endpoint, for the dashboard: the attempt that was retried
         return nxt
 
     def _observe(self, ep: Endpoint, status: int, failure: str | None) -> None:

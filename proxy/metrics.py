@@ -92,11 +92,12 @@ def endpoints_of(state: ProxyState) -> list[Endpoint]:
 def health_state(ep: Endpoint) -> str:
     """One of HEALTH_STATES for ``ep``: the reason picks skip it, or "healthy".
 
-    Draining wins (discovery removed it); then ejected (passive outlier detection, or the short
+    Draining wins (discovery removed it, or an operator drained it: admin POST
+    /upstreams/{addr}/drain); then ejected (passive outlier detection, or the short
     cooldown after a failed connect, nginx's ``fail_timeout``); then unhealthy (active health
     checks). An endpoint no health check has answered yet gets traffic, so it counts as healthy.
     """
-    if not ep.live:
+    if not ep.live or ep.drain:
         return "draining"
     if ep.ejected or ep.cooling:
         return "ejected"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from proxy.balancer import DEFAULT_EWMA_DECAY, ewma_estimate, observe_latency
-from proxy.counters import Histogram
+from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
 
 if TYPE_CHECKING:
     from proxy.outlier import OutlierDetector
@@ -43,6 +43,7 @@ class Endpoint:
         "consecutive_failures",
         "cool_timer",
         "cooling",
+        "drain",
         "eject_timer",
         "ejected",
         "ejected_until",
@@ -66,6 +67,7 @@ class Endpoint:
         "port",
         "requests",
         "responses",
+        "retries",
         "reused",
     )
 
@@ -78,6 +80,9 @@ class Endpoint:
         self.in_flight = 0
         self.requests = 0
         self.live = True
+        # Drained by an operator (admin POST /upstreams/{addr}/drain): no new picks, in-flight
+        # requests finish. Kept by the group per address, so it survives discovery churn.
+        self.drain = self.label in group.drains
         self.failed_until = 0.0  # loop time until which a failed connect keeps new requests away
         self.cooling = False  # within failed_until (mark_failed)
         self.cool_timer: asyncio.TimerHandle | None = None
@@ -99,7 +104,8 @@ class Endpoint:
         # latency, upstream connections opened (upstream.py) and requests sent on a pooled one.
         self.responses = [0] * 6
         self.failures: dict[str, int] = {}
-        self.latency = Histogram()
+        self.latency = Histogram(FINE_LATENCY_BUCKETS, LATENCY_BUCKETS)
+        self.retries = 0  # attempts on this endpoint that were retried elsewhere (exchange.py)
         self.connects = 0
         self.reused = 0
         # Peak-EWMA latency (seconds; 0.0 = no sample yet) and time.monotonic() of its last sample,
@@ -182,6 +188,8 @@ class UpstreamGroup:
     (``mark_failed``, nginx's fail_timeout), a passive ejection (``eject``, outlier.py) and a
     failing active health check (``set_health``, health.py). ``unavailable()`` is their union,
     cached as a frozenset and rebuilt only when one of them changes, because it runs per request.
+    A fourth, an operator's drain (``set_drain``, admin.py), is stronger: panic mode never
+    brings a drained endpoint back.
     """
 
     def __init__(
@@ -211,6 +219,7 @@ class UpstreamGroup:
         # Replaced wholesale on change (never mutated) so a balancer always sees a consistent list.
         self.live: list[Endpoint] = []
         self.endpoints: dict[Address, Endpoint] = {}
+        self.drains: set[str] = set()  # labels ("host:port") an operator drained
         self._unavailable: frozenset[Endpoint] = frozenset()
         self._dirty = False
         self.panic = False  # every live endpoint is excluded: picks ignore the exclusions
@@ -300,6 +309,29 @@ class UpstreamGroup:
             if health != UNHEALTHY:
                 self._capacity()
 
+    def set_drain(self, label: str, on: bool) -> Endpoint | None:
+        """Drain (``on``) or undrain the endpoint ``label``; returns it, or None if unknown.
+
+        A drained endpoint gets no new requests (also not in panic mode, and not from the
+        in-flight cap's queue) but its requests in flight finish and its pool stays. The
+        label is remembered, so a replica that leaves and comes back at the same address
+        is still drained. Unknown labels are refused so a typo is not silently remembered.
+        """
+        ep = next((e for e in self.endpoints.values() if e.label == label), None)
+        if ep is None:
+            return None
+        if on:
+            self.drains.add(label)
+        else:
+            self.drains.discard(label)
+        if ep.drain != on:
+            ep.drain = on
+            self._dirty = True
+            log.info("endpoint %s: %s by the admin API", label, "drained" if on else "undrained")
+            if not on:
+                self._capacity()
+        return ep
+
     def unavailable(self) -> Collection[Endpoint]:
         """Endpoints new picks should skip: cooling, ejected or actively unhealthy.
 
@@ -314,15 +346,16 @@ class UpstreamGroup:
     def _rebuild(self) -> None:
         self._dirty = False
         live = self.live
-        out = frozenset(ep for ep in live if ep.cooling or ep.ejected or ep.health == UNHEALTHY)
-        panic = bool(live) and len(out) >= len(live)
+        drained = frozenset(ep for ep in live if ep.drain)
+        out = drained | frozenset(ep for ep in live if ep.cooling or ep.ejected or ep.health == UNHEALTHY)
+        panic = len(live) > len(drained) and len(out) >= len(live)
         if panic != self.panic:
             self.panic = panic
             if panic:
                 log.warning("upstream %s: every endpoint is failing; panic mode: using them all", self.name)
             else:
                 log.info("upstream %s: panic mode over", self.name)
-        self._unavailable = frozenset() if panic else out
+        self._unavailable = drained if panic else out
 
     def drained(self, ep: Endpoint) -> None:
         if not ep.live and self.endpoints.get(ep.address) is ep:
@@ -361,6 +394,7 @@ class UpstreamGroup:
                 "idle_connections": len(ep.idle),
                 "requests": ep.requests,
                 "draining": not ep.live,
+                "drained": ep.drain,
                 "failed_recently": ep.cooling,
                 "health": ep.health,
                 "ejected": ep.ejected,
