@@ -47,11 +47,13 @@ def run_one(
     on_tick: Callable[[int, dict[str, Any]], None] | None,
     install_signals: bool = True,
     plan: Plan | None = None,
+    on_runner: Callable[[Any], None] | None = None,
 ) -> RunResult:
     """Run this process's share of the plan on a fresh (uv)loop; the unit of work of a worker.
 
     A worker process rebuilds the plan from the config (a scenario's rate function need not be
-    picklable); in-process runs pass the plan they already have.
+    picklable); in-process runs pass the plan they already have. ``on_runner`` gets the runner
+    before it starts (a distributed worker reads its timeline at each tick: loadgen/worker.py).
     """
     from loadgen.schedule import ClosedLoop, OpenLoop
 
@@ -64,6 +66,8 @@ def run_one(
         plan = make_plan(config, scenario)
     cls = OpenLoop if plan.mode == "open" else ClosedLoop
     runner = cls(plan, index=index, count=count, on_tick=on_tick, start_wall=start_wall)
+    if on_runner is not None:
+        on_runner(runner)
 
     async def main() -> RunResult:
         loop = asyncio.get_running_loop()
