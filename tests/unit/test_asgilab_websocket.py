@@ -13,9 +13,13 @@ import os
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import uvloop
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+from websockets.typing import Subprotocol
 from wsproto import ConnectionType, WSConnection, events
 
 from asgilab import websocket as ws_module
@@ -758,3 +762,182 @@ def test_shutdown_closes_open_sessions_with_1012_and_refuses_handshakes_with_503
         pending.session.task.cancel()
 
     run(main)
+
+
+# -- over a real socket, with the `websockets` client library (independent of the engine)
+
+
+class UpgradeOnly(asyncio.Protocol):
+    """A stand-in for the engine's hand-over: read one request head, then forward to a session."""
+
+    def __init__(self, app: App, config: Config, sessions: list[WebSocketSession]) -> None:
+        self.app = app
+        self.config = config
+        self.sessions = sessions
+        self.head = b""
+        self.session: WebSocketSession | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+            return
+        self.head += data
+        if b"\r\n\r\n" not in self.head:
+            return
+        head, _, rest = self.head.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        target = lines[0].split(b" ")[1]
+        path, _, query = target.partition(b"?")
+        headers = [(k.strip().lower(), v.strip()) for k, v in (line.split(b":", 1) for line in lines[1:])]
+        scope: Scope = {
+            "type": "websocket",
+            "path": path.decode(),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": self.transport.get_extra_info("peername")[:2],
+            "server": self.transport.get_extra_info("sockname")[:2],
+            "scheme": "ws",
+            "http_version": "1.1",
+            "state": {},
+        }
+        loop = asyncio.get_running_loop()
+        self.session = WebSocketSession(
+            self.app,
+            scope,
+            self.transport,
+            loop=loop,
+            config=self.config,
+            logger=logging.getLogger(LOG),
+            on_close=lambda: None,
+        )
+        self.sessions.append(self.session)
+        self.session.start(head + b"\r\n\r\n")
+        if rest:
+            self.session.data_received(rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.resume_writing()
+
+
+LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def serve_and(
+    app: App,
+    client: Callable[[str, list[WebSocketSession]], Coroutine[Any, Any, None]],
+    loop: str,
+    **config: Any,
+) -> None:
+    async def main() -> None:
+        sessions: list[WebSocketSession] = []
+        server = await asyncio.get_running_loop().create_server(
+            lambda: UpgradeOnly(app, Config(**config), sessions), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await asyncio.wait_for(client(f"ws://127.0.0.1:{port}", sessions), 30)
+        finally:
+            server.close()
+            for s in sessions:
+                s.transport.abort()
+                if s.task is not None:
+                    s.task.cancel()
+
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop]) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("loop", LOOP_FACTORIES)
+def test_real_client_against_the_backend_app(loop: str) -> None:
+    from backend.app import app as backend_app
+
+    async def client(url: str, sessions: list[WebSocketSession]) -> None:
+        async with connect(f"{url}/ws", compression=None) as ws:
+            assert ws.response is not None and ws.response.headers["x-backend-id"]
+            await ws.send("héllo")
+            assert await ws.recv() == "héllo"
+            await ws.send(b"\x00" * 100_000)
+            assert await ws.recv() == b"\x00" * 100_000
+            await ws.ping()
+        assert ws.close_code == 1000
+
+    serve_and(backend_app, client, loop)
+
+
+@pytest.mark.parametrize("loop", LOOP_FACTORIES)
+def test_real_client_sees_codes_403_and_1009(loop: str) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        if scope["path"] == "/deny":
+            await send({"type": "websocket.close"})
+            return
+        await send({"type": "websocket.accept", "subprotocol": "v2" if scope["subprotocols"] else None})
+        message = await receive()
+        if message["type"] == "websocket.receive" and message.get("text") == "bye":
+            await send({"type": "websocket.close", "code": 4000, "reason": "done"})
+        else:
+            await receive()
+
+    async def client(url: str, sessions: list[WebSocketSession]) -> None:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"{url}/deny")
+        assert info.value.response.status_code == 403
+        async with connect(f"{url}/ok", subprotocols=[Subprotocol("v1"), Subprotocol("v2")]) as ws:
+            assert ws.subprotocol == "v2"
+            await ws.send("bye")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (4000, "done")
+        async with connect(f"{url}/big", max_size=None) as ws:
+            await ws.send(b"x" * 70_000)
+            with pytest.raises(ConnectionClosedError):
+                await ws.recv()
+        assert ws.close_code == 1009
+
+    serve_and(app, client, loop, ws_max_size=65_536)
+
+
+@pytest.mark.parametrize("loop", LOOP_FACTORIES)
+def test_slow_reader_does_not_grow_the_servers_buffer(loop: str) -> None:
+    """The app sends 64 MB to a client that reads nothing: send() blocks, the buffer stays small."""
+    sent: list[int] = [0]
+    chunk = b"z" * 65_536
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        for _ in range(1024):
+            await send({"type": "websocket.send", "bytes": chunk})
+            sent[0] += 1
+
+    async def client(url: str, sessions: list[WebSocketSession]) -> None:
+        async with connect(url, compression=None, max_size=None, max_queue=1) as ws:
+            # Wait until the app's sends stop making progress (kernel buffers and the client's
+            # one-message queue full), then look at what the server holds.
+            last = -1
+            while sent[0] != last:
+                last = sent[0]
+                await asyncio.sleep(0.2)
+            assert sent[0] < 1024
+            (session,) = sessions
+            assert session.transport.get_write_buffer_size() <= 2 * 65_536 + len(chunk)
+            received = 0
+            while received < 1024:
+                assert await ws.recv() == chunk
+                received += 1
+
+    serve_and(app, client, loop)
