@@ -629,6 +629,29 @@ def test_oversized_message_closes_with_1009(fragmented: bool) -> None:
     run(main)
 
 
+def test_oversized_frame_is_refused_while_it_is_still_arriving() -> None:
+    """One 200 kB frame against a 64 kB limit: the close goes out before the frame is complete."""
+
+    async def main() -> None:
+        peer = Peer(echo, Config(ws_max_size=65_536))
+        await peer.settle()
+        accepted(peer)
+        data = frame(0x2, b"y" * 200_000)
+        fed, got = 0, []
+        while not got and fed < len(data):
+            peer.raw(data[fed : fed + 4096])
+            fed += 4096
+            got = peer.received()
+        assert fed < 100_000
+        assert got == [events.CloseConnection(code=1009, reason="message larger than 65536 bytes")]
+        peer.raw(data[fed:])  # the rest is read and dropped while waiting for the client's close
+        peer.send(events.CloseConnection(code=1009))
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert peer.scope["test.disconnect"]["code"] == 1009
+
+    run(main)
+
+
 def test_send_waits_while_the_transport_is_paused() -> None:
     sent: list[int] = []
 
