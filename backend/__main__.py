@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import NoReturn
 
 from backend.faults import fault_config_from_env
+from backend.metrics import MULTIPROC_ENV
 from backend.servers import (
     DEFAULT_SERVER,
     SERVERS,
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     cmd = command(server, s)
     # The app answers GET / with the server's name; backend.forwarded reads its inputs.
     env = {**os.environ, "BACKEND_SERVER": server, **forwarded_env(server, s)}
+    if s.workers > 1 and not env.get(MULTIPROC_ENV):
+        # Several processes: /metrics sums them through prometheus_client's multiprocess files.
+        env[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="backend-metrics-")
     print(f"backend: serving {s.app} with {server} on {s.host}:{s.port}", file=sys.stderr, flush=True)
     os.execvpe(cmd[0], cmd, env)
 

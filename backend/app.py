@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.faults import Faults, fault_config_from_env
+from backend.metrics import MetricsMiddleware
 from backend.servers import DEFAULT_SERVER
 
 BACKEND_ID = os.environ.get("BACKEND_ID") or socket.gethostname()
@@ -171,4 +172,5 @@ async def ws_echo(websocket: WebSocket) -> None:
 # The ASGI entry point: the middleware wraps the whole FastAPI app (its exception handlers
 # included), so that 404s and 422s are tagged with the replica too; injected faults (env
 # EXTRA_DELAY_MS, FAIL_RATE, FAIL_STATUS; see faults.py) sit inside it so they are tagged as well.
-app = BackendIdentity(Faults(api, fault_config_from_env(os.environ)))
+# Outermost, MetricsMiddleware (metrics.py) serves GET /metrics and counts every request by route.
+app = MetricsMiddleware(BackendIdentity(Faults(api, fault_config_from_env(os.environ))))
