@@ -94,7 +94,7 @@ async def drive(n: int, access_log: bool, profile: bool) -> float:
         up_t = FakeTransport(("127.0.0.1", 9))
         up.connection_made(up_t)
         ep.put_idle(up)
-        down = DownstreamProtocol(state)
+        down = DownstreamProtocol(server.site)  # type: ignore[arg-type]
         down_t = FakeTransport(("127.0.0.1", 40000))
         down.connection_made(down_t)
 

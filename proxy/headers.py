@@ -10,7 +10,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
+
+from engine.framing import CHUNKED, LENGTH, NO_BODY, BadRequest
+from engine.refusals import simple_response
+from engine.status import status_line
 
 # RFC 9110 7.6.1 plus the de-facto ones (Proxy-Connection, Keep-Alive).
 HOP_BY_HOP = frozenset(
@@ -41,29 +44,7 @@ _REQUEST_SPECIAL = HOP_BY_HOP | {
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _CONTENT_LENGTH = frozenset({b"content-length"})
 
-# Request body framing as decided from the client's headers.
-NO_BODY = 0
-LENGTH = 1
-CHUNKED = 2
-
 Headers = Iterable[tuple[bytes, bytes]]
-
-
-class BadRequest(ValueError):
-    """The request cannot be forwarded safely; the message becomes the 400 body."""
-
-
-_STATUS_LINES: dict[int, bytes] = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus
-}
-
-
-def status_line(code: int) -> bytes:
-    """Precomputed so the hot path never formats a status line."""
-    line = _STATUS_LINES.get(code)
-    if line is None:
-        line = _STATUS_LINES[code] = b"HTTP/1.1 %d Unknown\r\n" % code
-    return line
 
 
 def _request_id_factory() -> Callable[[], bytes]:
@@ -287,16 +268,4 @@ def rewrite_response(
     return UpstreamResponse(parts, content_length, chunked, close)
 
 
-def simple_response(status: int, body: bytes, request_id: bytes | None, close: bool) -> bytes:
-    """A proxy-generated response (4xx/5xx): short text body, always length-framed."""
-    parts = [
-        status_line(status),
-        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ",
-        b"%d" % len(body),
-        b"\r\n",
-    ]
-    if request_id is not None:
-        parts += (b"X-Request-ID: ", request_id, b"\r\n")
-    parts.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
-    parts.append(body)
-    return b"".join(parts)
+__all__ = ["CHUNKED", "LENGTH", "NO_BODY", "BadRequest", "simple_response", "status_line"]

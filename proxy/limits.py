@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from proxy.headers import simple_response, status_line
+from engine.refusals import RETRY_AFTER_S, overload_response, with_retry_after
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -28,19 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy.limits")
 
-RETRY_AFTER_S = 1
-
-
-def with_retry_after(response: bytes, status: int, seconds: int = RETRY_AFTER_S) -> bytes:
-    """Insert ``Retry-After`` right after the status line of a ``simple_response``."""
-    line = status_line(status)
-    return line + b"Retry-After: %d\r\n" % seconds + response[len(line) :]
-
-
-def overload_response(reason: str, request_id: bytes | None, close: bool) -> tuple[bytes, int]:
-    """A 503 saying why, with Retry-After; returns the bytes and the body length (access log)."""
-    body = f"503 Service Unavailable: {reason}\n".encode()
-    return with_retry_after(simple_response(503, body, request_id, close), 503), len(body)
+__all__ = ["RETRY_AFTER_S", "Admission", "overload_response", "with_retry_after"]
 
 
 class Admission:

@@ -24,7 +24,7 @@ from proxy.balancer import make_balancer
 from proxy.config import Config, load_config, setup_logging
 from proxy.context import ProxyState
 from proxy.discovery import Discovery, Resolver, make_discovery
-from proxy.downstream import DownstreamProtocol
+from proxy.downstream import DownstreamProtocol, ProxySite
 from proxy.health import HealthChecker, health_checker
 from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
@@ -54,6 +54,7 @@ class ProxyServer:
         self._resolver = resolver
         self._static = endpoints
         self.state: ProxyState | None = None
+        self.site: ProxySite | None = None
         self.discovery: Discovery | None = None
         self.health: HealthChecker | None = None
         self.server: asyncio.AbstractServer | None = None
@@ -83,8 +84,9 @@ class ProxyServer:
         if self.health is not None:
             self.health.start()
         group.start()
+        site = self.site = ProxySite(state)
         self.server = await loop.create_server(
-            lambda: DownstreamProtocol(state),
+            lambda: DownstreamProtocol(site),
             cfg.listen_host,
             cfg.listen_port,
             reuse_address=True,

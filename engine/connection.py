@@ -1,0 +1,467 @@
+"""One asyncio Protocol per accepted client connection: parsing, limits, timeouts, keep-alive.
+
+Modelled on Uvicorn's httptools protocol: parser callbacks only collect data;
+``on_headers_complete`` validates and hands the request to a handler from the listener's
+``Site`` (``engine/handler.py``). Pipelined requests are parsed but queued (and reading
+paused) until the active one finishes, so responses always leave in request order and at
+most one socket read of a queued request is ever buffered.
+
+Limits and hostile input are refused here, before any handler runs: a request target over
+``max_request_line`` (414), headers over ``max_header_bytes``/``max_headers`` (431), a body
+over ``max_body_size`` (413: at once for a Content-Length, as soon as it is exceeded for
+chunked), framing that could be read two ways (400, from llhttp or ``Site.prepare``),
+``CONNECT`` (405), too many connections (503 + Retry-After), slow headers or a stalled body
+(408). Every refusal closes the connection after a short *lingering close*: the server
+half-closes and drains what the client is still sending, so the client reads the error
+instead of a TCP reset (nginx's ``lingering_close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import deque
+from collections.abc import Iterable
+from time import perf_counter
+
+import httptools
+
+from engine.flow import PIPELINED, ReadGate
+from engine.framing import CHUNKED, LENGTH, BadRequest
+from engine.handler import RequestHandler, Site, Takeover
+from engine.refusals import REQUEST_TIMEOUT_408, overload_response, simple_response
+
+log = logging.getLogger("engine.connection")
+
+
+class HTTPConnection(asyncio.Protocol):
+    """Request parsing, limits, timeouts and keep-alive for one client connection."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.loop = site.loop
+        # Bound once per connection rather than looked up per request.
+        self.prepare = site.prepare
+        self.new_handler = site.handler
+        lim = self.limits = site.limits
+        self.max_url = lim.max_request_line or sys.maxsize
+        self.max_head_bytes = lim.max_header_bytes or sys.maxsize
+        self.max_headers = lim.max_headers or sys.maxsize
+        self.max_body = lim.max_body_size
+        self.max_head_fed = lim.max_head_fed or sys.maxsize
+        self.header_timeout = lim.header_timeout
+        self.keepalive_timeout = (
+            lim.header_timeout if lim.keepalive_timeout is None else lim.keepalive_timeout
+        )
+        # With one deadline for idle time and headers (the proxy's rule) a new request re-arms nothing.
+        self.split_idle = self.keepalive_timeout != self.header_timeout
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.gate: ReadGate = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b"unknown"
+        self.closed = False
+        self.lingering = False
+        self.write_paused = False
+        self.draining = False  # shutdown() was called: keep-alive ends after the current response
+        self.active: RequestHandler | None = None
+        self.parsing: RequestHandler | None = None  # receives body callbacks; may be queued, not active
+        self.queue: deque[RequestHandler] = deque()
+        self.pending_error: bytes | None = None
+        self.served = 0
+        self.upgraded = False  # the connection was handed over (tunnel, WebSocket): no more HTTP
+        self.takeover: Takeover | None = None  # gets the transport's events after a hand-over
+        self.upgrade_rest = b""  # bytes after an Upgrade request's head (the new protocol's)
+        # request being parsed
+        self.in_message = False
+        self.in_head = False
+        self.head_fed = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.head_too_large = False
+        self.url_too_long = False
+        self.body_too_large = False
+        self.reading_body = False
+        self.count_body = False
+        self.body_bytes = 0
+        self.t0 = 0.0
+        # One lazily re-armed timer covers idle keep-alive and slow headers without a
+        # TimerHandle per request: it only fires (and re-checks) every header timeout.
+        self.idle_deadline = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_timer_at = 0.0
+        # Same idea for a request body: the deadline moves on every read, the timer rarely fires.
+        self.body_deadline = 0.0
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.linger_timer: asyncio.TimerHandle | None = None
+
+    # -- connection lifecycle --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.gate = ReadGate(self.transport)
+        peer = transport.get_extra_info("peername")
+        if peer and isinstance(peer, tuple):
+            self.client_ip = str(peer[0]).encode()
+        site = self.site
+        cap = self.limits.max_connections
+        if cap and len(site.connections) >= cap:
+            # Accept and answer rather than refuse: a client (or load balancer) can tell "busy,
+            # come back" from "down" only if it gets a response.
+            reason = f"the server already serves its maximum of {cap} client connections"
+            response, nbytes = overload_response(reason, None, True)
+            self.pending_error = b""
+            self.write(response)
+            self._rejected(503, f"{reason} (max connections)", nbytes)
+            self._linger()
+            return
+        site.connections.add(self)
+        self._go_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.site.connections.discard(self)
+        for timer in (self.idle_timer, self.body_timer, self.linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.body_timer = self.linger_timer = None
+        if self.takeover is not None:
+            self.takeover.connection_lost(exc)
+            return
+        if self.active is not None:
+            self.active.abort()
+            self.active = None
+        for h in self.queue:
+            h.abort()
+        self.queue.clear()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Half-close after an error response and drain the client's input for a while.
+
+        Closing a socket with unread input makes the kernel send a reset, and a reset can
+        destroy the response before the client read it; half-closing lets the client read the
+        response and EOF while the rest of what it sends is read and dropped.
+        """
+        if self.closed or self.lingering:
+            return
+        transport = self.transport
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self.lingering = True
+        self.pending_error = b""  # whatever still arrives is dropped
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            self.close()
+            return
+        self.gate.reasons = 0
+        with contextlib.suppress(RuntimeError, AttributeError):
+            transport.resume_reading()
+        self.linger_timer = self.loop.call_later(self.limits.linger, self.close)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.takeover is not None:
+            self.takeover.pause_writing()
+        elif self.active is not None:
+            self.active.client_write_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.takeover is not None:
+            self.takeover.resume_writing()
+        elif self.active is not None:
+            self.active.client_write_resumed()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, data: Iterable[bytes]) -> None:
+        if not self.closed:
+            self.transport.writelines(data)
+
+    # -- idle / header timeout -------------------------------------------------------------------
+    def _go_idle(self) -> None:
+        if not self.split_idle:
+            self.idle_deadline = self.loop.time() + self.header_timeout
+            if self.idle_timer is None:
+                self.idle_timer = self.loop.call_at(self.idle_deadline, self._idle_check)
+            return
+        # Separate keep-alive and header deadlines: a later timer is moved earlier when needed.
+        timeout = self.header_timeout if self.served == 0 or self.in_message else self.keepalive_timeout
+        self.idle_deadline = deadline = self.loop.time() + timeout
+        timer = self.idle_timer
+        if timer is None or deadline < self.idle_timer_at:
+            if timer is not None:
+                timer.cancel()
+            self.idle_timer = self.loop.call_at(deadline, self._idle_check)
+            self.idle_timer_at = deadline
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.closed or self.active is not None or self.upgraded or self.lingering:
+            return
+        if self.loop.time() < self.idle_deadline:
+            self.idle_timer = self.loop.call_at(self.idle_deadline, self._idle_check)
+            self.idle_timer_at = self.idle_deadline
+            return
+        if self.in_message or self.served == 0:
+            self.write(REQUEST_TIMEOUT_408)
+            self._rejected(408, "request headers not received in time", len(REQUEST_TIMEOUT_408))
+            self._linger()
+            return
+        self.close()
+
+    # -- request body timeout --------------------------------------------------------------------
+    def _arm_body_timer(self) -> None:
+        self.body_deadline = self.loop.time() + self.limits.body_timeout
+        if self.body_timer is None:
+            self.body_timer = self.loop.call_at(self.body_deadline, self._body_check)
+
+    def _body_check(self) -> None:
+        self.body_timer = None
+        if self.closed or not self.reading_body or self.pending_error is not None:
+            return
+        now = self.loop.time()
+        limit = self.limits.body_timeout
+        if self.gate.reasons:
+            # The server itself is not reading (back-pressure, waiting for an upstream, an app
+            # that does not receive, a queued pipelined request): the client is not the one being slow.
+            self.body_deadline = now + limit
+        if now < self.body_deadline:
+            self.body_timer = self.loop.call_at(self.body_deadline, self._body_check)
+            return
+        self.bad_request(408, f"408 Request Timeout: no request body data for {limit:g}s\n")
+
+    def shutdown(self) -> None:
+        """Drain: idle connections close now; busy ones close after their current response.
+
+        A connection handed over to a ``Takeover`` is told to end; a bare tunnel is a busy
+        connection: it gets the drain timeout, then is cut.
+        """
+        self.draining = True
+        if self.upgraded:
+            if self.takeover is not None:
+                self.takeover.shutdown()
+            return
+        if self.lingering or (self.active is None and not self.in_message):
+            self.close()
+
+    # -- data and parser callbacks ---------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.pending_error is not None:
+            if self.takeover is not None:  # (hand_over set pending_error: no more HTTP here)
+                self.takeover.data_received(data)
+            return
+        if self.reading_body:
+            self.body_deadline = self.loop.time() + self.limits.body_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # The request asks to switch protocols: what follows its head is the new protocol's,
+            # kept for the handler if it agrees (101); otherwise the connection closes after the
+            # response.
+            self.upgrade_rest = data[exc.args[0] :]
+            if self.pending_error is None:
+                self.pending_error = b""
+            self.gate.pause(PIPELINED)
+            return
+        except httptools.HttpParserError as exc:
+            if self.url_too_long:
+                self.bad_request(414, f"414 URI Too Long: the limit is {self.max_url} bytes\n")
+            elif self.head_too_large:
+                self.bad_request(431, "431 Request Header Fields Too Large\n")
+            elif self.body_too_large:
+                self.bad_request(413, f"413 Content Too Large: the body limit is {self.max_body} bytes\n")
+            else:
+                self.bad_request(400, f"400 Bad Request: {exc}\n")
+            return
+        if self.in_head:
+            self.head_fed += len(data)
+            if self.head_fed > self.max_head_fed:
+                self.head_too_large = True
+                self.bad_request(431, "431 Request Header Fields Too Large\n")
+
+    def bad_request(self, status: int, message: str) -> None:
+        """Malformed or refused input: answer after any earlier pipelined responses, then close."""
+        if self.pending_error is not None:
+            return
+        self.pending_error = simple_response(status, message.encode(), None, True)
+        h = self.parsing
+        # The active request gets its access-log line when its handler fails; any other refused
+        # request (no handler yet, or one queued behind the active one) gets it here.
+        self._rejected(status, message.strip(), len(message), access=h is None or h is not self.active)
+        self.gate.pause(PIPELINED)
+        if h is not None and not h.body_done:
+            # The broken message is the one whose body was being read: it cannot complete.
+            self.parsing = None
+            self.reading_body = False
+            if h is self.active:
+                if h.head_sent:
+                    h.abort()
+                    self.close()
+                else:
+                    h.fail(status, message.encode())
+                return
+            self.queue.remove(h)
+        if self.active is None and not self.queue:
+            self._send_pending_error()
+
+    def _rejected(self, status: int, reason: str, nbytes: int, access: bool = True) -> None:
+        elapsed = perf_counter() - self.t0 if self.t0 else 0.0
+        self.site.rejected(self.client_ip, status, reason, nbytes, self.url[:1024] or b"-", elapsed, access)
+
+    def _send_pending_error(self) -> None:
+        if self.pending_error:
+            self.write(self.pending_error)
+        self._linger()
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.in_head = True
+        self.head_fed = 0
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        # Latency clock: uvloop's loop.time() has 1 ms steps and is cached per loop iteration.
+        self.t0 = perf_counter()
+        if self.split_idle and self.active is None:
+            self._go_idle()  # the idle deadline becomes the header deadline
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if len(self.url) > self.max_url:
+            self.url_too_long = True
+            raise BadRequest("request target too long")  # aborts parsing of this connection
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_bytes += len(name) + len(value)
+        if len(self.headers) > self.max_headers or self.head_bytes > self.max_head_bytes:
+            self.head_too_large = True
+            raise BadRequest("request headers too large")  # aborts parsing of this connection
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.closed or self.pending_error is not None:
+            return
+        parser = self.parser
+        method = parser.get_method()
+        http11 = parser.get_http_version() == "1.1"
+        if method == b"CONNECT":
+            self.bad_request(405, "405 Method Not Allowed: CONNECT is not supported\n")
+            return
+        try:
+            prepared = self.prepare(method, self.url, self.headers, self.client_ip, http11)
+        except BadRequest as exc:
+            self.bad_request(400, f"400 Bad Request: {exc}\n")
+            return
+        if prepared.framing == LENGTH and self.max_body and prepared.content_length > self.max_body:
+            # Refused before a byte of the body is read (nginx's client_max_body_size).
+            self.bad_request(
+                413,
+                f"413 Content Too Large: {prepared.content_length} bytes, the limit is {self.max_body}\n",
+            )
+            return
+        upgrade = parser.should_upgrade()
+        keep_alive = parser.should_keep_alive() and not upgrade
+        h = self.new_handler(
+            self, method, self.url, self.headers, prepared, http11, keep_alive, upgrade, self.t0
+        )
+        self.parsing = h
+        if h.has_body:
+            self.reading_body = True
+            self.body_bytes = 0
+            self.count_body = bool(self.max_body) and prepared.framing == CHUNKED
+            self._arm_body_timer()
+        if self.active is None:
+            self.active = h
+            h.start()
+        else:
+            self.queue.append(h)
+            self.gate.pause(PIPELINED)
+
+    def on_body(self, body: bytes) -> None:
+        if self.count_body:
+            self.body_bytes += len(body)
+            if self.body_bytes > self.max_body:
+                self.body_too_large = True
+                raise BadRequest("request body too large")  # aborts parsing of this connection
+        h = self.parsing
+        if h is not None:
+            h.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.reading_body = False
+        self.count_body = False
+        h = self.parsing
+        if h is not None:
+            self.parsing = None
+            h.on_body_end()
+
+    # -- called by handlers ----------------------------------------------------------------------
+    def request_finished(self, h: RequestHandler) -> None:
+        """``h``'s response is complete: start the next pipelined request, go idle, or close."""
+        if h is not self.active:
+            return
+        self.active = None
+        self.served += 1
+        draining = self.draining
+        if h.client_close or draining or self.closed:
+            if self.in_message and not self.closed and not draining:
+                self._linger()  # the client may still be sending the body that was refused
+            else:
+                self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if not self.queue and self.pending_error is None:
+                # (With an error or an Upgrade pending, nothing more is read as HTTP.)
+                self.gate.resume(PIPELINED)
+            nxt.start()
+            return
+        if self.pending_error is not None:
+            self._send_pending_error()
+            return
+        self._go_idle()
+
+    def hand_over(self, h: RequestHandler, takeover: Takeover | None = None) -> bytes:
+        """The request switched protocols: HTTP is over here; returns the bytes read past its head.
+
+        With a ``takeover`` the connection keeps its transport and forwards every event to it
+        (reading resumes); without one, the caller moves the transport elsewhere itself (the
+        proxy's tunnel calls ``transport.set_protocol``) and calls ``released`` at the end.
+        """
+        if h is self.active:
+            self.active = None
+        self.served += 1
+        self.upgraded = True
+        for timer in (self.idle_timer, self.body_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.body_timer = None
+        rest, self.upgrade_rest = self.upgrade_rest, b""
+        if self.pending_error is None:
+            self.pending_error = b""  # nothing more is parsed as HTTP
+        if takeover is not None:
+            self.takeover = takeover
+            self.gate.reasons = 0
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.transport.resume_reading()
+        return rest
+
+    def released(self, exc: Exception | None) -> None:
+        """What took the transport over ended it; the transport no longer calls connection_lost here."""
+        self.closed = True
+        self.site.connections.discard(self)

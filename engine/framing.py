@@ -1,0 +1,86 @@
+"""How a request's body is framed, decided once from its headers, and what makes framing ambiguous.
+
+Request smuggling lives in the gap between two parsers that read one message two ways, so any
+request whose framing could be read two ways is refused (400) before a handler sees it:
+several different Content-Lengths, Content-Length with Transfer-Encoding, a coding other than
+plain ``chunked``, several Host headers, or an HTTP/1.1 request without Host. llhttp (under
+httptools) refuses most of these already; these checks hold even where it is lenient.
+
+The proxy does the same checks inside ``proxy.headers.rewrite_request``, in the one pass that
+also builds the upstream head; ``request_framing`` is the same rules for a handler that builds
+nothing (the ASGI cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Request body framing.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+
+
+class BadRequest(ValueError):
+    """The request cannot be served safely; the message becomes the 400 body."""
+
+
+class Framing:
+    """What a handler's ``prepare`` tells the engine about a request (``engine.handler.Prepared``)."""
+
+    __slots__ = ("content_length", "expect_continue", "framing", "upgrade")
+
+    def __init__(
+        self, framing: int, content_length: int, expect_continue: bool, upgrade: bytes | None
+    ) -> None:
+        self.framing = framing
+        self.content_length = content_length
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+
+
+_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+
+
+def request_framing(headers: Iterable[tuple[bytes, bytes]], http11: bool) -> Framing:
+    """Validate framing (module docstring) in one pass; raises ``BadRequest``."""
+    host = False
+    content_length = -1
+    te: bytes | None = None
+    expect = False
+    upgrade: bytes | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _SPECIAL:
+            continue
+        if lname == b"host":
+            if host:
+                raise BadRequest("multiple Host headers")
+            host = True
+        elif lname == b"content-length":
+            v = value.strip()
+            if not v.isdigit():
+                raise BadRequest("invalid Content-Length")
+            n = int(v)
+            if content_length >= 0 and n != content_length:
+                raise BadRequest("conflicting Content-Length headers")
+            content_length = n
+        elif lname == b"transfer-encoding":
+            te = value if te is None else te + b"," + value
+        elif lname == b"expect":
+            expect = value.strip().lower() == b"100-continue"
+        else:
+            upgrade = value
+    if te is not None:
+        if content_length >= 0:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if [c.strip().lower() for c in te.split(b",")] != [b"chunked"]:
+            raise BadRequest("unsupported Transfer-Encoding")
+        framing = CHUNKED
+    elif content_length >= 0:
+        framing = LENGTH
+    else:
+        framing = NO_BODY
+    if http11 and not host:
+        raise BadRequest("missing Host header")
+    return Framing(framing, max(content_length, 0), expect, upgrade)
