@@ -52,7 +52,11 @@ def _docker_problem() -> str | None:
 
 
 def _repo_env() -> dict[str, str]:
-    """Variables from the repo's .env (PYTHON_IMAGE from scripts/provision), kept for our env file."""
+    """Variables from the repo's .env (PYTHON_IMAGE from scripts/provision), kept for our env file.
+
+    BACKEND_SERVER from the shell runs every project's backends under that server
+    (``BACKEND_SERVER=asgilab ./lab test tests/integration``); a test's own ``env`` still wins.
+    """
     env: dict[str, str] = {}
     dotenv = REPO / ".env"
     if dotenv.exists():
@@ -60,8 +64,9 @@ def _repo_env() -> dict[str, str]:
             if "=" in line and not line.lstrip().startswith("#"):
                 key, _, value = line.partition("=")
                 env[key.strip()] = value.strip()
-    if "PYTHON_IMAGE" in os.environ:
-        env["PYTHON_IMAGE"] = os.environ["PYTHON_IMAGE"]
+    for key in ("PYTHON_IMAGE", "BACKEND_SERVER"):
+        if key in os.environ:
+            env[key] = os.environ[key]
     return env
 
 
@@ -88,8 +93,11 @@ def _remove_projects(client: docker.DockerClient, wanted: Callable[[str], bool])
 class Lab:
     """A running lab stack under its own Compose project, reachable on ephemeral host ports."""
 
-    def __init__(self, compose: DockerCompose, project: str, results_dir: Path) -> None:
+    def __init__(
+        self, compose: DockerCompose, project: str, results_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.compose = compose
+        self.env = env or {}  # the project's variables: they beat the shell's (Compose prefers those)
         self.project = project
         self.results_dir = results_dir
         self.docker = docker.from_env()
@@ -99,7 +107,8 @@ class Lab:
     # --- compose --------------------------------------------------------------------------
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [*self.compose.docker_compose_command(), *args]
-        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, **self.env}
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             output = f"{result.stdout}\n{result.stderr}"
             raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{output}")
@@ -221,7 +230,7 @@ def own_lab(
     compose = DockerCompose(
         REPO, compose_file_name=["docker-compose.yml", *compose_files], env_file=str(env_file)
     )
-    lab = Lab(compose, project, work)
+    lab = Lab(compose, project, work, values)
     try:
         lab.run("build", *build, timeout=900)
         lab.run("up", "-d", "--wait", *up)
