@@ -7,17 +7,14 @@ literal-IP upstream); ``main`` adds the CLI, logging, uvloop and signals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
-import multiprocessing
-import os
 import signal
 import sys
 from collections.abc import Sequence
-from multiprocessing import connection as mp_connection
+from functools import partial
 from typing import TextIO
 
+from engine.workers import supervise
 from proxy.accesslog import AccessLog
 from proxy.admin import AdminServer
 from proxy.balancer import make_balancer
@@ -30,8 +27,6 @@ from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
 
 log = logging.getLogger("proxy.server")
-
-PR_SET_PDEATHSIG = 1  # prctl(2): signal this process gets when its parent dies
 
 
 class ProxyServer:
@@ -189,77 +184,16 @@ def run_worker(config: Config, worker: int = 0) -> int:
     return 0
 
 
-def _worker_entry(config: Config, worker: int) -> None:  # pragma: no cover - runs in a child process
+def _proxy_worker(config: Config, worker: int) -> int:  # pragma: no cover - runs in a child process
     setup_logging(config.log_level)
-    # If the supervisor is killed outright (SIGKILL, OOM), its workers get SIGTERM and drain instead
-    # of living on as orphans that hold the port (Linux only; elsewhere they outlive it).
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:  # the supervisor already died between spawn and prctl
-            sys.exit(1)
-    sys.exit(run_worker(config, worker))
-
-
-def supervise(config: Config) -> int:
-    """``--workers N``: start N worker processes and watch them; the parent serves nothing itself.
-
-    Like nginx's master without the respawning: SIGTERM/SIGINT are forwarded so every worker drains
-    its own connections, and the parent exits 0 once all workers exited 0. A worker that dies
-    unexpectedly (crash, OOM kill, failed bind) stops the others and the parent exits 1, so the
-    container restarts as a whole instead of silently serving at reduced capacity. Workers are
-    spawned (not forked) so each starts with a clean interpreter and its own uvloop.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    workers = [
-        ctx.Process(target=_worker_entry, args=(config, i), name=f"proxy-worker-{i}", daemon=False)
-        for i in range(config.workers)
-    ]
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            log.info("signal %d received: forwarding SIGTERM to %d worker(s)", signum, len(workers))
-        stopping = True
-        for w in workers:
-            if w.pid is not None and w.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for w in workers:
-            if stopping:  # a signal arrived while starting: do not start more
-                break
-            w.start()
-        running = [w for w in workers if w.pid is not None]
-        log.info("supervising %d workers: pids %s", len(running), " ".join(str(w.pid) for w in running))
-        if stopping:
-            on_signal(signal.SIGTERM, None)  # the ones started after the signal have not seen it
-        failed = False
-        while running:
-            mp_connection.wait([w.sentinel for w in running], timeout=0.5)
-            for w in [w for w in running if w.exitcode is not None]:
-                running.remove(w)
-                if w.exitcode != 0 or not stopping:
-                    failed = True
-                    log.error("%s (pid %d) exited with code %s", w.name, w.pid, w.exitcode)
-                    if not stopping:
-                        on_signal(signal.SIGTERM, None)  # stop the rest; the orchestrator restarts us
-        for w in workers:
-            if w.pid is not None:
-                w.join()
-        return 1 if failed else 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_worker(config, worker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     setup_logging(config.log_level)
     if config.workers > 1:
-        return supervise(config)
+        return supervise(config.workers, partial(_proxy_worker, config), "proxy")
     return run_worker(config)
 
 
