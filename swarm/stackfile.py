@@ -10,7 +10,8 @@ as the second file, adds replicas, endpoint mode, ports, networks and the update
 
 Standard library only: `./lab swarm up` runs it with the host's python3.
 
-    docker compose --profile observe config --format json | python3 swarm/stackfile.py > stack.json
+    docker compose --profile observe config --format json \
+        | python3 swarm/stackfile.py --profile observe > stack.json
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 # Services the stack always runs. The one-shot loadgen stays out: on Swarm a finished task is
 # restarted or counted as failed (the distributed workers have their own file, swarm/loadgen.yml).
 CORE = ("backend", "proxy")
-# A Compose profile whose services are deployed too, when docker-compose.yml has any.
+# Compose profiles whose services `./lab swarm up` deploys too, when docker-compose.yml has any.
 PROFILES = ("observe",)
 # Keys that mean the same to a Swarm service as to a Compose container. Everything else is dropped:
 # build (stack deploy ignores it: build first), attach, depends_on (Swarm has no start order; the
@@ -58,7 +59,7 @@ class StackError(ValueError):
     """The Compose configuration cannot become a stack (a core service is missing)."""
 
 
-def wanted(services: Mapping[str, Any], profiles: Iterable[str] = PROFILES) -> list[str]:
+def wanted(services: Mapping[str, Any], profiles: Iterable[str] = ()) -> list[str]:
     """The services of the stack: the core ones and those of the given profiles, in file order."""
     missing = [name for name in CORE if name not in services]
     if missing:
@@ -71,11 +72,20 @@ def wanted(services: Mapping[str, Any], profiles: Iterable[str] = PROFILES) -> l
     ]
 
 
-def service(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """One Compose service reduced to what Swarm reads; nulls (`command: null`) left out."""
+def service(spec: Mapping[str, Any], core: bool = False) -> dict[str, Any]:
+    """One Compose service reduced to what Swarm reads; nulls (`command: null`) left out.
+
+    Every service joins the stack's overlay network ``lab`` (Compose's ``default``). The core
+    services get their ports from swarm/stack.yml; another service (a profile's) keeps its
+    Compose ports, published in host mode (the routing mesh needs IPVS) and on every interface
+    (Swarm has no host_ip).
+    """
     out = {key: spec[key] for key in KEEP if spec.get(key) is not None}
     if "image" not in out:
         raise StackError("every stack service needs an image: (stack deploy cannot build)")
+    out["networks"] = ["lab"]
+    if not core and spec.get("ports"):
+        out["ports"] = [_host_port(port) for port in spec["ports"]]
     for volume in out.get("volumes", ()):
         # Compose's normalized form carries `bind: {create_host_path: true}`, unknown to the v3 schema.
         if isinstance(volume, dict):
@@ -83,20 +93,34 @@ def service(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def render(config: Mapping[str, Any], profiles: Iterable[str] = PROFILES) -> dict[str, Any]:
+def _host_port(port: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": int(port["target"]), "mode": "host"}
+    out["protocol"] = port.get("protocol") or "tcp"
+    if port.get("published"):
+        out["published"] = int(port["published"])
+    return out
+
+
+def render(config: Mapping[str, Any], profiles: Iterable[str] = ()) -> dict[str, Any]:
     """The stack file's content (JSON is YAML, which `docker stack deploy -c` reads)."""
     services = config.get("services") or {}
     stack: dict[str, Any] = {}  # no version: the CLI takes its newest schema, as for swarm/stack.yml
-    stack["services"] = {name: service(services[name]) for name in wanted(services, profiles)}
+    names = wanted(services, profiles)
+    stack["services"] = {name: service(services[name], core=name in CORE) for name in names}
     for key in TOP_LEVEL:
         if config.get(key):
             stack[key] = config[key]
     return stack
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """``[--profile NAME]...``: the profiles whose services join (the same as given to compose)."""
+    flags, profiles = argv[0::2], argv[1::2]
+    if len(flags) != len(profiles) or any(flag != "--profile" for flag in flags):
+        print("usage: python3 swarm/stackfile.py [--profile NAME]... < compose-config.json", file=sys.stderr)
+        return 2
     try:
-        print(json.dumps(render(json.load(sys.stdin)), indent=2))
+        print(json.dumps(render(json.load(sys.stdin), profiles), indent=2))
     except (StackError, json.JSONDecodeError) as exc:
         print(f"swarm/stackfile.py: error: {exc}", file=sys.stderr)
         return 2
@@ -104,4 +128,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
