@@ -165,10 +165,6 @@ class WebSocketSession:
 
     def start(self, request_head: bytes) -> None:
         """Parse the upgrade request (the raw head up to ``\\r\\n\\r\\n``) and call the app."""
-        with contextlib.suppress(AttributeError, RuntimeError):
-            # The engine may have paused reading while the upgrade was pending.
-            if not self.transport.is_reading():
-                self.transport.resume_reading()
         try:
             self.conn.receive_data(request_head)
             request = next((e for e in self.conn.events() if isinstance(e, events.Request)), None)

@@ -72,9 +72,6 @@ class FakeTransport:
     def resume_reading(self) -> None:
         self.reading = True
 
-    def is_reading(self) -> bool:
-        return self.reading
-
 
 class Peer:
     """The client end: a wsproto client connection plus the session under test."""
