@@ -113,7 +113,11 @@ class Lifespan:
         if self.mode == "on":
             raise LifespanFailed(f"application startup failed (--lifespan on): {why}")
         self._unsupported = True
-        self.logger.info("ASGI 'lifespan' protocol appears unsupported (%s); serving without it.", why)
+        if kind == "exception" and self._startup_taken:
+            # Its traceback is logged already; the spec says go on, the operator should know.
+            self.logger.warning("Application startup raised (%s); serving without lifespan events.", why)
+        else:
+            self.logger.info("ASGI 'lifespan' protocol appears unsupported (%s); serving without it.", why)
 
     async def shutdown(self, timeout: float) -> None:
         """Ask the app to shut down and wait for its answer at most ``timeout`` seconds."""

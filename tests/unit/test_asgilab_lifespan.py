@@ -144,6 +144,10 @@ def test_auto_startup_code_that_raises_is_logged_with_its_traceback(
     run(main())
     errors = [r for r in caplog.records if r.name == LOG and r.levelno == logging.ERROR]
     assert errors and errors[0].exc_info and isinstance(errors[0].exc_info[1], ConnectionRefusedError)
+    assert (
+        "WARNING",
+        "Application startup raised (ConnectionRefusedError: redis down); serving without lifespan events.",
+    ) in messages(caplog)
 
 
 def test_app_returning_without_answering(caplog: pytest.LogCaptureFixture) -> None:
