@@ -52,6 +52,7 @@ from loadgen.workers import START_LEAD_S
 
 Say = Callable[[str], None]
 TicksHook = Callable[[int, Sequence[dict[str, Any]]], None]
+ActionHook = Callable[[dict[str, Any]], None]
 
 #: Clock pings per worker at join time; the one with the smallest round trip gives the offset.
 CLOCK_PINGS = 3
@@ -153,7 +154,13 @@ class Coordinator:
     """One distributed run: join, start, merge; :meth:`run` returns the merged :class:`Outcome`."""
 
     def __init__(
-        self, config: Config, plan: Plan, on_tick: TicksHook | None, say: Say | None, performer: Any
+        self,
+        config: Config,
+        plan: Plan,
+        on_tick: TicksHook | None,
+        say: Say | None,
+        performer: Any,
+        on_action: ActionHook | None = None,
     ) -> None:
         assert config.coordinator is not None and config.expect_workers is not None
         self.config = config
@@ -162,6 +169,7 @@ class Coordinator:
         self.on_tick = on_tick
         self.say: Say = say or (lambda _text: None)
         self.performer = performer
+        self.on_action = on_action
         self.peers: list[Peer] = []
         self.rejected: list[str] = []
         self.started = False
@@ -172,6 +180,11 @@ class Coordinator:
         self._joined = asyncio.Event()
         self._finished = asyncio.Event()
         self._open_loop = plan.mode == "open"
+        #: The scenario file as validated at start (workers get its text, not its path).
+        self._scenario: Message | None = None
+        if config.scenario_path:
+            path = Path(config.scenario_path)
+            self._scenario = {"name": path.name, "text": path.read_text(encoding="utf-8")}
 
     # -- joining -------------------------------------------------------------------------------
 
@@ -190,6 +203,8 @@ class Coordinator:
                 self._handle(peer, decode(line))
         except (OSError, ProtocolError, ValueError, asyncio.IncompleteReadError) as exc:
             self._lose(peer, peer.error or f"{exc.__class__.__name__}: {exc}")
+        except asyncio.CancelledError:  # the run is over (asyncio.run cancels what is left)
+            pass
         finally:
             writer.close()
 
@@ -361,10 +376,7 @@ class Coordinator:
             for i, p in enumerate(self.peers):
                 p.index, p.name = i, f"w{i}@{p.name}"
             self.start_wall = time.time() + START_LEAD_S + max(p.rtt_s for p in self.peers)
-            scenario = None
-            if self.config.scenario_path:
-                path = Path(self.config.scenario_path)
-                scenario = {"name": path.name, "text": path.read_text(encoding="utf-8")}
+            scenario = self._scenario
             for p in self.peers:
                 p.last_seen = time.monotonic()
                 run = {"type": "run", "index": p.index, "count": self.expected, "scenario": scenario}
@@ -373,7 +385,9 @@ class Coordinator:
                 )
                 p.send(run)
             if self.plan.actions:
-                actions = TimedActions(self.plan.actions, self.performer, self.start_wall, self.say)
+                actions = TimedActions(
+                    self.plan.actions, self.performer, self.start_wall, self.say, self.on_action
+                )
                 actions.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -488,6 +502,7 @@ def coordinate(
     on_tick: TicksHook | None = None,
     say: Say | None = None,
     performer: Any = None,
+    on_action: ActionHook | None = None,
 ) -> Outcome:
     """Run the plan through ``config.expect_workers`` workers; the counterpart of ``run.execute``.
 
@@ -501,4 +516,4 @@ def coordinate(
         raise CoordinatorError(
             2, f"--expect-workers {n} needs at least as many {what}, got {plan.connections}"
         )
-    return asyncio.run(Coordinator(config, plan, on_tick, say, performer).run())
+    return asyncio.run(Coordinator(config, plan, on_tick, say, performer, on_action).run())
