@@ -89,8 +89,8 @@ def command(server: Server, s: Settings, python: str = sys.executable) -> list[s
     if server == "asgilab":
         cmd = [
             *py, "asgilab", s.app, "--host", s.host, "--port", str(s.port),
-            "--workers", str(s.workers), "--keep-alive-timeout", str(s.keep_alive),
-            "--shutdown-timeout", str(s.graceful_timeout),
+            "--workers", str(s.workers), "--keep-alive", str(s.keep_alive),
+            "--graceful-timeout", str(s.graceful_timeout),
             "--access-log" if s.access_log else "--no-access-log",
         ]  # fmt: skip
         if s.forwarded_allow_ips is None:

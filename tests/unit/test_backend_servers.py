@@ -140,3 +140,16 @@ def test_readme_backend_table_lists_every_flag_with_its_variable() -> None:
     assert set(rows) == set(flags), "README's backend table and the parser's flags differ"
     for flag, env in flags.items():
         assert rows[flag] == env, f"{flag}: README names {rows[flag]}, the parser {env}"
+
+
+def test_asgilab_accepts_its_command_line() -> None:
+    """asgilab's own parser and validation take the flags backend.servers gives it."""
+    from asgilab import config
+
+    s = Settings(app="backend.app:app", port=8123, workers=2, keep_alive=17, graceful_timeout=7)
+    cfg = config.load_config(command("asgilab", s)[3:], env={})
+    assert (cfg.app, cfg.port, cfg.workers, cfg.keep_alive) == ("backend.app:app", 8123, 2, 17)
+    assert (cfg.graceful_timeout, cfg.proxy_headers, cfg.forwarded_allow_ips) == (7, True, "*")
+    assert cfg.access_log is False
+    bare = config.load_config(command("asgilab", Settings(forwarded_allow_ips=None))[3:], env={})
+    assert bare.proxy_headers is False
