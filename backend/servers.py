@@ -50,6 +50,7 @@ class Settings:
     forwarded_allow_ips: str | None = "*"  # None: do not read X-Forwarded-* at all
     access_log: bool = False
     graceful_timeout: int = 8  # seconds; below Docker's 10 s stop timeout
+    log_level: str = "info"  # the servers' own log (not access log): info, warning, error
 
 
 def parse_server(value: str) -> Server:
@@ -82,6 +83,7 @@ def command(server: Server, s: Settings, python: str = sys.executable) -> list[s
             "--timeout-keep-alive", str(s.keep_alive),
             "--timeout-graceful-shutdown", str(s.graceful_timeout),
             "--no-server-header", "--access-log" if s.access_log else "--no-access-log",
+            "--log-level", s.log_level,
         ]  # fmt: skip
         if s.forwarded_allow_ips is None:
             return [*cmd, "--no-proxy-headers"]
@@ -91,7 +93,7 @@ def command(server: Server, s: Settings, python: str = sys.executable) -> list[s
             *py, "asgilab", s.app, "--host", s.host, "--port", str(s.port),
             "--workers", str(s.workers), "--keep-alive", str(s.keep_alive),
             "--graceful-timeout", str(s.graceful_timeout),
-            "--access-log" if s.access_log else "--no-access-log",
+            "--access-log" if s.access_log else "--no-access-log", "--log-level", s.log_level.upper(),
         ]  # fmt: skip
         if s.forwarded_allow_ips is None:
             return [*cmd, "--no-proxy-headers"]
@@ -104,6 +106,7 @@ def command(server: Server, s: Settings, python: str = sys.executable) -> list[s
             "--bind", f"{s.host}:{s.port}", "--workers", str(s.workers),
             "--keep-alive", str(s.keep_alive), "--graceful-timeout", str(s.graceful_timeout),
             "--no-control-socket",  # Gunicorn 27's admin socket in ~/.gunicorn: not needed here
+            "--log-level", s.log_level,
             # "" trusts no peer: the worker still runs its middleware but believes no header.
             "--forwarded-allow-ips", s.forwarded_allow_ips or "",
             *(["--access-logfile", "-"] if s.access_log else []),
@@ -113,7 +116,7 @@ def command(server: Server, s: Settings, python: str = sys.executable) -> list[s
         return [
             *py, "hypercorn", "--bind", f"{s.host}:{s.port}", "--workers", str(s.workers),
             "--worker-class", "uvloop", "--keep-alive", str(s.keep_alive),
-            "--graceful-timeout", str(s.graceful_timeout),
+            "--graceful-timeout", str(s.graceful_timeout), "--log-level", s.log_level,
             *(["--access-logfile", "-"] if s.access_log else []),
             _forwarded_app(s),
         ]  # fmt: skip
@@ -123,7 +126,7 @@ def command(server: Server, s: Settings, python: str = sys.executable) -> list[s
             "--workers", str(s.workers), "--loop", "uvloop", "--http", "1",
             "--http1-header-read-timeout", str(min(s.keep_alive, 60) * 1000),
             "--workers-kill-timeout", str(s.graceful_timeout),
-            "--access-log" if s.access_log else "--no-access-log",
+            "--access-log" if s.access_log else "--no-access-log", "--log-level", s.log_level,
             _forwarded_app(s),
         ]  # fmt: skip
     raise ValueError(f"unknown server {server!r}")

@@ -136,8 +136,14 @@ def rss_kib(pids: set[int]) -> int:
 
 
 def server_command(server: Server, app: str, port: int) -> list[str]:
-    """The lab's command line for ``server``, on 127.0.0.1:port, one worker, no forwarded headers."""
-    settings = Settings(app=app, host="127.0.0.1", port=port, workers=1, forwarded_allow_ips=None)
+    """The lab's command line for ``server``: 127.0.0.1:port, one worker, no forwarded headers.
+
+    Logging at warning: nobody reads the servers' stderr during a run, and a chatty one must not
+    block on a full pipe.
+    """
+    settings = Settings(
+        app=app, host="127.0.0.1", port=port, workers=1, forwarded_allow_ips=None, log_level="warning"
+    )
     return command(server, settings)
 
 
