@@ -135,6 +135,7 @@ class AdminServer:
         self.add_route("/dashboard", ("GET",), self.dashboard)
         self.add_route("/events/latest", ("GET",), self.events_latest)
         self.add_route("/events/sample", ("GET",), self.events_sample)
+        self.add_route("/auth", ("GET",), self.auth)
         # /upstreams/{addr}/drain and /undrain: matched by dispatch (the address is in the path).
         self.actions: dict[str, bool] = {"drain": True, "undrain": False}
         cfg = state.config
@@ -218,6 +219,12 @@ class AdminServer:
     def events_sample(self, req: Request) -> Reply:
         """This worker's cumulative figures; worker 0 sums its siblings' answers (events.py)."""
         return Reply.json(worker_sample(self.state, self.worker))
+
+    def auth(self, req: Request) -> Reply:
+        """What the write actions need from this client, so the page asks for a token only then."""
+        return Reply.json(
+            {"token_required": bool(self.state.config.admin_token), "loopback_client": is_loopback(req.peer)}
+        )
 
     def authorize(self, req: Request) -> Reply | None:
         """None if ``req`` may use a write action, else the refusal (module docstring)."""

@@ -213,16 +213,25 @@ function renderEvents() {
 }
 
 // -- actions ------------------------------------------------------------------------------------
+let tokenRequired = false; // GET /auth: the proxy has PROXY_ADMIN_TOKEN set
+
+function askToken() {
+  const entered = window.prompt("Admin token (PROXY_ADMIN_TOKEN); kept for this tab only");
+  if (entered) sessionStorage.setItem(TOKEN_KEY, entered.trim());
+  return !!entered;
+}
+
 async function admin(method, path, body) {
+  // Asked once, before the first write that needs it; a wrong token (401) asks once more.
+  if (tokenRequired && !sessionStorage.getItem(TOKEN_KEY) && !askToken()) return null;
   for (let attempt = 0; attempt < 2; attempt++) {
     const headers = {};
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = "Bearer " + token;
     const resp = await fetch(path, { method, headers, body });
     if (resp.status === 401 && attempt === 0) {
-      const entered = window.prompt("Admin token (PROXY_ADMIN_TOKEN); kept for this tab only");
-      if (!entered) return resp;
-      sessionStorage.setItem(TOKEN_KEY, entered.trim());
+      sessionStorage.removeItem(TOKEN_KEY);
+      if (!askToken()) return resp;
       continue;
     }
     if (resp.status === 401) sessionStorage.removeItem(TOKEN_KEY);
@@ -233,6 +242,7 @@ async function admin(method, path, body) {
 async function act(action, addr) {
   notice("");
   const resp = await admin("POST", `/upstreams/${encodeURIComponent(addr)}/${action}`);
+  if (!resp) return notice(`${action} ${addr}: no token given`);
   const text = await resp.text();
   if (!resp.ok) notice(`${action} ${addr}: ${resp.status} ${text.trim()}`);
 }
@@ -247,7 +257,7 @@ async function loadPolicies() {
 $("policy").addEventListener("change", async (e) => {
   notice("");
   const resp = await admin("PUT", "/policy?workers=all", e.target.value);
-  if (!resp.ok) notice(`policy: ${resp.status} ${(await resp.text()).trim()}`);
+  if (resp && !resp.ok) notice(`policy: ${resp.status} ${(await resp.text()).trim()}`);
   e.target.blur();
 });
 
@@ -288,4 +298,8 @@ function connect() {
 }
 
 loadPolicies().catch((e) => notice("policy list: " + e));
+fetch("/auth")
+  .then((r) => r.json())
+  .then((doc) => (tokenRequired = doc.token_required))
+  .catch((e) => notice("auth: " + e));
 connect();
