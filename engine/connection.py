@@ -61,6 +61,7 @@ class HTTPConnection(asyncio.Protocol):
         self.gate: ReadGate = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
+        self.peer: tuple[str, int] | None = None  # (host, port) of the client; None on a Unix socket
         self.closed = False
         self.lingering = False
         self.write_paused = False
@@ -103,7 +104,8 @@ class HTTPConnection(asyncio.Protocol):
         self.gate = ReadGate(self.transport)
         peer = transport.get_extra_info("peername")
         if peer and isinstance(peer, tuple):
-            self.client_ip = str(peer[0]).encode()
+            self.peer = (str(peer[0]), int(peer[1]))
+            self.client_ip = self.peer[0].encode()
         site = self.site
         cap = self.limits.max_connections
         if cap and len(site.connections) >= cap:
@@ -121,14 +123,15 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.site.connections.discard(self)
         for timer in (self.idle_timer, self.body_timer, self.linger_timer):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.body_timer = self.linger_timer = None
         if self.takeover is not None:
+            # Still counted as served until the takeover calls released() (its app may still run).
             self.takeover.connection_lost(exc)
             return
+        self.site.connections.discard(self)
         if self.active is not None:
             self.active.abort()
             self.active = None
@@ -462,6 +465,6 @@ class HTTPConnection(asyncio.Protocol):
         return rest
 
     def released(self, exc: Exception | None) -> None:
-        """What took the transport over ended it; the transport no longer calls connection_lost here."""
+        """What took the connection over is done with it (a drain stops waiting for it now)."""
         self.closed = True
         self.site.connections.discard(self)

@@ -102,7 +102,11 @@ class Site(Protocol):
 
 
 class Takeover(Protocol):
-    """What owns a connection after a protocol switch (a WebSocket session); gets its events."""
+    """What owns a connection after a protocol switch (a WebSocket session); gets its events.
+
+    The connection stays in ``Site.connections`` until the takeover calls ``conn.released()``
+    (once the transport is gone and its app returned), so a drain never cuts the app short.
+    """
 
     def data_received(self, data: bytes) -> None: ...
 

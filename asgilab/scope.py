@@ -1,0 +1,110 @@
+"""The connection scope an ASGI app gets: every key the spec requires, with honest types.
+
+- ``path`` is the target's path percent-decoded as UTF-8, prefixed with ``root_path`` (as the
+  spec asks since asgiref's 2022 clarification, and as Uvicorn does); ``raw_path`` is the same
+  path as it arrived, in bytes; ``query_string`` is the bytes after ``?``, undecoded.
+- ``headers`` keep the client's order and duplicates, names lower-cased, values untouched.
+- ``client``/``server`` are ``(host, port)`` with an ``int`` port (``None`` when unknown, e.g.
+  a Unix socket's peer).
+- ``state`` is a *shallow copy* of the lifespan state, so a request may add keys without the
+  next request seeing them, while objects made at startup (a pool, a client) are shared.
+- ``spec_version`` is what ``cycle.py`` implements: HTTP 2.4 (``send`` after a disconnect
+  raises an ``OSError``), with the ``http.response.pathsend`` and ``http.response.trailers``
+  extensions announced in ``extensions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+HTTP_ASGI = {"version": "3.0", "spec_version": "2.4"}
+HTTP_EXTENSIONS: dict[str, dict[str, Any]] = {"http.response.pathsend": {}, "http.response.trailers": {}}
+
+Scope = dict[str, Any]
+Address = tuple[str, int] | None
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """(raw path, query string) of a request target; absolute-form targets lose scheme and host."""
+    if not target.startswith(b"/"):
+        if target == b"*":
+            return b"*", b""
+        url = httptools.parse_url(target)
+        return url.path or b"/", url.query or b""
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+def decode_path(raw: bytes) -> str:
+    if b"%" not in raw:
+        return raw.decode("utf-8", "surrogateescape")
+    return unquote(raw.decode("latin-1"), errors="surrogateescape")
+
+
+def common_scope(
+    kind: str,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    http_version: str,
+    scheme: str,
+    client: Address,
+    server: Address,
+    root_path: str,
+    state: dict[str, Any] | None,
+) -> Scope:
+    """The keys HTTP and WebSocket scopes share (``kind`` is ``http`` or ``websocket``)."""
+    raw_path, query = split_target(target)
+    path = decode_path(raw_path)
+    if root_path:
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    scope: Scope = {
+        "type": kind,
+        "asgi": HTTP_ASGI,
+        "http_version": http_version,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": [(n.lower(), v) for n, v in headers],
+        "client": client,
+        "server": server,
+    }
+    if state is not None:
+        scope["state"] = state.copy()
+    return scope
+
+
+def http_scope(
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    http_version: str,
+    scheme: str,
+    client: Address,
+    server: Address,
+    root_path: str,
+    state: dict[str, Any] | None,
+) -> Scope:
+    scope = common_scope("http", target, headers, http_version, scheme, client, server, root_path, state)
+    scope["asgi"] = dict(HTTP_ASGI)  # the app may write to it; no request sees another's
+    scope["method"] = method.decode("ascii")
+    scope["extensions"] = {k: dict(v) for k, v in HTTP_EXTENSIONS.items()}
+    return scope
+
+
+def websocket_scope(
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    scheme: str,
+    client: Address,
+    server: Address,
+    root_path: str,
+    state: dict[str, Any] | None,
+) -> Scope:
+    """The common keys of a WebSocket scope; the session adds ``subprotocols``, ``asgi`` and extensions."""
+    return common_scope("websocket", target, headers, "1.1", scheme, client, server, root_path, state)

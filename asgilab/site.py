@@ -1,0 +1,251 @@
+"""asgilab's side of the connection engine: the ``Site`` whose handlers call an ASGI app.
+
+Per request the engine asks ``prepare`` (framing checks, ``engine/framing.py``) and then
+``handler``: a ``RequestCycle`` (``cycle.py``) for HTTP, or, for a valid WebSocket upgrade, a
+``WebSocketUpgrade`` that hands the connection to ``asgilab/websocket.py``'s session. The
+same Site serves ``python -m asgilab`` and ``python -m proxy --app``; only its limits, access
+log and ``observer`` (the proxy's metrics) differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Protocol
+
+from asgilab.cycle import RequestCycle
+from asgilab.proxy_headers import TrustedProxies, forwarded
+from asgilab.scope import Address, http_scope, websocket_scope
+from engine.accesslog import AccessLog
+from engine.framing import NO_BODY, Framing, request_framing
+from engine.handler import Headers, Prepared
+from engine.limits import Limits
+
+if TYPE_CHECKING:
+    from asgilab.config import Config
+    from engine.connection import HTTPConnection
+
+try:  # H8b's module; until it exists, upgrades are answered as plain HTTP.
+    from asgilab.websocket import WebSocketSession
+except ImportError:  # pragma: no cover
+    WebSocketSession = None  # type: ignore[assignment, misc]
+
+log = logging.getLogger("asgilab.site")
+SERVER_HEADER = b"server: asgilab\r\n"
+
+
+class ResponseObserver(Protocol):
+    """Counts finished responses (the proxy's ``Counters`` in ``--app`` mode)."""
+
+    def response(self, status: int, seconds: float) -> None: ...
+
+
+class RejectObserver(Protocol):
+    def inc(self, name: str, label: str) -> None: ...
+
+
+def limits_from(cfg: Config) -> Limits:
+    return Limits(
+        max_request_line=cfg.max_request_line,
+        max_header_bytes=cfg.max_header_bytes,
+        max_headers=cfg.max_headers,
+        max_body_size=cfg.max_body_size,
+        max_connections=cfg.max_connections,
+        header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+        keepalive_timeout=cfg.keep_alive,
+    )
+
+
+class AppSite:
+    """The engine ``Site`` (``engine.handler.Site``) of one listener serving one ASGI app."""
+
+    def __init__(
+        self,
+        app: Any,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        limits: Limits | None = None,
+        access_log: AccessLog | None = None,
+        state: dict[str, Any] | None = None,
+        observer: ResponseObserver | None = None,
+        counters: RejectObserver | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        self.limits = limits or limits_from(config)
+        self.access_log = access_log
+        self.state = state
+        self.observer = observer
+        self.counters = counters
+        self.connections: set[HTTPConnection] = set()
+        self.root_path = config.root_path
+        self.trusted = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
+        self.limit_concurrency = config.limit_concurrency
+        self.running = 0  # requests in the app now (for --limit-concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: Address = None  # the bound address, set by the server once listening
+        self._date_sec = -1
+        self._date = b""
+
+    # -- engine.handler.Site ---------------------------------------------------------------------
+    def prepare(
+        self, method: bytes, target: bytes, headers: Headers, client_ip: bytes, http11: bool
+    ) -> Framing:
+        return request_framing(headers, http11)
+
+    def handler(
+        self,
+        conn: HTTPConnection,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        prepared: Prepared,
+        http11: bool,
+        keep_alive: bool,
+        upgrade: bool,
+        t0: float,
+    ) -> RequestCycle | WebSocketUpgrade:
+        framing: Framing = prepared  # type: ignore[assignment]  # what prepare returned
+        client: Address = conn.peer
+        scheme = "http"
+        trusted = self.trusted
+        if trusted is not None and client is not None and trusted.trusts(client[0]):
+            client, scheme = forwarded(headers, client, scheme)
+        if (
+            upgrade
+            and WebSocketSession is not None
+            and method == b"GET"
+            and framing.framing == NO_BODY
+            and (framing.upgrade or b"").strip().lower() == b"websocket"
+        ):
+            scope = websocket_scope(
+                target,
+                headers,
+                "wss" if scheme == "https" else "ws",
+                client,
+                self.server,
+                self.root_path,
+                self.state,
+            )
+            return WebSocketUpgrade(self, conn, scope, target, headers)
+        scope = http_scope(
+            method,
+            target,
+            headers,
+            "1.1" if http11 else "1.0",
+            scheme,
+            client,
+            self.server,
+            self.root_path,
+            self.state,
+        )
+        return RequestCycle(self, conn, scope, method, target, framing, http11, keep_alive, t0)
+
+    def rejected(
+        self,
+        client_ip: bytes,
+        status: int,
+        reason: str,
+        nbytes: int,
+        target: bytes,
+        elapsed: float,
+        access: bool,
+    ) -> None:
+        log.info("rejected request from %s: %s", client_ip.decode("latin-1"), reason)
+        if self.counters is not None:
+            self.counters.inc("rejected", str(status))
+        if self.observer is not None and access:
+            self.observer.response(status, elapsed)
+        if access and self.access_log is not None:
+            self.access_log.log(b"", b"-", target, status, nbytes, None, None, elapsed)
+
+    # -- what cycles use -------------------------------------------------------------------------
+    def run(self, cycle: RequestCycle) -> None:
+        """Start the app for ``cycle`` in its own Task (kept referenced until it ends)."""
+        task = self.loop.create_task(cycle.run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def date_server(self) -> bytes:
+        """``date`` and ``server`` headers, formatted once a second."""
+        now = int(time.time())
+        if now != self._date_sec:
+            self._date_sec = now
+            self._date = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n" + SERVER_HEADER
+        return self._date
+
+
+class WebSocketUpgrade:
+    """The handler of a WebSocket upgrade request: hands the connection to a WebSocketSession."""
+
+    __slots__ = (
+        "body_done",
+        "client_close",
+        "conn",
+        "has_body",
+        "head_sent",
+        "headers",
+        "scope",
+        "site",
+        "target",
+    )
+
+    def __init__(
+        self, site: AppSite, conn: HTTPConnection, scope: dict[str, Any], target: bytes, headers: Headers
+    ) -> None:
+        self.site = site
+        self.conn = conn
+        self.scope = scope
+        self.target = target
+        self.headers = headers
+        self.has_body = False
+        self.body_done = True
+        self.head_sent = False
+        self.client_close = True
+
+    def start(self) -> None:
+        site, conn = self.site, self.conn
+        assert WebSocketSession is not None
+        session = WebSocketSession(
+            site.app,
+            self.scope,
+            conn.transport,
+            loop=site.loop,
+            config=site.config,
+            logger=logging.getLogger("asgilab.websocket"),
+            on_close=lambda: conn.released(None),
+        )
+        self.head_sent = True
+        rest = conn.hand_over(self, session)
+        # wsproto parses the handshake itself: give it the head as it arrived (rebuilt from the
+        # parsed parts: same bytes modulo whitespace, which HTTP/1.1 lets a parser normalise).
+        head = [b"GET ", self.target, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        session.start(b"".join(head))
+        if rest:
+            session.data_received(rest)
+
+    def on_body(self, chunk: bytes) -> None:
+        pass
+
+    def on_body_end(self) -> None:
+        pass
+
+    def fail(self, status: int, body: bytes) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def client_write_paused(self) -> None:
+        pass
+
+    def client_write_resumed(self) -> None:
+        pass
