@@ -208,6 +208,51 @@ class SecondBucket:
             h.merge(self.hist_c)
         return h
 
+    def export(self, open_loop: bool) -> dict[str, Any]:
+        """This second as plain data, one entry of :meth:`Timeline.export`'s ``seconds``.
+
+        Sealed or not: a distributed worker (loadgen/worker.py) streams seconds still in progress.
+        """
+        if self.sealed:
+            enc_c, enc_u = self.enc_c, self.enc_u
+            if self.pending_c or self.pending_u:  # arrived after sealing: fold them in now
+                h = LatencyHistogram.decode(enc_c)
+                h.record_counts(self.pending_c)
+                enc_c = h.encode()
+                h = LatencyHistogram.decode(enc_u)
+                h.record_counts(self.pending_u)
+                enc_u = h.encode() if h.count else ""
+        else:
+            self.flush()
+            enc_c = self.hist_c.encode() if self.hist_c is not None else ""
+            enc_u = self.hist_u.encode() if self.hist_u is not None else ""
+        return {
+            "second": self.second,
+            "intended": self.intended,
+            "unsent": self.unsent,
+            "waited": self.waited,
+            "lag_max": self.lag_max,
+            "requests": self.requests,
+            "failed": self.failed,
+            "status": dict(self.status),
+            "errors": dict(self.errors),
+            "backends": {k.decode("utf-8", "replace"): n for k, n in self.backends.items()},
+            "hist_c": enc_c,
+            "hist_u": enc_u if open_loop else enc_c,
+        }
+
+    def uncorrected(self) -> LatencyHistogram:
+        """This second's uncorrected (open loop) histogram so far, sealed or not (a fresh object)."""
+        if self.sealed:
+            h = LatencyHistogram.decode(self.enc_u)
+            h.record_counts(self.pending_u)
+            return h
+        self.flush()
+        h = LatencyHistogram()
+        if self.hist_u is not None:
+            h.merge(self.hist_u)
+        return h
+
     def percentiles_ms(self) -> tuple[float | None, float | None]:
         """(p50, p99) in ms so far (corrected in open loop); final once the run has drained."""
         h = self.corrected()
@@ -366,32 +411,7 @@ class Timeline:
     def export(self) -> dict[str, Any]:
         """This timeline as plain data (picklable, JSON-able): what a worker sends the parent."""
         self.finish()
-        seconds = []
-        for b in self.buckets:
-            enc_c, enc_u = b.enc_c, b.enc_u
-            if b.pending_c or b.pending_u:  # arrived after sealing: fold them in now
-                h = LatencyHistogram.decode(enc_c)
-                h.record_counts(b.pending_c)
-                enc_c = h.encode()
-                h = LatencyHistogram.decode(enc_u)
-                h.record_counts(b.pending_u)
-                enc_u = h.encode() if h.count else ""
-            seconds.append(
-                {
-                    "second": b.second,
-                    "intended": b.intended,
-                    "unsent": b.unsent,
-                    "waited": b.waited,
-                    "lag_max": b.lag_max,
-                    "requests": b.requests,
-                    "failed": b.failed,
-                    "status": dict(b.status),
-                    "errors": dict(b.errors),
-                    "backends": {k.decode("utf-8", "replace"): n for k, n in b.backends.items()},
-                    "hist_c": enc_c,
-                    "hist_u": enc_u if self.open_loop else enc_c,
-                }
-            )
+        seconds = [b.export(self.open_loop) for b in self.buckets]
         out: dict[str, Any] = {"open_loop": self.open_loop, "seconds": seconds}
         if self.by_request:
             out["by_request"] = {label: child.export() for label, child in self.by_request.items()}

@@ -230,6 +230,10 @@ class TickMerger:
             note = behind_note(intended_rps, achieved_rps, snaps)
             self._last_due, self._last_sent = due, sent
             intended_rps, achieved_rps = round(intended_rps, 1), round(achieved_rps, 1)
+        lost = [str(s.get("worker", i)) for i, s in enumerate(snaps) if s.get("lost")]
+        if lost:  # a distributed run that lost workers (loadgen/coordinator.py) says so each second
+            lost_note = f"LOST {len(lost)}/{len(snaps)} workers ({', '.join(lost)})"
+            note = f"{lost_note}  {note}" if note else lost_note
         second = tick - 1
         return SecondRecord(
             second=second,

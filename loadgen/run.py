@@ -43,6 +43,8 @@ class Outcome:
     stopped_early: bool
     stats: list[dict[str, Any]]  # one per worker
     actions: list[dict[str, Any]] = field(default_factory=list)
+    #: A distributed run (loadgen/coordinator.py): the per-worker section of the report.
+    distributed: dict[str, Any] | None = None
 
 
 class TimedActions:
