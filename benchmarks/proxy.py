@@ -1,6 +1,6 @@
 """Proxy speed against nginx and aiohttp, measured in one run on the host (no containers).
 
-    python -m benchmarks.proxy [--rounds 5] [--duration 3] [--quick] [--workers N]
+    python -m benchmarks.proxy [--rounds 5] [--duration 3] [--quick] [--workers N] [--dashboards N]
     ./lab bench proxy            # installs the tools (scripts/bench-tools), then runs this
 
 Layout (2 cores): the static upstream (nginx, one worker, ``return 200`` + 12 bytes) and the
@@ -12,6 +12,12 @@ measured in turn, in an order rotated every round, and each figure is the median
 - ``this proxy``: ``python -m proxy`` (uvloop), access log off, admin off;
 - ``this proxy, access log on``: the same with the JSON access log written to a file;
 - ``aiohttp proxy``: ``benchmarks/aiohttp_proxy.py`` (aiohttp server + ClientSession, uvloop).
+
+With ``--dashboards N`` two more rows measure what watching costs (docs/live.md): ``this proxy,
+admin on`` (the admin listener and its once-a-second live view running, nobody watching) and
+``this proxy, N dashboards`` (the same with N ``/events`` viewers connected for the whole run,
+``benchmarks/sse_viewers.py`` pinned with the load generator); a line after the table gives the
+req/s and CPU-per-request ratios of the watched proxy to the unwatched one.
 
 Capacity is closed-loop ``wrk -t1 -c50``. Added latency is open-loop (``benchmarks.fixedrate``,
 wrk2-style, since Debian's wrk has no ``-R``): at half of this proxy's median capacity, the p99
@@ -85,7 +91,12 @@ def python_server(
 
 
 def this_proxy(
-    upstream_port: int, cpu: int | None, *, access_log: Path | None = None, workers: int = 1
+    upstream_port: int,
+    cpu: int | None,
+    *,
+    access_log: Path | None = None,
+    workers: int = 1,
+    admin_port: int | None = None,
 ) -> contextlib.AbstractContextManager[int]:
     port = free_port()
     cmd = [
@@ -94,7 +105,7 @@ def this_proxy(
         "proxy",
         f"--upstream=127.0.0.1:{upstream_port}",
         f"--listen=127.0.0.1:{port}",
-        "--admin-listen=off",
+        f"--admin-listen=127.0.0.1:{admin_port}" if admin_port else "--admin-listen=off",
         "--log-level=WARNING",
         "--access-log" if access_log else "--no-access-log",
     ]
@@ -103,6 +114,23 @@ def this_proxy(
     if access_log is None:
         return python_server(cmd, port, cpu)
     return _with_file(access_log, lambda f: python_server(cmd, port, cpu, stdout=f))
+
+
+@contextlib.contextmanager
+def sse_viewers(admin_port: int, n: int, cpu: int | None) -> Iterator[None]:
+    """``n`` processes' worth of dashboard viewers on ``/events`` (one process, pinned to ``cpu``)."""
+    cmd = [sys.executable, "-m", "benchmarks.sse_viewers", f"--port={admin_port}", f"-n={n}"]
+    proc = subprocess.Popen(pinned(cmd, cpu), cwd=REPO, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        print(f"# {err.decode(errors='replace').strip()}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -165,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         "shared machine; negative needs root; default 0)",
     )
     p.add_argument("--proxy-cpu", type=int, default=1, help="core for the proxy under test (default 1)")
+    p.add_argument(
+        "--dashboards",
+        type=int,
+        default=0,
+        help="also measure this proxy with its admin on, with and without N /events viewers (default 0: off)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.rounds, a.duration, a.warmup, a.rate_duration = 1, 2.0, 1.0, 2.0
@@ -200,6 +234,16 @@ def main(argv: list[str] | None = None) -> int:
                 this_proxy(upstream, proxy_cpus, access_log=tmp / "access.log", workers=a.workers)
             )
         paths["aiohttp proxy"] = stack.enter_context(aiohttp_proxy(upstream, px_cpu))
+        watched = f"this proxy, {a.dashboards} dashboards"
+        if a.dashboards > 0:
+            paths["this proxy, admin on"] = stack.enter_context(
+                this_proxy(upstream, proxy_cpus, workers=a.workers, admin_port=free_port())
+            )
+            dash_admin = free_port()
+            paths[watched] = stack.enter_context(
+                this_proxy(upstream, proxy_cpus, workers=a.workers, admin_port=dash_admin)
+            )
+            stack.enter_context(sse_viewers(dash_admin, a.dashboards, up_cpu))
 
         figures = {name: PathFigures(name) for name in paths}
         pids = {name: listener_pids(port) for name, port in paths.items()}
@@ -266,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         f"load on the machine): nginx/proxy={cpu['nginx proxy'] / cpu['this proxy']:.2f} "
         f"aiohttp/proxy={cpu['aiohttp proxy'] / cpu['this proxy']:.2f}"
     )
+    if a.dashboards > 0:
+        base = "this proxy, admin on"
+        print()
+        print(
+            f"Watching: {a.dashboards} /events viewers: req/s {watched} / {base} = "
+            f"{med[watched] / med[base]:.3f} (and / admin off = {med[watched] / med['this proxy']:.3f}); "
+            f"CPU us/req {cpu[watched]:.1f} vs {cpu[base]:.1f} (admin off {cpu['this proxy']:.1f})"
+        )
     print()
     print(
         f"Open-loop at {rate:,.0f} req/s (half this proxy's capacity), p99 medians over {a.rounds} round(s):"
