@@ -73,6 +73,7 @@ class AppSite:
         state: dict[str, Any] | None = None,
         observer: ResponseObserver | None = None,
         counters: RejectObserver | None = None,
+        connections: set[HTTPConnection] | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -82,7 +83,7 @@ class AppSite:
         self.state = state
         self.observer = observer
         self.counters = counters
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[HTTPConnection] = set() if connections is None else connections
         self.root_path = config.root_path
         self.trusted = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
         self.limit_concurrency = config.limit_concurrency

@@ -43,6 +43,9 @@ class Config:
     # Processes sharing listen_port with SO_REUSEPORT, each with its own loop, pools and discovery;
     # worker i serves admin on admin_port + i (proxy/server.py, "Workers" in docs/proxy.md).
     workers: int = 1
+    # An ASGI app (module:attribute) served in-process instead of forwarding: same listener,
+    # limits, access log and metrics (asgilab/site.py, "Proxy --app" in docs/asgi.md).
+    app: str | None = None
     resolve_interval: float = 1.0
     pool_idle_timeout: float = 4.0
     pool_max_idle: int = 128
@@ -295,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--queue-timeout", d.queue_timeout, "seconds a request may wait in that queue (then 503)")
     opt("--drain-timeout", d.drain_timeout, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
     opt(
+        "--app",
+        "none",
+        "serve this ASGI app (module:attribute, e.g. backend.app:app) in-process instead of forwarding",
+    )
+    opt(
         "--workers",
         d.workers,
         "processes sharing the listen port (SO_REUSEPORT), each with its own pools; "
@@ -455,6 +463,11 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         if kw["workers"] > 1 and kw.get("admin_port", Config().admin_port) + kw["workers"] - 1 > 65535:
             raise ConfigError(f"{_both('--workers')}: admin ports (admin port + worker index) exceed 65535")
     _discovery_health_outlier(get, kw)
+    if (v := get("--app")) is not None and v.strip() and v.strip().lower() != "none":
+        module, _, attr = v.strip().partition(":")
+        if not module or not attr:
+            raise ConfigError(f"{_both('--app')}: expected module:attribute, got {v!r}")
+        kw["app"] = v.strip()
     _admin_events(get, kw)
     return Config(**kw)
 

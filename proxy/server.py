@@ -10,10 +10,12 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TextIO
+from typing import Any, TextIO
 
+from engine.connection import HTTPConnection
+from engine.handler import Site
 from engine.workers import supervise
 from proxy.accesslog import AccessLog
 from proxy.admin import AdminServer
@@ -21,7 +23,7 @@ from proxy.balancer import make_balancer
 from proxy.config import Config, load_config, setup_logging
 from proxy.context import ProxyState
 from proxy.discovery import Discovery, Resolver, make_discovery
-from proxy.downstream import DownstreamProtocol, ProxySite
+from proxy.downstream import DownstreamProtocol, ProxySite, limits_from
 from proxy.health import HealthChecker, health_checker
 from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
@@ -50,6 +52,7 @@ class ProxyServer:
         self._static = endpoints
         self.state: ProxyState | None = None
         self.site: ProxySite | None = None
+        self.lifespan: Any = None  # --app: the app's lifespan (asgilab/lifespan.py)
         self.discovery: Discovery | None = None
         self.health: HealthChecker | None = None
         self.server: asyncio.AbstractServer | None = None
@@ -68,6 +71,9 @@ class ProxyServer:
         )
         access_log = AccessLog(self._access_log_stream, loop) if cfg.access_log else None
         state = self.state = ProxyState(cfg, loop, group, make_balancer(cfg.policy, cfg), access_log)
+        if cfg.app is not None:
+            await self._listen(await self._app_site(state))
+            return
         if self._static is not None:
             group.update(self._static)
         else:
@@ -80,8 +86,55 @@ class ProxyServer:
             self.health.start()
         group.start()
         site = self.site = ProxySite(state)
+        await self._listen(site)
+
+    async def _app_site(self, state: ProxyState) -> Site:
+        """``--app``: the engine's other handler, the ASGI cycle, behind the proxy's own listener.
+
+        No discovery, health checks or pools: the app answers in this process. Limits, access
+        log, counters (/metrics) and the drain are the proxy's.
+        """
+        from asgilab.config import Config as AppConfig
+        from asgilab.importer import import_from_string
+        from asgilab.site import AppSite
+
+        cfg = self.config
+        assert cfg.app is not None
+        app = import_from_string(cfg.app)
+        app_cfg = AppConfig(app=cfg.app, proxy_headers=False, graceful_timeout=cfg.drain_timeout)
+        lifespan_state = None
+        try:
+            from asgilab.lifespan import Lifespan
+        except ImportError:  # pragma: no cover - asgilab without its lifespan module
+            Lifespan = None  # type: ignore[assignment, misc]
+        if Lifespan is not None:
+            self.lifespan = Lifespan(app, "auto", logging.getLogger("proxy.lifespan"))
+            await self.lifespan.startup()
+            lifespan_state = self.lifespan.state
+        return AppSite(
+            app,
+            app_cfg,
+            state.loop,
+            limits=limits_from(cfg),
+            access_log=state.access_log,
+            state=lifespan_state,
+            observer=state.counters,
+            counters=state.counters,
+            connections=state.connections,
+        )
+
+    async def _listen(self, site: Site) -> None:
+        cfg = self.config
+        state = self.state
+        assert state is not None
+        loop = state.loop
+        factory: Callable[[], HTTPConnection]
+        if isinstance(site, ProxySite):
+            factory = partial(DownstreamProtocol, site)
+        else:
+            factory = partial(HTTPConnection, site)
         self.server = await loop.create_server(
-            lambda: DownstreamProtocol(site),
+            factory,
             cfg.listen_host,
             cfg.listen_port,
             reuse_address=True,
@@ -97,7 +150,7 @@ class ProxyServer:
             f"worker {self.worker}: " if cfg.workers > 1 else "",
             cfg.listen_host,
             self.port,
-            cfg.upstream,
+            f"app {cfg.app} in-process" if cfg.app else cfg.upstream,
             cfg.policy,
             f"{cfg.admin_host}:{self.admin.port}" if self.admin else "off",
         )
@@ -146,6 +199,9 @@ class ProxyServer:
             self.state.group.close()
             if self.state.access_log is not None:
                 self.state.access_log.flush()
+        if self.lifespan is not None:
+            lifespan, self.lifespan = self.lifespan, None
+            await lifespan.shutdown(self.config.drain_timeout)
         if self.admin is not None:
             self.admin.close()
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
@@ -181,6 +237,11 @@ def run_worker(config: Config, worker: int = 0) -> int:
     except OSError as exc:
         log.error("startup failed: %s", exc)
         return 1
+    except Exception as exc:
+        if config.app is None or type(exc).__name__ != "LifespanFailed":
+            raise
+        log.error("--app lifespan startup failed: %s", exc)  # asgilab.lifespan.LifespanFailed
+        return 1
     return 0
 
 
@@ -191,6 +252,14 @@ def _proxy_worker(config: Config, worker: int) -> int:  # pragma: no cover - run
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
+    if config.app is not None:
+        from asgilab.importer import ImportFromStringError, import_from_string
+
+        try:
+            import_from_string(config.app)  # fail fast, once, with one line (exit 2 like a bad flag)
+        except ImportFromStringError as exc:
+            print(f"python -m proxy: error: --app / PROXY_APP: {exc}", file=sys.stderr)
+            return 2
     setup_logging(config.log_level)
     if config.workers > 1:
         return supervise(config.workers, partial(_proxy_worker, config), "proxy")
