@@ -215,6 +215,14 @@ class Lifespan:
             self._phase = "started" if kind == "lifespan.startup.complete" else "stopped"
             self._startup_answer.set_result(message)
         elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if self._phase == "started":
+                # Unasked: the app's lifespan ended on its own (its task was cancelled, say, and
+                # Starlette reports that as shutdown.failed). Nothing is left to shut down.
+                self._phase = "stopped"
+                if kind == "lifespan.shutdown.failed":
+                    self.shutdown_failed = True
+                    self.logger.error("Application lifespan ended: %s", message.get("message") or kind)
+                return
             if self._phase != "stopping" or self._shutdown_answer is None or self._shutdown_answer.done():
                 raise RuntimeError(f"{kind} sent in lifespan phase {self._phase!r}")
             self._phase = "stopped"

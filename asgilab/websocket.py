@@ -336,9 +336,12 @@ class WebSocketSession:
             self._ping_handle = self.loop.call_later(self.ping_interval, self._ping)
         if self.idle_timeout > 0:
             self._idle_handle = self.loop.call_later(self.idle_timeout, self._idle_check)
+        # From the 101 on, frames must be read whatever paused reading before (the engine pauses
+        # it while an upgrade is pending; the early buffer may have filled).
+        self._read_paused = True
+        self._resume_reading()
         if self._early:
             early, self._early = bytes(self._early), bytearray()
-            self._resume_reading()
             self.data_received(early)
 
     def _deny(self, message: Message) -> None:

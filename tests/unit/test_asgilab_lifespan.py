@@ -275,3 +275,28 @@ def test_fastapi_lifespan_state_and_failure() -> None:
             await Lifespan(FastAPI(lifespan=broken), "auto", logging.getLogger(LOG)).startup()
 
     run(main())
+
+
+def test_lifespan_cancelled_before_shutdown_is_logged_not_an_app_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loop ends without a drain (a crash path): Starlette reports shutdown.failed unasked."""
+
+    @contextlib.asynccontextmanager
+    async def ok(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    async def main() -> bool:
+        lifespan = Lifespan(FastAPI(lifespan=ok), "auto", logging.getLogger(LOG))
+        await lifespan.startup()
+        task = lifespan._task
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await lifespan.shutdown(timeout=5)  # nothing left to shut down: returns at once
+        return lifespan.shutdown_failed
+
+    assert run(main())
+    assert any(m.startswith("Application lifespan ended") for _, m in messages(caplog))
+    assert not any("sent in lifespan phase" in m for _, m in messages(caplog))

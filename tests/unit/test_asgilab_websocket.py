@@ -403,6 +403,20 @@ def test_frames_sent_before_the_accept_are_delivered_after_it() -> None:
     run(main)
 
 
+def test_reading_is_on_after_the_accept_even_if_the_engine_paused_it() -> None:
+    async def main() -> None:
+        peer = Peer(echo)
+        peer.transport.reading = False  # the engine pauses reading while an upgrade is pending
+        await peer.settle()
+        accepted(peer)
+        assert peer.transport.reading
+        peer.send(events.TextMessage(data="flows"))
+        await peer.settle()
+        assert peer.received() == [events.TextMessage(data="flows")]
+
+    run(main)
+
+
 # -- ping / pong
 
 
