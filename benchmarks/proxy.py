@@ -116,6 +116,49 @@ def this_proxy(
     return _with_file(access_log, lambda f: python_server(cmd, port, cpu, stdout=f))
 
 
+def live_view_tick_ms(viewers: int, endpoints: int = 3, n: int = 300) -> float:
+    """CPU milliseconds of one live-view second (proxy/events.py) for ``endpoints`` replicas
+    with traffic in every histogram bucket, the snapshot written to ``viewers`` fake viewers."""
+    import asyncio
+
+    from proxy.balancer import make_balancer
+    from proxy.config import Config
+    from proxy.context import ProxyState
+    from proxy.events import LiveView, worker_sample
+    from proxy.pool import UpstreamGroup
+
+    class Sink:
+        class transport:  # what LiveView reads of a StreamWriter
+            @staticmethod
+            def is_closing() -> bool:
+                return False
+
+            @staticmethod
+            def get_write_buffer_size() -> int:
+                return 0
+
+        def write(self, data: bytes) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        group = UpstreamGroup("backend:8001", loop)
+        group.update([(f"10.0.0.{i + 1}", 8001) for i in range(endpoints)])
+        cfg = Config()
+        state = ProxyState(cfg, loop, group, make_balancer("round_robin", cfg), None)
+        view = LiveView(lambda: worker_sample(state))
+        view.viewers = {Sink() for _ in range(viewers)}  # type: ignore[misc]
+        t0 = time.process_time()
+        for i in range(n):
+            for ep in group.live:
+                ep.latency.counts = [i + k for k in range(len(ep.latency.counts))]
+                ep.responses[2] += 1000
+            view.tick([view.local()])
+        return (time.process_time() - t0) / n * 1000
+    finally:
+        loop.close()
+
+
 @contextlib.contextmanager
 def sse_viewers(admin_port: int, n: int, cpu: int | None) -> Iterator[None]:
     """``n`` processes' worth of dashboard viewers on ``/events`` (one process, pinned to ``cpu``)."""
@@ -312,11 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.dashboards > 0:
         base = "this proxy, admin on"
+        w, b = figures[watched], figures[base]
+        paired = statistics.median(x.rps / y.rps for x, y in zip(w.runs, b.runs, strict=True) if y.rps)
+        paired_cpu = statistics.median(x / y for x, y in zip(w.cpu_us, b.cpu_us, strict=True) if y)
+        tick_ms = live_view_tick_ms(a.dashboards)
         print()
         print(
             f"Watching: {a.dashboards} /events viewers: req/s {watched} / {base} = "
-            f"{med[watched] / med[base]:.3f} (and / admin off = {med[watched] / med['this proxy']:.3f}); "
-            f"CPU us/req {cpu[watched]:.1f} vs {cpu[base]:.1f} (admin off {cpu['this proxy']:.1f})"
+            f"{med[watched] / med[base]:.3f} (medians), {paired:.3f} (median of the per-round ratios; "
+            f"/ admin off = {med[watched] / med['this proxy']:.3f}); CPU us/req {cpu[watched]:.1f} vs "
+            f"{cpu[base]:.1f} (admin off {cpu['this proxy']:.1f}), per-round ratio {paired_cpu:.3f}; "
+            f"one live-view second (sample + tick + {a.dashboards} writes, in-process) costs "
+            f"{tick_ms:.3f} ms = {tick_ms / 10:.3f} % of a core"
         )
     print()
     print(
