@@ -186,3 +186,26 @@ def test_a_worker_that_loses_its_coordinator_stops_and_exits_1(
         fleet.close()
     assert fleet.workers[0].returncode == 1
     assert err.strip().splitlines()[-1].startswith("loadgen: error: lost the coordinator 127.0.0.1:")
+
+
+def test_workers_that_cannot_keep_their_share_say_so(server: ThreadedServer, tmp_path: Path) -> None:
+    """One connection each cannot carry 20,000 req/s: BEHIND in the live line, failed rate checks."""
+    fleet = Fleet(tmp_path, [server.url, "--rate", "40000", "--connections", "2", "-d", "2"], workers=2,
+                  worker_args=("--no-live",))  # fmt: skip
+    fleet.wait_line(r"joined: 2 of 2")
+    own = fleet.worker()  # a third one is refused: the run has its two
+    try:
+        rc, out, err = fleet.finish()
+        _, own_err = own.communicate(timeout=60)
+    finally:
+        fleet.close()
+        if own.poll() is None:
+            own.kill()
+    assert rc == 0, err
+    assert own.returncode == 2 and "rejected this worker: the run already has its 2 workers" in own_err
+    assert re.search(r"^\[   \ds\] .*BEHIND: intended", err, re.M), err
+    r = fleet.report()
+    assert not r["rate_check"]["kept_up"] and "waited for a free connection" in r["rate_check"]["reason"]
+    for w in r["distributed"]["workers"]:
+        assert w["share"]["connections"] == 1 and not w["rate_check"]["kept_up"], w["rate_check"]
+    assert "**BEHIND**" in out
