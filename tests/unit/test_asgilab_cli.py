@@ -1,0 +1,126 @@
+"""``python -m asgilab`` as a user runs it: a subprocess serving backend.app:app on the host.
+
+Also ``python -m proxy --app``: the same app inside the proxy process. Bad flags and a bad app
+import are one line on stderr and exit status 2; SIGTERM drains and exits 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.nginx import wait_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_serves_the_backend_app_and_drains_on_sigterm() -> None:
+    port = free_port()
+    proc = start("-m", "asgilab", "backend.app:app", "--port", str(port))
+    try:
+        wait_port(port, timeout=20, proc=proc)
+        status, headers, body = get(port, "/")
+        assert status == 200 and "backend" in json.loads(body)
+        assert headers["server"] == "asgilab" and headers["content-length"] == str(len(body))
+        status, _, body = get(port, "/health")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert get(port, "/nope")[0] == 404
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    assert "Application startup complete" in err and "drained cleanly" in err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(x["path"], x["status"]) for x in lines] == [
+        ("/", 200),
+        ("/health", 200),
+        ("/nope", 404),
+    ]
+
+
+def test_proxy_app_serves_the_app_in_process_with_metrics() -> None:
+    port, admin = free_port(), free_port()
+    proc = start(
+        "-m", "proxy", "--app", "backend.app:app", "--listen", f"127.0.0.1:{port}",
+        "--admin-listen", f"127.0.0.1:{admin}", "--health-interval", "0",
+    )  # fmt: skip
+    try:
+        wait_port(port, timeout=20, proc=proc)
+        status, headers, body = get(port, "/")
+        assert status == 200 and "backend" in json.loads(body) and headers["server"] == "asgilab"
+        assert get(port, "/" + "a" * 9000)[0] == 414, "the proxy's limits apply to the in-process app"
+        _, _, metrics = get(admin, "/metrics")
+        text = metrics.decode()
+        assert 'requests_total{code_class="2xx"} 1.0' in text
+        assert 'rejected_total{status="414"} 1.0' in text
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    assert any(json.loads(line)["status"] == 200 for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-m", "asgilab", "backend.app:app", "--port", "nope"], "--port / ASGILAB_PORT"),
+        (["-m", "asgilab", "backend.app:app", "--bogus"], "unrecognized arguments"),
+        (["-m", "asgilab", "backend.nosuch:app"], "no module named 'backend.nosuch'"),
+        (["-m", "asgilab", "backend.app:nosuch"], "has no attribute 'nosuch'"),
+        (["-m", "proxy", "--app", "backend.nosuch:app"], "--app / PROXY_APP"),
+        (["-m", "proxy", "--app", "nocolon"], "--app / PROXY_APP: expected module:attribute"),
+    ],
+)
+def test_bad_flags_and_bad_apps_exit_2_with_one_line(args: list[str], needle: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
