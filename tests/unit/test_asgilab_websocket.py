@@ -324,17 +324,26 @@ def test_app_returning_without_an_answer_is_500(caplog: pytest.LogCaptureFixture
     assert any("without accepting" in r.getMessage() for r in caplog.records if r.name == LOG)
 
 
-def test_bad_upgrade_request_is_refused_without_calling_the_app() -> None:
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (b"Sec-WebSocket-Version: 13\r\n", b"400"),  # no Sec-WebSocket-Key
+        (b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b"426"),
+    ],
+)
+def test_bad_upgrade_request_is_refused_without_calling_the_app(extra: bytes, status: bytes) -> None:
     called: list[bool] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         called.append(True)
 
     async def main() -> None:
-        head = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        peer = Peer(app, request=head)  # no Sec-WebSocket-Version / -Key
+        head = (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" + extra + b"\r\n"
+        )
+        peer = Peer(app, request=head)
         await peer.until(lambda: peer.closed_calls == 1, "on_close")
-        assert peer.transport.written.startswith(b"HTTP/1.1 4")
+        assert peer.transport.written.startswith(b"HTTP/1.1 " + status)
 
     run(main)
     assert called == []
