@@ -124,7 +124,7 @@ class AdminServer:
         """``worker``: this process's index under ``--workers`` (each worker has its own listener)."""
         self.state = state
         self.worker = worker
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self.metrics = Metrics(state, worker)
         # path -> METHOD -> handler; GET routes answer HEAD too.
         self.routes: dict[str, dict[str, Handler]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,8 +29,20 @@ class Clock:
         return self.now
 
 
+_loops: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_loops() -> Iterator[None]:
+    yield
+    while _loops:
+        _loops.pop().close()
+
+
 def state_with(n: int) -> ProxyState:
+    """A proxy's state over ``n`` endpoints (a loop for the group's timers, never run)."""
     loop = asyncio.new_event_loop()
+    _loops.append(loop)
     group = UpstreamGroup("backend:8001", loop)
     group.update([(f"10.0.0.{i + 1}", 8001) for i in range(n)])
     cfg = Config()
