@@ -407,6 +407,8 @@ class HTTPConnection(asyncio.Protocol):
         self.in_message = False
         self.reading_body = False
         self.count_body = False
+        if self.split_idle and self.active is None and not self.closed:
+            self._go_idle()  # answered before its message ended: the keep-alive deadline starts now
         h = self.parsing
         if h is not None:
             self.parsing = None
