@@ -8,6 +8,17 @@ usage error: a bad flag, a bad scenario file, scenario actions without a reachab
 and report, because a run stopped by ``docker compose stop`` or Ctrl-C is usually one whose numbers
 someone wants to see. An open-loop run that could not keep its rate still exits 0, but says so
 in the live line, the summary, the report's ``rate_check`` and a final warning on stderr.
+
+Distributed runs (``--coordinator``/``--worker``, loadgen/coordinator.py and loadgen/worker.py):
+2 also when nothing was measured: fewer than ``--expect-workers`` workers joined within
+``--join-timeout``, no coordinator reachable, a coordinator or worker of another protocol version;
+a worker exits 1 when it lost its coordinator mid-run. A coordinator that lost workers mid-run
+still reports (exit 0 if anything succeeded) and ends with a warning naming them.
+
+Each tick's worker snapshots are merged once into a :class:`~loadgen.record.SecondRecord`, which
+both the live line and the live page (``--dashboard``) show; the page gets the final report too,
+then stops, so a run watched in a browser still exits on its own. Every report on disk gets its
+``report.html`` beside it (``loadgen/report_html.py``).
 """
 
 from __future__ import annotations
@@ -15,11 +26,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from loadgen.config import ConfigError, load_config
+from loadgen.coordinator import CoordinatorError, coordinate
 from loadgen.live import LiveLine
 from loadgen.plan import make_plan
+from loadgen.record import SecondRecord, TickMerger
 from loadgen.report import build_report, format_summary, succeeded, write_json, write_results_dir
 from loadgen.run import execute
 from loadgen.workers import WorkerError
@@ -27,6 +41,29 @@ from loadgen.workers import WorkerError
 
 def _error(message: str) -> None:
     print(f"loadgen: error: {message}", file=sys.stderr, flush=True)
+
+
+def _publisher(dashboard: Any) -> Any:
+    if dashboard is None:
+        return None
+
+    def publish(tick: int, record: SecondRecord) -> None:
+        dashboard.publish(record)
+
+    return publish
+
+
+def _html(report: dict[str, Any], where: str | Path, html_name: bool = False) -> int:
+    """Write report.html in directory ``where`` (or ``where`` with .html for ``--json FILE``)."""
+    from loadgen.report_html import report_html
+
+    path = Path(where).with_suffix(".html") if html_name else Path(where) / "report.html"
+    try:
+        path.write_text(report_html(report), encoding="utf-8")
+    except Exception as exc:  # report.json is on disk already; say what is missing
+        _error(f"{path} not written: {exc.__class__.__name__}: {exc}")
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -41,6 +78,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         _error(str(exc))
         return 2
+    if config.worker_of is not None:
+        from loadgen.worker import main as worker_main
+
+        return worker_main(config)
     scenario = None
     if config.scenario_path:
         from loadgen.scenario import ScenarioError, load_scenario
@@ -66,24 +107,64 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             _error(str(exc))
             return 2
     live = None if config.quiet else LiveLine()
+    dashboard = None
+    if config.dashboard is not None:
+        from loadgen.dashboard import Dashboard
+        from loadgen.report_html import meta_from_plan
+
+        try:
+            dashboard = Dashboard(*config.dashboard, meta_from_plan(config, plan))
+            url = dashboard.start()
+        except OSError as exc:
+            _error(f"--dashboard {config.dashboard[0]}:{config.dashboard[1]}: cannot listen: {exc}")
+            return 2
+        print(f"loadgen: live page on {url}", file=sys.stderr, flush=True)
+    sinks = [s for s in (live.show if live else None, _publisher(dashboard)) if s is not None]
+    merge = TickMerger(plan.load_at)
+
+    def on_tick(tick: int, snaps: Sequence[dict[str, Any]]) -> None:
+        record = merge(tick, snaps)
+        for sink in sinks:
+            sink(tick, record)
+
+    extra = {"on_action": dashboard.action} if dashboard is not None else {}
     try:
-        outcome = execute(config, plan, on_tick=live, say=live.print if live else None, performer=performer)
+        run_plan = execute if config.coordinator is None else coordinate
+        outcome = run_plan(
+            config,
+            plan,
+            on_tick=on_tick if sinks else None,
+            say=live.print if live else None,
+            performer=performer,
+            **extra,
+        )
     except WorkerError as exc:
         _error(str(exc))
         return 1
+    except CoordinatorError as exc:
+        _error(str(exc))
+        return exc.status
+    finally:
+        if dashboard is not None and sys.exc_info()[0] is not None:
+            dashboard.close()
     if outcome.stopped_early and live:
         print(f"loadgen: stopped early after {outcome.elapsed_s:.1f} s", file=sys.stderr)
     report = build_report(config, outcome)
+    if dashboard is not None:
+        dashboard.finish(report)
+        dashboard.close()
     print(format_summary(report), end="", flush=True)
     status = 0
     try:
         if config.json_path:
             write_json(report, config.json_path)
+            status = max(status, _html(report, config.json_path, html_name=True))
         if config.results_dir:
             started_at = datetime.fromisoformat(report["started_at"])
             run_dir = write_results_dir(report, config.results_dir, started_at)
             if not config.quiet:
                 print(f"loadgen: results in {run_dir}", file=sys.stderr)
+            status = max(status, _html(report, run_dir))
             try:
                 from loadgen.plots import write_plots
 
@@ -97,6 +178,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     rc = report["rate_check"]
     if rc is not None and not rc["kept_up"]:
         print(f"loadgen: warning: {rc['reason']}", file=sys.stderr, flush=True)
+    fleet = report.get("distributed")
+    if fleet and fleet["lost"]:
+        lost = ", ".join(f"{w['name']} at {w['lost_at_s']:.1f} s" for w in fleet["workers"] if w["lost_at_s"])
+        print(f"loadgen: warning: workers lost during the run: {lost}", file=sys.stderr, flush=True)
     if succeeded(report) == 0:
         print("loadgen: no request succeeded", file=sys.stderr)
         return 1

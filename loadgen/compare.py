@@ -1,10 +1,14 @@
-"""``python -m loadgen compare A/report.json B/report.json [--out DIR]``: what changed between two runs.
+"""``python -m loadgen compare A/report.json B/report.json [C ...] [--out DIR]``: what changed between runs.
 
 An experiment in this lab is almost always a pair: round robin vs least-request with a slowed
 replica, before vs after a proxy change. The question is then "how much better or worse, and
 where": the median rarely moves, the tail does. So the comparison is a Markdown table (stdout) of
 throughput, errors and the latency percentiles with absolute and relative differences (B - A),
 and ``compare-spectrum.png``, both runs' HDR percentile spectra overlaid on the same log axis.
+``compare.html`` (``loadgen/report_html.py``) overlays the runs' timelines and spectra in a browser,
+each run labelled by what differs between them (``--tag`` values such as ``policy=p2c``, rate,
+concurrency, scenario), not by when it ran. More than two runs: one column per run, each compared
+with A.
 
 Only the reports are read, so old results directories can be compared; lower is better for every
 row but throughput. Exit status: 0, or 2 with one ``loadgen compare: error: ...`` line for a
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.plots import draw_spectrum, report_spectrum, save
+from loadgen.report_html import run_labels
 
 PERCENTILE_KEYS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
 
@@ -37,13 +42,15 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> _Parser:
     p = _Parser(
         prog="python -m loadgen compare",
-        description="Compare two loadgen reports: a Markdown table of differences (B - A) on stdout "
-        "and an overlaid HDR latency spectrum, compare-spectrum.png.",
+        description="Compare loadgen reports: a Markdown table of differences (B - A) on stdout, "
+        "an overlaid HDR latency spectrum, compare-spectrum.png, and compare.html (the runs overlaid).",
     )
     p.add_argument("a", metavar="A/report.json", help="the baseline run")
-    p.add_argument("b", metavar="B/report.json", help="the run compared with it")
+    p.add_argument("others", nargs="+", metavar="B/report.json", help="the run(s) compared with it")
     p.add_argument(
-        "--out", metavar="DIR", help="where to write compare-spectrum.png (default: B's directory)"
+        "--out",
+        metavar="DIR",
+        help="where to write compare-spectrum.png and compare.html (default: the last run's directory)",
     )
     return p
 
@@ -173,18 +180,50 @@ def format_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b
     return "\n".join(lines) + "\n"
 
 
+def letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"R{i + 1}"
+
+
+def format_multi(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    """More than two runs: a column per run, and each one's change relative to A."""
+    head = [f"{letter(i)}: {n}  " for i, n in enumerate(names)]
+    head[-1] = head[-1].rstrip()
+    cols = [letter(i) for i in range(len(reports))]
+    lines = [
+        *head,
+        "",
+        "| metric | " + " | ".join(c if i == 0 else f"{c} | {c} vs A" for i, c in enumerate(cols)) + " |",
+        "|---|" + "---:|" * (2 * len(cols) - 1),
+    ]
+    base = reports[0]
+    per_pair = [rows(base, r) for r in reports[1:]]
+    for i, (metric, va, _) in enumerate(per_pair[0]):
+        cells = [_fmt(va)]
+        for pair in per_pair:
+            vb = pair[i][2] if i < len(pair) and pair[i][0] == metric else None
+            cells += [_fmt(vb), diff(va, vb)[1]]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_spectrum(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str, out_dir: Path) -> Path:
+    return write_spectra([a, b], [name_a, name_b], out_dir)
+
+
+def write_spectra(reports: Sequence[dict[str, Any]], names: Sequence[str], out_dir: Path) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.add_subplot()
     series = [
-        (f"A: {name_a}", report_spectrum(a, "corrected")),
-        (f"B: {name_b}", report_spectrum(b, "corrected")),
+        (f"{letter(i)}: {name}", report_spectrum(r, "corrected"))
+        for i, (r, name) in enumerate(zip(reports, names, strict=True))
     ]
     if not draw_spectrum(ax, series):
-        ax.text(0.5, 0.5, "no responses in either run", transform=ax.transAxes, ha="center", color="tab:gray")
-    ax.set_title("latency by percentile (HDR): A vs B", fontsize=10)
+        ax.text(0.5, 0.5, "no responses in any run", transform=ax.transAxes, ha="center", color="tab:gray")
+    ax.set_title(
+        "latency by percentile (HDR): " + " vs ".join(letter(i) for i in range(len(reports))), fontsize=10
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "compare-spectrum.png"
     save(fig, path)
@@ -197,21 +236,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in = args_in[1:]
     try:
         args = _parser().parse_args(args_in)
-        a, b = load_report(args.a), load_report(args.b)
+        paths = [args.a, *args.others]
+        reports = [load_report(p) for p in paths]
     except CompareError as exc:
         print(f"loadgen compare: error: {exc}", file=sys.stderr)
         return 2
-    name_a, name_b = _name(args.a, a), _name(args.b, b)
-    print(format_table(a, b, name_a, name_b), end="", flush=True)
-    b_path = Path(args.b)
-    out = Path(args.out) if args.out else (b_path if b_path.is_dir() else b_path.parent)
+    names = [_name(p, r) for p, r in zip(paths, reports, strict=True)]
+    html_names = list(names)
+    labels, differs = run_labels(reports)
+    if differs:  # say what each run was, not only when it ran
+        names = [f"{label} [{name}]" for label, name in zip(labels, names, strict=True)]
+    if len(reports) == 2:
+        print(format_table(reports[0], reports[1], names[0], names[1]), end="", flush=True)
+    else:
+        print(format_multi(reports, names), end="", flush=True)
+    last = Path(paths[-1])
+    out = Path(args.out) if args.out else (last if last.is_dir() else last.parent)
     try:
-        path = write_spectrum(a, b, name_a, name_b, out)
+        path = write_spectra(reports, names, out)
+        html = write_compare_html(reports, html_names, out)
     except OSError as exc:
         print(f"loadgen compare: error: cannot write the plot: {exc}", file=sys.stderr)
         return 1
-    print(f"loadgen compare: spectrum plot in {path}", file=sys.stderr)
+    print(f"loadgen compare: spectrum plot in {path}, overlaid runs in {html}", file=sys.stderr)
     return 0
+
+
+def write_compare_html(reports: Sequence[dict[str, Any]], names: Sequence[str], out_dir: Path) -> Path:
+    from loadgen.report_html import compare_html
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "compare.html"
+    path.write_text(compare_html(reports, names), encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":

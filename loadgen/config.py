@@ -23,11 +23,26 @@ win over env so a one-off override on the command line never needs the environme
 | ``--results-dir`` | ``LOADGEN_RESULTS_DIR`` | none  | write ``DIR/<UTC stamp>/report.json`` + md  |
 | ``--no-live``     | ``LOADGEN_NO_LIVE``   | off     | no live line (env: 1/true/yes/on); alias    |
 |                   | ``LOADGEN_QUIET``     |         | ``--quiet``/``-q``                          |
+| ``--dashboard``   | ``LOADGEN_DASHBOARD`` | none    | live page on ``[HOST:]PORT`` (host default  |
+|                   |                       |         | 127.0.0.1; port 0: any free one)            |
+| ``--tag``         | ``LOADGEN_TAGS``      | none    | ``KEY=VALUE`` recorded in the report (e.g.  |
+|                   |                       |         | ``policy=p2c``); flag repeatable, env takes |
+|                   |                       |         | several separated by commas; ``compare``    |
+|                   |                       |         | labels runs by the tags that differ         |
+| ``--coordinator`` | ``LOADGEN_COORDINATOR`` | none  | distributed: listen on ``[HOST:]PORT`` for   |
+|                   |                       |         | workers, run the experiment through them    |
+| ``--expect-workers`` | ``LOADGEN_EXPECT_WORKERS`` | - | distributed: workers to wait for (required) |
+| ``--worker``      | ``LOADGEN_WORKER``    | none    | distributed: be a worker of the coordinator |
+|                   |                       |         | at ``HOST[:PORT]`` (port 7000)              |
+| ``--join-timeout`` | ``LOADGEN_JOIN_TIMEOUT`` | 60   | distributed: seconds for all workers to join |
+|                   |                       |         | (coordinator) or to reach it (worker)       |
 
 ``--concurrency`` and ``--rate`` choose the loop and exclude each other (a flag of one beats the
 environment's other). ``--scenario`` sets mode, load and duration itself, so it excludes
 ``--rate``, ``--concurrency`` and ``--duration`` flags (their environment variables are ignored
 then); the URL may come from the scenario's ``url``, and a URL given here wins over it.
+``--worker`` takes the target, the load and the scenario from its coordinator, so it refuses them
+as flags (and ignores their environment variables); see docs/loadgen.md, "Distributed runs".
 
 Validation is strict and up front: a typo should cost one line of stderr and exit status 2, not
 twenty seconds of a run against the wrong thing. Errors are raised as :class:`ConfigError` with a
@@ -42,6 +57,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "LOADGEN_"
@@ -50,6 +66,8 @@ DEFAULT_DURATION_S = 20.0
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_METHOD = "GET"
 DEFAULT_WORKERS = 1
+DEFAULT_JOIN_TIMEOUT_S = 60.0
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 MAX_BODY_SIZE = 64 * 1024 * 1024
 
 # RFC 9110 "token": what a method or a header name may be made of.
@@ -89,6 +107,12 @@ class Config:
     json_path: str | None = None
     results_dir: str | None = None
     quiet: bool = False
+    dashboard: tuple[str, int] | None = None  # (host, port) of the live page; None: no page
+    tags: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    coordinator: tuple[str, int] | None = None  # distributed: (host, port) to listen on
+    expect_workers: int | None = None  # distributed: how many workers the coordinator waits for
+    worker_of: tuple[str, int] | None = None  # distributed: this process is a worker of (host, port)
+    join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
 
     @property
     def mode(self) -> str:
@@ -150,7 +174,57 @@ def _build_parser() -> _Parser:
         default=None,
         help="no live line on stderr",
     )
+    p.add_argument(
+        "--dashboard",
+        metavar="[HOST:]PORT",
+        help=f"serve a live page of the run on HOST:PORT (default host {DEFAULT_DASHBOARD_HOST})",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label recorded in the report (policy=p2c), repeatable; compare labels runs by them",
+    )
+    p.add_argument(
+        "--coordinator",
+        metavar="[HOST:]PORT",
+        help="distributed run: wait for --expect-workers workers on this address, then run through them",
+    )
+    p.add_argument("--expect-workers", metavar="N", help="distributed run: workers the coordinator waits for")
+    p.add_argument(
+        "--worker", metavar="HOST[:PORT]", help="be a worker of the coordinator at HOST:PORT (port 7000)"
+    )
+    p.add_argument(
+        "--join-timeout",
+        metavar="S",
+        help="seconds for the workers to join / to reach the coordinator "
+        f"(default {DEFAULT_JOIN_TIMEOUT_S:g})",
+    )
     return p
+
+
+_TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def parse_dashboard(raw: str, source: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); port 0 picks a free one."""
+    raw = raw.strip()
+    host, sep, port_s = raw.rpartition(":")
+    if not sep:
+        host, port_s = DEFAULT_DASHBOARD_HOST, raw
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port_s.isdigit() or int(port_s) > 65535:
+        raise ConfigError(f"{source} must be [HOST:]PORT with a port 0-65535, got {raw!r}")
+    return host, int(port_s)
+
+
+def parse_tag(raw: str, source: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not _TAG_KEY.match(key) or any(c in value for c in "\r\n\0,"):
+        raise ConfigError(f"{source}: malformed tag {raw!r}, expected KEY=VALUE (no comma in VALUE)")
+    return key, value
 
 
 def parse_target(url: str) -> Target:
@@ -221,6 +295,12 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         raw = env.get(env_name)
         return (raw if raw not in (None, "") else None), env_name
 
+    raw, src = pick(args.join_timeout, "JOIN_TIMEOUT")
+    join_timeout = DEFAULT_JOIN_TIMEOUT_S if raw is None else float(_number(raw, src, float, 0, False))
+    worker_raw, worker_src = pick(args.worker, "WORKER")
+    if worker_raw is not None:
+        return _worker_config(args, env, worker_raw, worker_src, join_timeout)
+
     scenario_path, _ = pick(args.scenario, "SCENARIO")
     url, _ = pick(args.url, "URL")
     if url is None and scenario_path is None:
@@ -263,6 +343,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         connections = None  # LOADGEN_CONNECTIONS left in the environment of a closed-loop run
     raw, src = pick(args.workers, "WORKERS")
     workers = DEFAULT_WORKERS if raw is None else int(_number(raw, src, int, 1, True))
+    coordinator, expect_workers = _coordinator(args, pick, workers)
     raw, src = pick(args.body_size, "BODY_SIZE")
     body_size = 0 if raw is None else int(_number(raw, src, int, 0, True))
     if body_size > MAX_BODY_SIZE:
@@ -298,6 +379,16 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
                 )
             quiet = quiet or raw_quiet in _TRUTHY
 
+    raw, src = pick(args.dashboard, "DASHBOARD")
+    dashboard = None if raw is None else parse_dashboard(raw, src)
+    if args.tag is not None:
+        tags = tuple(parse_tag(t, "--tag") for t in args.tag)
+    else:
+        env_tags = env.get(ENV_PREFIX + "TAGS", "")
+        tags = tuple(parse_tag(t, ENV_PREFIX + "TAGS") for t in env_tags.split(",") if t.strip())
+    if len({k for k, _ in tags}) != len(tags):
+        raise ConfigError(f"the same tag key given twice: {', '.join(k for k, _ in tags)}")
+
     return Config(
         url=url,
         target=target,
@@ -314,4 +405,70 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         json_path=json_path,
         results_dir=results_dir,
         quiet=quiet,
+        dashboard=dashboard,
+        tags=tags,
+        coordinator=coordinator,
+        expect_workers=expect_workers,
+        join_timeout_s=join_timeout,
     )
+
+
+#: Flags a worker refuses: its coordinator decides them.
+_COORDINATOR_DECIDES = (
+    ("url", "URL"), ("rate", "--rate"), ("concurrency", "--concurrency"), ("connections", "--connections"),
+    ("scenario", "--scenario"), ("duration", "--duration"), ("timeout", "--timeout"), ("method", "--method"),
+    ("header", "--header"), ("body_size", "--body-size"), ("workers", "--workers"),
+    ("coordinator", "--coordinator"), ("expect_workers", "--expect-workers"),
+    ("results_dir", "--results-dir"), ("dashboard", "--dashboard"),
+)  # fmt: skip
+
+
+def _worker_config(
+    args: argparse.Namespace, env: Mapping[str, str], raw: str, src: str, join_timeout: float
+) -> Config:
+    """``--worker``: only where the coordinator is, how long to try, --quiet and --json."""
+    from loadgen.protocol import parse_address
+
+    for dest, flag in _COORDINATOR_DECIDES:
+        if getattr(args, dest, None) is not None:
+            raise ConfigError(f"{flag} conflicts with --worker (the coordinator decides it)")
+    try:
+        worker_of = parse_address(raw, None, src)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    quiet = bool(args.quiet) or any(
+        env.get(ENV_PREFIX + name, "").strip().lower() in _TRUTHY for name in ("NO_LIVE", "QUIET")
+    )
+    json_path = args.json if args.json is not None else (env.get(ENV_PREFIX + "JSON") or None)
+    return Config(
+        url=None,
+        target=None,
+        quiet=quiet,
+        json_path=json_path,
+        worker_of=worker_of,
+        join_timeout_s=join_timeout,
+    )
+
+
+def _coordinator(
+    args: argparse.Namespace, pick: Any, workers: int
+) -> tuple[tuple[str, int] | None, int | None]:
+    """``--coordinator [HOST:]PORT`` with ``--expect-workers N``, validated together."""
+    from loadgen.protocol import parse_address
+
+    raw, src = pick(args.coordinator, "COORDINATOR")
+    n_raw, n_src = pick(args.expect_workers, "EXPECT_WORKERS")
+    if raw is None:
+        if args.expect_workers is not None:
+            raise ConfigError("--expect-workers needs --coordinator")
+        return None, None
+    if n_raw is None:
+        raise ConfigError(f"{src} needs --expect-workers N (LOADGEN_EXPECT_WORKERS)")
+    expect = int(_number(n_raw, n_src, int, 1, True))
+    if workers != 1:
+        raise ConfigError("--workers runs local processes; with --coordinator start more --worker processes")
+    try:
+        address = parse_address(raw, "0.0.0.0", src)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return address, expect

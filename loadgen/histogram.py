@@ -272,6 +272,7 @@ class Timeline:
         self.buckets: list[SecondBucket] = []
         self.completed = 0
         self.errors = 0
+        self.failed = 0  # errors + 5xx responses, by completion (the live page's failures)
         #: Closed loop: the last second of the run. A connection decides to send again just before
         #: the deadline and its clock reads a few microseconds later; that request still belongs
         #: to the run's last second, not to a second of its own after the end.
@@ -332,11 +333,13 @@ class Timeline:
                 bk[backend] = bk.get(backend, 0) + 1
             if status >= 500:
                 b.failed += 1
+                self.failed += 1
         else:
             errs = b.errors
             errs[error] = errs.get(error, 0) + 1
             b.failed += 1
             self.errors += 1
+            self.failed += 1
 
     def record_open(
         self,
@@ -372,11 +375,13 @@ class Timeline:
                 bk[backend] = bk.get(backend, 0) + 1
             if status >= 500:
                 b.failed += 1
+                self.failed += 1
         else:
             errs = b.errors
             errs[error] = errs.get(error, 0) + 1
             b.failed += 1
             self.errors += 1
+            self.failed += 1
 
     def seal(self, b: SecondBucket) -> None:
         """Replace a bucket's histograms by their compressed encodings (~140 KB -> ~1 KB each)."""

@@ -50,6 +50,7 @@ class Plan:
     connections: int  # open loop: most connections open at once, whole run; closed: peak
     timeout_s: float
     workers: int
+    stages: tuple[Any, ...] = ()  # the scenario's ``scenario.Stage``s, for the reports' stage marks
 
     def share(self, total: int, index: int, count: int) -> int:
         """How many of ``total`` items worker ``index`` of ``count`` gets (k mod count == index)."""
@@ -117,4 +118,5 @@ def make_plan(config: Config, scenario: Any | None = None) -> Plan:
         connections=connections,
         timeout_s=config.timeout_s,
         workers=config.workers,
+        stages=tuple(scenario.stages) if scenario is not None else (),
     )

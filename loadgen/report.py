@@ -19,6 +19,9 @@ because tests, plots, ``compare`` and scripts read them by name, and a change of
   mix entry (``"POST /echo"``), so a failure is attributed to the kind of request that failed
   (a POST that must not be replayed vs a GET the proxy may retry). A single request's entry is
   the totals.
+* ``tags`` (``--tag policy=p2c``), ``stages`` (the scenario's load shape, [] without one) and each
+  timeline entry's ``target`` (the load level asked for that second): additive to schema 2, for
+  report.html and compare.html.
 
 The Markdown summary (:func:`format_summary`) is both what is printed to stdout at the end and the
 content of ``summary.md``, so a results directory reads the same as the terminal did.
@@ -81,7 +84,9 @@ def _entry_second(s: SecondSummary | None) -> dict[str, Any]:
     }
 
 
-def _timeline_entry(s: SecondSummary, open_loop: bool, by_request: dict[str, MergedRun]) -> dict[str, Any]:
+def _timeline_entry(
+    s: SecondSummary, open_loop: bool, by_request: dict[str, MergedRun], target: float | None = None
+) -> dict[str, Any]:
     """One second, with ``by_request``: each mix entry's own figures for it."""
     lat = s.latency_ms
     responses = sum(s.status.values())
@@ -109,7 +114,25 @@ def _timeline_entry(s: SecondSummary, open_loop: bool, by_request: dict[str, Mer
             label: _entry_second(run.seconds[s.second] if s.second < len(run.seconds) else None)
             for label, run in by_request.items()
         },
+        "target": target,
     }
+
+
+def _stages(plan: Any) -> list[dict[str, Any]]:
+    """The scenario's stages as the reports mark them: kind, start/end seconds, levels."""
+    out = []
+    for st in plan.stages:
+        entry = {
+            "kind": st.kind,
+            "start_s": st.start,
+            "end_s": st.end,
+            "from": st.level_from,
+            "to": st.level_to,
+        }
+        if st.kind == "spike":
+            entry.update(peak_start_s=st.peak_start, peak_end_s=st.peak_end)
+        out.append(entry)
+    return out
 
 
 def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
@@ -226,7 +249,7 @@ def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
     requests, responses, failed = totals["requests"], totals["responses"], totals["failed"]
     elapsed = outcome.elapsed_s
     methods = {r.method for r in plan.mix}
-    return {
+    report = {
         "schema": SCHEMA,
         "url": plan.url,
         "method": methods.pop() if len(methods) == 1 else "mix",
@@ -260,8 +283,72 @@ def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
         "connects": sum(s.get("connects", 0) for s in outcome.stats),
         "stopped_early": outcome.stopped_early,
         "actions": list(outcome.actions),
-        "timeline": [_timeline_entry(s, open_loop, runs) for s in merged.seconds],
+        "tags": dict(config.tags),
+        "stages": _stages(plan),
+        "timeline": [
+            _timeline_entry(s, open_loop, runs, round(plan.load_at(s.second + 0.5), 3))
+            for s in merged.seconds
+        ],
     }
+    return _with_fleet(outcome, report)
+
+
+def _with_fleet(outcome: Outcome, report: dict[str, Any]) -> dict[str, Any]:
+    """A distributed run (loadgen/coordinator.py): the per-worker section, in each timeline entry
+    the workers whose share of that second is missing or partial, and a failed rate check when a
+    worker was lost (the run measured less than was asked)."""
+    fleet = outcome.distributed
+    if fleet is None:
+        return report
+    report["workers"] = fleet["expected_workers"]
+    report["distributed"] = fleet
+    incomplete: dict[int, list[str]] = {}
+    for w in fleet["workers"]:
+        for second in sorted({*w["seconds_missed"], *w["seconds_partial"]}):
+            incomplete.setdefault(second, []).append(w["name"])
+    for entry in report["timeline"]:
+        entry["workers_incomplete"] = incomplete.get(entry["second"], [])
+    rc = report["rate_check"]
+    lost = [w for w in fleet["workers"] if w["status"] == "lost"]
+    if rc is not None and lost:
+        what = ", ".join(f"{w['name']} at {w['lost_at_s']:.1f} s" for w in lost)
+        reason = f"worker(s) lost: {what}; their share from then on is missing"
+        rc["kept_up"] = False
+        rc["reason"] = f"{reason}; {rc['reason']}" if rc["reason"] else reason
+    return report
+
+
+def _seconds(xs: list[int]) -> str:
+    """``3-9 (7)``: the first and last of some seconds, and how many."""
+    return f"{xs[0]}-{xs[-1]} ({len(xs)})" if xs else "-"
+
+
+def _fleet_lines(r: dict[str, Any]) -> list[str]:
+    """The "Workers" table of a distributed run: each worker's share and what it measured."""
+    fleet = r.get("distributed")
+    if not fleet:
+        return []
+    lines = [
+        "",
+        f"## Workers (distributed, protocol {fleet['protocol']})",
+        "",
+        "| worker | address | status | connections | requests | responses | failed | req/s | p50 ms | p99 ms "
+        "| clock offset ms | seconds missed | seconds partial |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for w in fleet["workers"]:
+        status = "done" if w["status"] == "done" else f"**LOST** at {w['lost_at_s']:.1f} s: {w['reason']}"
+        lat = w["latency_ms"]
+        cells = [
+            w["name"], w["address"], status, w["share"]["connections"], w["requests"], w["responses"],
+            w["failed"], f"{w['rps']:.1f}", _fmt_ms(lat["p50"]), _fmt_ms(lat["p99"]),
+            f"{w['clock_offset_ms']:.1f}", _seconds(w["seconds_missed"]), _seconds(w["seconds_partial"]),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if fleet["lost"]:
+        lines += ["", f"Lost during the run: {', '.join(fleet['lost'])}; the figures above lack their share "
+                  "of the seconds marked (timeline: `workers_incomplete`)."]  # fmt: skip
+    return lines
 
 
 def succeeded(report: dict[str, Any]) -> int:
@@ -344,6 +431,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines += ["", "## Errors", "", "| kind | count |", "|---|---:|"]
     lines += [f"| {kind} | {n} |" for kind, n in r["errors"].items()]
     lines += _by_request_lines(r)
+    lines += _fleet_lines(r)
     lines += ["", "## Backends (X-Backend-Id)", "", "| backend | count | % |", "|---|---:|---:|"]
     responses = r["responses"]
     lines += [f"| {name} | {n} | {_pct(n, responses)} |" for name, n in r["backends"].items()]
@@ -411,12 +499,14 @@ def _by_request_lines(r: dict[str, Any]) -> list[str]:
 
 def format_csv(report: dict[str, Any]) -> str:
     """timeline.csv: the timeline's scalar columns, one ``backend:<id>`` column per backend, then
-    one ``failed:<request>`` column per mix entry (``failed:POST /echo``)."""
+    one ``failed:<request>`` column per mix entry (``failed:POST /echo``); a distributed run ends
+    with ``workers_incomplete`` (the workers whose share of the second is missing or partial)."""
     names = sorted({name for e in report["timeline"] for name in e["backends"]})
     kinds = list(report.get("by_request") or {})
+    fleet = ["workers_incomplete"] if report.get("distributed") else []
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS, *(f"backend:{n}" for n in names), *(f"failed:{k}" for k in kinds)])
+    w.writerow([*CSV_COLUMNS, *(f"backend:{n}" for n in names), *(f"failed:{k}" for k in kinds), *fleet])
     for e in report["timeline"]:
         row: list[Any] = []
         for col in CSV_COLUMNS:
@@ -427,6 +517,7 @@ def format_csv(report: dict[str, Any]) -> str:
                 row.append("" if v is None else v)
         row += [e["backends"].get(n, 0) for n in names]
         row += [(e.get("by_request") or {}).get(k, {}).get("failed", 0) for k in kinds]
+        row += [" ".join(e.get("workers_incomplete", [])) for _ in fleet]
         w.writerow(row)
     return out.getvalue()
 

@@ -50,8 +50,16 @@ class Outcome:
 class TimedActions:
     """Runs each action in its own thread at ``start_wall + action.at_s``."""
 
-    def __init__(self, actions: Sequence[Any], performer: Any, start_wall: float, say: Say | None) -> None:
+    def __init__(
+        self,
+        actions: Sequence[Any],
+        performer: Any,
+        start_wall: float,
+        say: Say | None,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._actions = list(actions)
+        self._on_result = on_result
         self._performer = performer
         self._start_wall = start_wall
         self._say = say
@@ -88,6 +96,8 @@ class TimedActions:
         entry = {"at_s": None if at is None else round(at, 3), "planned_at_s": action.at_s, **result}
         with self._lock:
             self.results.append(entry)
+        if self._on_result is not None:
+            self._on_result(entry)
         if self._say is not None:
             when = "   -  " if at is None else f"{at:6.2f}s"
             verdict = "ok" if result.get("ok") else "FAILED"
@@ -111,11 +121,14 @@ def execute(
     on_tick: TicksHook | None = None,
     say: Say | None = None,
     performer: Any = None,
+    on_action: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome:
-    """Run the plan (``config.workers`` processes) with its actions; returns the merged outcome."""
+    """Run the plan (``config.workers`` processes) with its actions; returns the merged outcome.
+
+    ``on_action`` gets each action's result entry as it happens (the live page marks it)."""
     workers = config.workers
     start_wall = time.time() + (START_LEAD_S if workers > 1 else 0.05)
-    actions = TimedActions(plan.actions, performer, start_wall, say) if plan.actions else None
+    actions = TimedActions(plan.actions, performer, start_wall, say, on_action) if plan.actions else None
     if actions is not None:
         actions.start()
     try:

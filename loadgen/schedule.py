@@ -47,6 +47,7 @@ from loadgen.client import Connection, close_all
 from loadgen.histogram import Timeline
 from loadgen.mix import MixCycle
 from loadgen.plan import Plan
+from loadgen.record import bucket_snapshot
 
 # Extra drain time on top of the request timeout before stragglers are forced to "timeout".
 DRAIN_GRACE_S = 2.0
@@ -236,20 +237,20 @@ class _Runner:
     # -- ticks ---------------------------------------------------------------------------------
 
     def snapshot(self, second: int) -> dict[str, Any]:
-        """What the live line needs about this process at a tick (small, picklable)."""
+        """What the live line and page need about this process at a tick (small, picklable).
+
+        Cumulative counters plus the second that just ended (``loadgen.record.bucket_snapshot``);
+        ``loadgen.record.TickMerger`` merges the snapshots of all workers into one record.
+        """
         tl = self.timeline
         snap: dict[str, Any] = {
             "second": second,
             "index": self.index,
             "completed": tl.completed,
             "errors": tl.errors,
-            "prev_hist": "",
-            "prev_backends": {},
+            "failed": tl.failed,
+            **bucket_snapshot(tl, second - 1),
         }
-        if 0 <= second - 1 < len(tl.buckets):
-            b = tl.buckets[second - 1]
-            snap["prev_hist"] = b.corrected().encode() if b.requests else ""
-            snap["prev_backends"] = {k.decode("utf-8", "replace"): n for k, n in b.backends.items()}
         snap.update(self._snapshot_extra(perf_counter()))
         return snap
 

@@ -132,7 +132,7 @@
         ],
         series: [{label: o.xName || 's'}].concat(series.map(s => ({
           label: s.label, stroke: s.colour, width: s.width || 1.5, dash: s.dash,
-          spanGaps: false, points: {show: false},
+          spanGaps: !!o.spanGaps, points: {show: false},
           value: (u, v) => num(v),
         }))),
         legend: {show: true},
@@ -251,7 +251,7 @@
       const m = this.meta;
       const load = m.mode === 'open'
         ? `open loop, ${m.scenario ? 'peak ' : ''}${num(m.rate)} req/s intended, up to ${num(m.connections)} connections`
-        : `closed loop, ${num(m.concurrency)} connections`;
+        : `closed loop, ${m.scenario ? 'peak ' : ''}${num(m.concurrency)} connections`;
       const tags = Object.entries(m.tags || {}).map(([k, v]) => `${k}=${v}`).join(', ');
       const status = this.finished
         ? (this.live ? 'finished: final figures' : 'finished')
@@ -416,7 +416,7 @@
 
   function spectrumOpts() {
     return {
-      yLabel: 'ms', log: true, xLabel: 'percentile', xName: 'percentile', xIncrs: [1],
+      yLabel: 'ms', log: true, xLabel: 'percentile', xName: 'percentile', xIncrs: [1], spanGaps: true,
       xValues: (u, splits) => splits.map(v => {
         const p = 100 * (1 - Math.pow(10, -v));
         return p <= 0 ? '0%' : `${+p.toPrecision(Math.max(2, Math.round(v) + 1))}%`;

@@ -6,9 +6,12 @@
 
 Fixtures:
 
-* ``chromium`` (session): one headless Chromium. ``launch()`` gives it a fresh temporary user-data
-  directory of its own (Playwright creates and deletes it), so no profile, cache or cookie from an
-  earlier run leaks in.
+* ``chromium`` (module): one headless Chromium per test module. ``launch()`` gives it a fresh
+  temporary user-data directory of its own (Playwright creates and deletes it), so no profile,
+  cache or cookie from an earlier run leaks in. Module, not session, scope: Playwright's sync API
+  keeps an asyncio loop running in the main thread while it is open, and every ``asyncio.run`` of
+  a later (unit or integration) test in the same pytest process would fail with "cannot be called
+  from a running event loop". So a browser test module must not run asyncio code itself either.
 * ``browser_page``: a :class:`BrowserPage` in a new, isolated browser context (its own storage)
   that records console errors and uncaught page errors, so a test ends with
   ``browser_page.assert_no_console_errors()``.
@@ -60,7 +63,7 @@ def _unavailable(reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
         _unavailable(f"no Chromium at {CHROMIUM}")

@@ -27,6 +27,30 @@ _CANVAS_COLOURS_JS = """
 """
 
 
+#: Counts the "chromatic" pixels of a canvas: clearly coloured, not a shade of grey. Axes, grid
+#: lines and axis text are grey (r = g = b), so this counts what a chart's series drew.
+_CANVAS_INK_JS = """
+(el) => {
+  const c = el.tagName === 'CANVAS' ? el : el.querySelector('canvas');
+  if (!c || !c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] < 128) continue;
+    const r = d[i], g = d[i + 1], b = d[i + 2];
+    if (Math.max(r, g, b) - Math.min(r, g, b) > 60) n += 1;
+  }
+  return n;
+}
+"""
+
+
+def canvas_ink(page: Any, selector: str) -> list[int]:
+    """Coloured (non-grey) pixels in each canvas under ``selector``: 0 for a chart with no series
+    drawn, however many axes and labels it has. A line across a chart gives hundreds."""
+    return [h.evaluate(_CANVAS_INK_JS) for h in page.query_selector_all(selector)]
+
+
 def canvas_colours(page: Any, selector: str) -> list[int]:
     """Distinct opaque colours in each canvas under ``selector`` (0: nothing drawn at all)."""
     return [h.evaluate(_CANVAS_COLOURS_JS) for h in page.query_selector_all(selector)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.pagecheck import block_network, canvas_colours
+from tests.browser.pagecheck import block_network, canvas_colours, canvas_ink
 
 PAGE = """<!doctype html><html><body>
 <canvas id="drawn" width="100" height="50"></canvas><canvas id="blank" width="100" height="50"></canvas>
@@ -21,6 +21,8 @@ def test_canvas_check_tells_drawn_from_blank(browser_page, tmp_path) -> None:
     browser_page.page.goto(f.as_uri())
     drawn, blank = canvas_colours(browser_page.page, "canvas")
     assert drawn >= 2 and blank == 0
+    ink_drawn, ink_blank = canvas_ink(browser_page.page, "canvas")
+    assert ink_drawn > 100 and ink_blank == 0
     browser_page.assert_no_console_errors()
 
 

@@ -223,6 +223,7 @@ def own_lab(
         "PROXY_BIND": "127.0.0.1",
         "PROXY_PORT": "0",
         "PROXY_ADMIN_PORT": "0",
+        "LOADGEN_DASHBOARD_PORT": "0",
         **(env or {}),
     }
     env_file = work / "lab.env"

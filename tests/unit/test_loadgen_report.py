@@ -29,12 +29,12 @@ TOP_KEYS = [
     "schema", "url", "method", "mode", "concurrency", "connections", "rate", "duration_s", "elapsed_s",
     "started_at", "workers", "scenario", "mix", "requests", "responses", "failed", "rps", "rate_check",
     "latency_ms", "latency_uncorrected_ms", "histograms", "status", "errors", "backends", "by_request",
-    "connections_used", "connects", "stopped_early", "actions", "timeline",
+    "connections_used", "connects", "stopped_early", "actions", "tags", "stages", "timeline",
 ]  # fmt: skip
 ENTRY_KEYS = [
     "second", "intended", "requests", "responses", "failed", "errors", "unsent", "waited", "rps",
     "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "uncorrected_p99_ms", "status",
-    "errors_by_kind", "backends", "by_request",
+    "errors_by_kind", "backends", "by_request", "target",
 ]  # fmt: skip
 LAT_KEYS = ["mean", "p50", "p90", "p99", "p99.9", "p99.99", "max"]
 
