@@ -114,6 +114,14 @@ def ratio(num: Figures | None, den: Figures | None) -> tuple[float | None, str |
     return num.median("rps") / base, None
 
 
+def cpu_ratio(num: Figures | None, den: Figures | None) -> float | None:
+    """``den``'s median CPU per request over ``num``'s (> 1: ``num`` spends less), or None."""
+    if num is None or den is None or num.problem() or den.problem():
+        return None
+    mine = statistics.median(num.cpu_us)
+    return statistics.median(den.cpu_us) / mine if mine > 0 else None
+
+
 def format_ratios(values: Sequence[tuple[str, float | None]]) -> str:
     """The machine-readable last line: ``label=<ratio>`` pairs, ``n/a`` for a missing ratio."""
     return " ".join(f"{label}={'n/a' if v is None else f'{v:.2f}'}" for label, v in values)
@@ -440,6 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|")
         for server, values in memory.items():
             print(f"| {server} | {statistics.median(values):,.0f} |")
+    print()
+    by_cpu = [
+        (label, cpu_ratio(figures.get(key.get(num, "")), figures.get(key.get(den, ""))))
+        for label, num, den in RATIOS
+    ]
+    print(
+        "By CPU per request (the other server's over asgilab's; > 1: asgilab spends less per request; "
+        f"the figure least disturbed by other load): {format_ratios(by_cpu)}"
+    )
     print()
     values = []
     for label, num, den in RATIOS:

@@ -48,6 +48,13 @@ def test_a_server_that_did_not_start_or_was_not_selected_gets_no_ratio() -> None
     assert ratio(_figures("a", 1), _figures("b", 0))[1] == "b served nothing"
 
 
+def test_cpu_ratio_is_the_other_servers_cpu_over_asgilabs_and_refuses_errors() -> None:
+    mine, other = _figures("asgilab raw", 100), _figures("uvicorn raw", 100)
+    mine.cpu_us, other.cpu_us = [10.0, 12.0, 11.0], [22.0]
+    assert asgi.cpu_ratio(mine, other) == pytest.approx(2.0)
+    assert asgi.cpu_ratio(_figures("a", 1, 1, errors=2), other) is None
+
+
 def test_the_last_line_has_exactly_the_three_labels() -> None:
     line = format_ratios(
         [("asgilab/uvicorn", 1.234), ("asgilab/granian", None), ("fastapi_asgilab/uvicorn", 1.0)]
