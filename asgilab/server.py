@@ -47,7 +47,7 @@ class AsgiServer:
         self._access_log_stream = access_log_stream
         self.lifespan: Any = None
         self.site: AppSite | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
         cfg = self.config

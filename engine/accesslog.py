@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from json.encoder import encode_basestring_ascii as _q  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _q
 from typing import TextIO
 
 FLUSH_INTERVAL = 0.05  # seconds a line may wait in memory
@@ -59,7 +59,7 @@ class AccessLog:
             self._time_field = f'{{"time": "{self._timestamp(now)}", '
         up = self._quoted.get(upstream)
         if up is None:
-            up = _q(upstream)
+            up = "null" if upstream is None else _q(upstream)
             if len(self._quoted) < 1024:
                 self._quoted[upstream] = up
         self._lines.append(

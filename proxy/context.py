@@ -20,7 +20,7 @@ from proxy.pool import UpstreamGroup
 from proxy.retry import RetryBudget, RetryPolicy
 
 if TYPE_CHECKING:
-    from proxy.downstream import DownstreamProtocol
+    from engine.connection import HTTPConnection
 
 
 class ProxyState:
@@ -39,7 +39,7 @@ class ProxyState:
         self.group = group
         self.balancer = balancer
         self.access_log = access_log
-        self.connections: set[DownstreamProtocol] = set()
+        self.connections: set[HTTPConnection] = set()  # DownstreamProtocols (or --app connections)
         self.draining = False
         self.counters = Counters()
         self.no_endpoints = f"502 Bad Gateway: no upstream endpoints for {config.upstream}\n".encode()

@@ -55,7 +55,7 @@ class ProxyServer:
         self.lifespan: Any = None  # --app: the app's lifespan (asgilab/lifespan.py)
         self.discovery: Discovery | None = None
         self.health: HealthChecker | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self.admin: AdminServer | None = None
 
     async def start(self) -> None:
