@@ -243,6 +243,13 @@ class WebSocketSession:
 
     def _after_app(self, code: int) -> None:
         """The app ended (``code``: 1000 returned, 1011 raised): finish what it left open."""
+        try:
+            self._finish_for_app(code)
+        except Exception:  # wsproto/h11 refusing what is left to send: nothing polite remains
+            self.logger.exception("Cannot end WebSocket %s cleanly; dropping it", self._path())
+            self._abort()
+
+    def _finish_for_app(self, code: int) -> None:
         if self.state is _State.HANDSHAKE:
             if code == 1000:
                 self.logger.error(

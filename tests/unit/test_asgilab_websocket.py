@@ -310,6 +310,25 @@ def test_exception_before_accept_is_500_and_a_traceback(caplog: pytest.LogCaptur
     assert record.exc_info and isinstance(record.exc_info[1], KeyError)
 
 
+def test_a_500_that_cannot_be_written_drops_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise ValueError("app bug")
+
+    async def main() -> None:
+        peer = Peer(app)
+
+        def broken(event: events.Event) -> bytes:
+            raise RuntimeError("h11 is in an error state")
+
+        peer.session.conn.send = broken  # type: ignore[method-assign]
+        await peer.until(lambda: peer.closed_calls == 1, "on_close")
+        assert peer.transport.aborted
+
+    run(main)
+    assert any("dropping it" in r.getMessage() for r in caplog.records if r.name == LOG)
+
+
 def test_app_returning_without_an_answer_is_500(caplog: pytest.LogCaptureFixture) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
