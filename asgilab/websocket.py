@@ -200,12 +200,10 @@ class WebSocketSession:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        was_handshake = self.state is _State.HANDSHAKE
         self.state = _State.CLOSED
         self._cancel_timers()
         self._writable.set()  # wake a send() waiting on backpressure: it raises now
-        if was_handshake or self._disconnect is None:
-            self._deliver_disconnect(1006, "")
+        self._deliver_disconnect(1006, "")  # unless a close frame already said why
         self._maybe_closed()
 
     def pause_writing(self) -> None:
@@ -285,7 +283,7 @@ class WebSocketSession:
             await self._writable.wait()
         kind = message.get("type")
         state = self.state
-        if state is _State.HANDSHAKE and not self._lost:
+        if state is _State.HANDSHAKE:
             if kind == "websocket.accept":
                 self._accept(message)
             elif kind == "websocket.close":
@@ -313,7 +311,7 @@ class WebSocketSession:
                 self._close(int(code), str(reason))
             else:
                 raise RuntimeError(f"expected websocket.send or websocket.close, got {kind!r}")
-        elif state is _State.DENYING and not self._lost:
+        elif state is _State.DENYING:
             if kind != "websocket.http.response.body":
                 raise RuntimeError(f"expected websocket.http.response.body, got {kind!r}")
             finished = not message.get("more_body", False)
