@@ -147,6 +147,7 @@ class AdminServer:
                 lambda: worker_sample(state, worker),
                 cfg.events_history,
                 self._sibling_samples if self.siblings else None,
+                watch=lambda: (id(state.group.live), state.balancer.name, frozenset(state.group.drains)),
             )
         self.streams: dict[str, StreamHandler] = {}
         if self.live is not None:

@@ -41,7 +41,7 @@ def dash_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture
 def load(dash_lab: Lab) -> Iterator[None]:
-    """About 50 requests a second through the proxy while the test runs."""
+    """Three clients, each up to 50 requests a second, through the proxy while the test runs."""
     stop = threading.Event()
 
     def run() -> None:
@@ -51,13 +51,15 @@ def load(dash_lab: Lab) -> Iterator[None]:
                     client.get("/")
                 time.sleep(0.02)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(10)
+        for thread in threads:
+            thread.join(10)
 
 
 def test_lab_dashboard_drain_from_the_page_then_a_killed_replica_leaves(
@@ -92,3 +94,9 @@ def test_lab_dashboard_drain_from_the_page_then_a_killed_replica_leaves(
     page.wait_for_function(f"document.querySelector('#events').innerText.includes('{victim} left')")
     assert page.inner_text("#notice") == ""
     browser_page.assert_no_console_errors()
+    shot = os.environ.get("ASGI_LAB_DASHBOARD_SCREENSHOT")
+    if shot:  # how docs/img/proxy-dashboard.png is made (docs/live.md)
+        time.sleep(4)
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        time.sleep(1)
+        page.screenshot(path=shot, full_page=True)

@@ -253,3 +253,31 @@ def test_two_workers_are_shown_summed_and_drained_together() -> None:
             assert w1.state.balancer.name == "p2c"
 
     run(main)
+
+
+def test_a_change_in_the_endpoint_set_is_sent_before_the_next_full_second() -> None:
+    async def main() -> None:
+        async with StatusServer() as a, StatusServer() as b, proxy([a.address, b.address]) as srv:
+            assert srv.state is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.admin_port)
+            try:
+                writer.write(get("/events"))
+                await reader.readuntil(b"\r\n\r\n")
+
+                async def next_snapshot() -> dict:
+                    while True:
+                        block = (await reader.readuntil(b"\n\n")).decode()
+                        if block.startswith("data: "):
+                            return json.loads(block[6:])
+
+                await next_snapshot()
+                await asyncio.sleep(0.3)  # well inside the second
+                srv.state.group.update([b.address])  # a left discovery (idle: removed at once)
+                snap = await next_snapshot()
+                assert [r["addr"] for r in snap["replicas"]] == [label(b.address)]
+                assert [e["kind"] for e in snap["events"]] == ["left"]
+                assert snap["interval"] < 1.0, "the change was sent early, not at the next full second"
+            finally:
+                writer.close()
+
+    run(main)
