@@ -21,10 +21,10 @@ from tests.browser.test_proxy_dashboard import rows, wait_until
 from tests.integration.conftest import Lab, _docker_problem, own_lab
 
 TOKEN = "lab-dashboard-token"
-# The issue asks for 2 s from the kill to the row leaving the page (DNS re-resolved every second,
-# then the next snapshot a second later at most); the test allows 1 s more for a loaded 2-core CI
-# machine and prints what it measured.
-LEAVE_WITHIN_S = 3.0
+# The issue asks for 2 s from the kill to the row leaving the page: the proxy re-resolves DNS every
+# second and the live view sends a changed endpoint set within 0.1 s (measured 1.3 s on the loaded
+# 2-core machine); the test allows 0.5 s more for CI's load and prints what it measured.
+LEAVE_WITHIN_S = 2.5
 
 
 @pytest.fixture(scope="module")
