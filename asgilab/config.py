@@ -39,6 +39,9 @@ class Config:
     forwarded_allow_ips: str = "127.0.0.1"  # comma-separated addresses/networks, or *
     access_log: bool = True
     log_level: str = "INFO"
+    # Start each app call eagerly, with a Task only once it waits (asgilab/site.py: AppSite.run).
+    # Off by default: anyio (Starlette, FastAPI) needs a Task from the first step.
+    eager: bool = False
     # Limits (0 = off) and timeouts (seconds), enforced by the engine (engine/limits.py) and the cycle.
     max_request_line: int = 8 * 1024
     max_header_bytes: int = 64 * 1024
@@ -77,6 +80,10 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "--forwarded-allow-ips": ("ips", "comma-separated peer addresses or networks trusted (* = all)"),
     "--access-log": ("bool", "one JSON line per request on stdout"),
     "--log-level": ("level", "stderr log level: DEBUG, INFO, WARNING, ERROR"),
+    "--eager": (
+        "bool",
+        "start the app in the parser callback, a Task only once it waits (not for anyio apps)",
+    ),
     "--max-request-line": ("int", "bytes of request target allowed (then 414; 0 = no limit)"),
     "--max-header-bytes": ("int", "bytes of request headers allowed (then 431; 0 = no limit)"),
     "--max-headers": ("int", "number of request headers allowed (then 431; 0 = no limit)"),

@@ -504,3 +504,47 @@ def test_access_log_line_per_request() -> None:
 def test_parse_responses_helper_sanity() -> None:
     (r,) = parse_responses(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert r.complete and r.body == b"ok"
+
+
+def test_eager_start_needs_no_task_unless_the_app_waits() -> None:
+    async def waits(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/wait":
+            await asyncio.sleep(0.01)
+        await hello(scope, receive, send)
+
+    async def main() -> None:
+        site, checked = make_site(waits, eager=True)
+        c = Client(site)
+        c.send(GET)
+        assert parse_responses(bytes(c.transport.buffer))[0].status == 200, "answered inside data_received"
+        assert not site.tasks
+        c.take()
+        c.send(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert len(site.tasks) == 1
+        (r,) = await c.responses()
+        assert r.status == 200 and r.body == b"hello"
+        assert checked.problems == []
+
+    run(main)
+
+
+def test_eager_start_passes_cancellation_into_the_app() -> None:
+    cancelled: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main() -> None:
+        site, _ = make_site(app, eager=True)
+        c = Client(site)
+        c.send(GET)
+        (task,) = site.tasks
+        task.cancel()
+        await asyncio.wait([task])
+        assert cancelled == [True] and site.running == 0
+
+    run(main)
