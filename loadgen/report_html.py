@@ -110,7 +110,7 @@ def meta_from_plan(config: Any, plan: Any) -> dict[str, Any]:
         "concurrency": None if open_loop else plan.connections,
         "connections": plan.connections,
         "duration_s": plan.duration_s,
-        "workers": config.workers,
+        "workers": getattr(config, "expect_workers", None) or config.workers,  # distributed: N
         "scenario": plan.scenario,
         "mix": labels(plan.mix),
         "tags": dict(config.tags),
