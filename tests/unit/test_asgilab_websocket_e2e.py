@@ -81,6 +81,29 @@ def test_backend_ws_echo_and_http_on_the_same_port() -> None:
         run(main())
 
 
+def test_proxy_app_serves_websockets_in_process() -> None:
+    """``python -m proxy --app``: the same session behind the proxy's own listener."""
+    listen, admin = free_port(), free_port()
+    cmd = [sys.executable, "-m", "proxy", "--app", "backend.app:app"]
+    cmd += ["--listen", f"127.0.0.1:{listen}", "--admin-listen", f"127.0.0.1:{admin}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(listen, timeout=30, proc=proc)
+
+        async def main() -> None:
+            async with connect(f"ws://127.0.0.1:{listen}/ws") as ws:
+                await ws.send("in-process")
+                assert await ws.recv() == "in-process"
+            assert ws.close_code == 1000
+
+        run(main())
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert '"WebSocket /ws" [accepted]' in err
+
+
 def _raw_ws(port: int, path: str = "/ws") -> tuple[socket.socket, WSConnection]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     client = WSConnection(ConnectionType.CLIENT)
