@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from asgilab.lifespan import Lifespan, LifespanFailed, Receive, Scope, Send
+from tests.unit.asgi_checker import Checked
 
 LOG = "test.asgilab.lifespan"
 
@@ -75,6 +76,19 @@ def test_startup_then_shutdown_with_state_and_scope(caplog: pytest.LogCaptureFix
     assert set(scope) == {"type", "asgi", "state"}
     assert ("INFO", "Application startup complete.") in messages(caplog)
     assert ("INFO", "Application shutdown complete.") in messages(caplog)
+
+
+def test_the_lifespan_scope_and_events_are_valid_asgi() -> None:
+    checked = Checked(Recorder())
+
+    async def main() -> None:
+        lifespan = Lifespan(checked, "on", logging.getLogger(LOG))
+        await lifespan.startup()
+        await lifespan.shutdown(timeout=5)
+
+    run(main())
+    assert checked.problems == []
+    assert [e["type"] for e in checked.events] == ["lifespan.startup", "lifespan.shutdown"]
 
 
 def test_startup_failed_raises_with_the_apps_message() -> None:

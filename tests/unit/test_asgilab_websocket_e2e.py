@@ -206,32 +206,6 @@ def test_403_denial_response_subprotocol_and_close_reason_through_the_server() -
         run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/connection.py sets upgrade_rest (and pauses reading) after the handler's hand_over ran, "
-    "so bytes read past an Upgrade head in the same segment are dropped",
-)
-def test_frames_in_the_same_segment_as_the_upgrade_request_are_not_lost() -> None:
-    with asgilab("backend.app:app") as (port, _):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        client = WSConnection(ConnectionType.CLIENT)
-        request = client.send(events.Request(host="127.0.0.1", target="/ws"))
-        text = b"early"  # a masked client text frame, written by hand: wsproto waits for the 101
-        mask = b"\x01\x02\x03\x04"
-        sock.sendall(
-            request
-            + bytes([0x81, 0x80 | len(text)])
-            + mask
-            + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
-        )
-        with sock:
-            try:
-                got = _events_until(sock, client, events.TextMessage)
-            except TimeoutError:
-                got = []
-        assert events.TextMessage(data="early") in got
-
-
 # -- lifespan
 
 
