@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         record = merge(tick, snaps)
         for sink in sinks:
             sink(tick, record)
+        if dashboard is not None:  # earlier seconds that late responses changed
+            for revised in merge.revised:
+                dashboard.publish(revised)
 
     extra = {"on_action": dashboard.action} if dashboard is not None else {}
     try:

@@ -113,6 +113,24 @@ def bucket_snapshot(tl: Timeline, second: int) -> dict[str, Any]:
     return out
 
 
+def recent_snapshots(tl: Timeline, upto: int, seen: dict[int, int], window: int) -> list[dict[str, Any]]:
+    """Views of the seconds before ``upto`` (at most ``window`` back) whose requests changed since
+    they were last sent, each with its ``second``; ``seen`` (second -> requests sent) is the
+    caller's memory between ticks. Second ``upto`` itself goes out as the ``prev_*`` keys."""
+    out = []
+    buckets = tl.buckets
+    for sec in range(max(0, upto - window), min(upto, len(buckets))):
+        n = buckets[sec].requests
+        if sec in seen and seen[sec] != n:
+            out.append({"second": sec, **bucket_snapshot(tl, sec)})
+        seen[sec] = n
+    if 0 <= upto < len(buckets):
+        seen[upto] = buckets[upto].requests
+    for sec in [k for k in seen if k < upto - window]:
+        del seen[sec]
+    return out
+
+
 def _bucket_view(b: SecondBucket, open_loop: bool) -> dict[str, Any]:
     view: dict[str, Any] = {
         "prev_hist": b.corrected().encode() if b.requests else "",
@@ -156,34 +174,82 @@ def behind_note(intended: float, achieved: float, snaps: Sequence[Mapping[str, A
     return note
 
 
+def _fill(r: SecondRecord, views: Sequence[Mapping[str, Any]], open_loop: bool) -> None:
+    """Set a record's per-second counts and latencies from every worker's view of that second."""
+    hist, hist_u = LatencyHistogram(), LatencyHistogram()
+    status: dict[int, int] = {}
+    errors: dict[str, int] = {}
+    backends: dict[str, int] = {}
+    kinds: dict[str, dict[str, Any]] = {}
+    requests = 0
+    for v in views:
+        if v.get("prev_hist"):
+            hist.merge(LatencyHistogram.decode(v["prev_hist"]))
+        if v.get("prev_hist_u"):
+            hist_u.merge(LatencyHistogram.decode(v["prev_hist_u"]))
+        _add(backends, v.get("prev_backends") or {})
+        _add(status, {int(k): n for k, n in (v.get("prev_status") or {}).items()})
+        _add(errors, v.get("prev_errors") or {})
+        requests += v.get("prev_requests", 0)
+        for label, kv in (v.get("prev_by_request") or {}).items():
+            k = kinds.setdefault(label, {"requests": 0, "failed": 0, "hist": LatencyHistogram()})
+            k["requests"] += kv.get("prev_requests", 0)
+            k["failed"] += kv.get("prev_failed", 0)
+            if kv.get("prev_hist"):
+                k["hist"].merge(LatencyHistogram.decode(kv["prev_hist"]))
+    r.requests = requests
+    r.status = {str(k): n for k, n in sorted(status.items())}
+    r.errors_by_kind = dict(sorted(errors.items()))
+    r.backends = dict(sorted(backends.items()))
+    r.latency_ms = {k: _r(hist.percentile_ms(_PCT[k])) for k in LATENCY_KEYS}
+    r.uncorrected_p99_ms = _r(hist_u.percentile_ms(99.0)) if open_loop else None
+    r.by_request = {
+        label: KindSecond(
+            requests=k["requests"],
+            failed=k["failed"],
+            p50_ms=_r(k["hist"].percentile_ms(50.0)),
+            p99_ms=_r(k["hist"].percentile_ms(99.0)),
+        )
+        for label, k in kinds.items()
+    }
+
+
 class TickMerger:
     """Turns each tick's worker snapshots into the :class:`SecondRecord` of the second that ended.
 
     Called with the tick number ``tick`` (the record is about second ``tick - 1``) and one snapshot
     per worker; keeps the previous cumulative counters to turn them into per-second rates.
     ``target_at`` is the plan's load level function (``Plan.load_at``), for ``target``.
+
+    Revisions: a request issued in second ``k`` may complete long after the tick that ends ``k``
+    (a slow backend, a timeout). Snapshots carry, under ``recent``, the earlier seconds of the
+    worker whose counts changed since its last tick (:func:`recent_snapshots`); after each call,
+    :attr:`revised` holds those seconds' records again, their counts and latencies brought up to
+    date, their per-interval rates (``rps``, ``errors``, ``failed``, ``note``...) as first recorded.
+    The live page replaces a second it already has by its revision, so its figures converge to the
+    final ones while the run goes.
     """
 
-    def __init__(self, target_at: Callable[[float], float] | None = None) -> None:
+    def __init__(self, target_at: Callable[[float], float] | None = None, keep_s: int = 120) -> None:
         self._target_at = target_at
+        self._keep_s = keep_s
         self._last: dict[int, tuple[int, int, int]] = {}  # worker -> (completed, errors, failed)
         self._last_due = 0
         self._last_sent = 0
         self._last_time: float | None = None
+        self._views: dict[int, dict[int, Mapping[str, Any]]] = {}  # second -> worker -> its view
+        self._records: dict[int, SecondRecord] = {}
+        self.revised: list[SecondRecord] = []
 
     def __call__(self, tick: int, snaps: Sequence[Mapping[str, Any]]) -> SecondRecord:
         now = perf_counter()
         since = self._last_time if self._last_time is not None else now - 1.0
         interval = max(now - since, 1e-9)
         self._last_time = now
+        second = tick - 1
         completed = errors = failed = 0
-        hist, hist_u = LatencyHistogram(), LatencyHistogram()
-        status: dict[int, int] = {}
-        by_kind_errors: dict[str, int] = {}
-        backends: dict[str, int] = {}
-        requests = prev_failed = 0
-        kinds: dict[str, dict[str, Any]] = {}
         workers: list[WorkerSecond] = []
+        changed: set[int] = set()
         open_loop = any("due" in s for s in snaps)
         for i, s in enumerate(snaps):
             index = s.get("index", i)
@@ -194,30 +260,19 @@ class TickMerger:
             completed += c - lc
             errors += e - le
             failed += f - lf
-            worker_hist = LatencyHistogram.decode(s["prev_hist"]) if s.get("prev_hist") else None
-            if worker_hist is not None:
-                hist.merge(worker_hist)
-            if s.get("prev_hist_u"):
-                hist_u.merge(LatencyHistogram.decode(s["prev_hist_u"]))
-            _add(backends, s.get("prev_backends") or {})
-            _add(status, {int(k): n for k, n in (s.get("prev_status") or {}).items()})
-            _add(by_kind_errors, s.get("prev_errors") or {})
-            requests += s.get("prev_requests", 0)
-            prev_failed += s.get("prev_failed", 0)
-            for label, view in (s.get("prev_by_request") or {}).items():
-                k = kinds.setdefault(label, {"requests": 0, "failed": 0, "hist": LatencyHistogram()})
-                k["requests"] += view.get("prev_requests", 0)
-                k["failed"] += view.get("prev_failed", 0)
-                if view.get("prev_hist"):
-                    k["hist"].merge(LatencyHistogram.decode(view["prev_hist"]))
+            self._views.setdefault(second, {})[index] = s
+            for view in s.get("recent") or ():
+                if view.get("second") is not None and view["second"] in self._views:
+                    self._views[view["second"]][index] = view
+                    changed.add(view["second"])
             if len(snaps) > 1:
-                p99 = worker_hist.percentile_ms(99.0) if worker_hist is not None else None
+                worker_hist = LatencyHistogram.decode(s["prev_hist"]) if s.get("prev_hist") else None
                 workers.append(
                     WorkerSecond(
                         name=str(s.get("worker", f"worker-{index}")),
                         rps=round((c - lc) / interval, 1),
                         failed=f - lf,
-                        p99_ms=_r(p99),
+                        p99_ms=_r(worker_hist.percentile_ms(99.0)) if worker_hist is not None else None,
                     )
                 )
         note = ""
@@ -234,27 +289,12 @@ class TickMerger:
         if lost:  # a distributed run that lost workers (loadgen/coordinator.py) says so each second
             lost_note = f"LOST {len(lost)}/{len(snaps)} workers ({', '.join(lost)})"
             note = f"{lost_note}  {note}" if note else lost_note
-        second = tick - 1
-        return SecondRecord(
+        record = SecondRecord(
             second=second,
             rps=round(completed / interval, 1),
             errors=errors,
             failed=failed,
-            requests=requests,
-            status={str(k): n for k, n in sorted(status.items())},
-            errors_by_kind=dict(sorted(by_kind_errors.items())),
-            backends=dict(sorted(backends.items())),
-            latency_ms={k: _r(hist.percentile_ms(_PCT[k])) for k in LATENCY_KEYS},
-            uncorrected_p99_ms=_r(hist_u.percentile_ms(99.0)) if open_loop else None,
-            by_request={
-                label: KindSecond(
-                    requests=k["requests"],
-                    failed=k["failed"],
-                    p50_ms=_r(k["hist"].percentile_ms(50.0)),
-                    p99_ms=_r(k["hist"].percentile_ms(99.0)),
-                )
-                for label, k in kinds.items()
-            },
+            requests=0,
             target=self._target(second),
             intended_rps=intended_rps,
             achieved_rps=achieved_rps,
@@ -262,6 +302,18 @@ class TickMerger:
             live=True,
             workers=workers,
         )
+        _fill(record, list(self._views[second].values()), open_loop)
+        self._records[second] = record
+        self.revised = []
+        for sec in sorted(changed - {second}):
+            if sec in self._records:
+                old = self._records[sec]
+                _fill(old, list(self._views[sec].values()), open_loop)
+                self.revised.append(old)
+        for sec in [k for k in self._views if k < second - self._keep_s]:
+            del self._views[sec]
+            self._records.pop(sec, None)
+        return record
 
     def _target(self, second: int) -> float | None:
         return None if self._target_at is None else round(self._target_at(second + 0.5), 3)

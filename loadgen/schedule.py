@@ -47,7 +47,7 @@ from loadgen.client import Connection, close_all
 from loadgen.histogram import Timeline
 from loadgen.mix import MixCycle
 from loadgen.plan import Plan
-from loadgen.record import bucket_snapshot
+from loadgen.record import bucket_snapshot, recent_snapshots
 
 # Extra drain time on top of the request timeout before stragglers are forced to "timeout".
 DRAIN_GRACE_S = 2.0
@@ -151,6 +151,7 @@ class _Runner:
         self._stop: asyncio.Event | None = None
         self._stopped_early = False
         self._conns: list[Connection] = []
+        self._seen: dict[int, int] = {}  # second -> its requests when last in a tick snapshot
         self.timeline = Timeline(0.0, open_loop=self.open_loop)
         self.mix = MixCycle(plan.mix, plan.target, phase=index * 7919)
         #: A mix of several requests: each entry's own timeline (indexed like the mix), so the
@@ -239,8 +240,9 @@ class _Runner:
     def snapshot(self, second: int) -> dict[str, Any]:
         """What the live line and page need about this process at a tick (small, picklable).
 
-        Cumulative counters plus the second that just ended (``loadgen.record.bucket_snapshot``);
-        ``loadgen.record.TickMerger`` merges the snapshots of all workers into one record.
+        Cumulative counters plus the second that just ended (``loadgen.record.bucket_snapshot``)
+        and, under ``recent``, earlier seconds that changed since (late responses); the
+        ``loadgen.record.TickMerger`` merges the snapshots of all workers into records.
         """
         tl = self.timeline
         snap: dict[str, Any] = {
@@ -250,6 +252,7 @@ class _Runner:
             "errors": tl.errors,
             "failed": tl.failed,
             **bucket_snapshot(tl, second - 1),
+            "recent": recent_snapshots(tl, second - 1, self._seen, int(self.plan.timeout_s) + 3),
         }
         snap.update(self._snapshot_extra(perf_counter()))
         return snap

@@ -216,10 +216,12 @@
     }
 
     addRecord(r) {
-      // A record for a second already shown replaces it (a producer may resend a settled second).
-      const last = this.records.length ? this.records[this.records.length - 1] : null;
-      if (last && last.second === r.second) this.records[this.records.length - 1] = r;
-      else this.records.push(r);
+      // A record for a second already shown replaces it: a revision, brought up to date by the
+      // responses that came in late (loadgen.record.TickMerger.revised).
+      let i = this.records.length - 1;
+      while (i >= 0 && this.records[i].second > r.second) i -= 1;
+      if (i >= 0 && this.records[i].second === r.second) this.records[i] = r;
+      else this.records.splice(i + 1, 0, r);
       this.render();
     }
 

@@ -146,6 +146,34 @@ def test_a_timeline_second_goes_through_the_snapshot_unchanged(clock: list[float
     assert bucket_snapshot(tl, 5) == {"prev_hist": "", "prev_backends": {}}  # a second not begun
 
 
+def test_late_responses_revise_the_second_they_belong_to(clock: list[float]) -> None:
+    """A request of second 0 answered after the tick that ended it: the next tick revises second 0."""
+    from loadgen.config import load_config
+    from loadgen.plan import make_plan
+    from loadgen.schedule import ClosedLoop
+
+    runner = ClosedLoop(make_plan(load_config(["http://x/", "-c", "2", "--timeout", "5"], {})))
+    tl = runner.timeline
+    tl.record(0.0, 0.001, 200, b"a", None)  # 1 ms, in time for tick 1
+    merge = TickMerger()
+    first = merge(1, [runner.snapshot(1)])
+    assert (first.second, first.requests, first.rps, first.latency_ms["max"]) == (0, 1, 1.0, 1.0)
+    assert merge.revised == []
+    tl.record(0.0, 1.5, 200, b"b", None)  # issued in second 0, answered at 1.5 s (1500 ms)
+    tl.record(1.0, 1.002, 200, b"a", None)  # second 1: 2 ms
+    clock[0] += 1.0
+    second = merge(2, [runner.snapshot(2)])
+    assert (second.second, second.requests, second.latency_ms["max"]) == (1, 1, 2.0)
+    (rev,) = merge.revised
+    assert rev.second == 0 and rev.requests == 2 and rev.backends == {"a": 1, "b": 1}
+    # 1.5 s is beyond the exact range: HDR's 3 significant digits keep it within 0.1 %.
+    assert rev.latency_ms["max"] == pytest.approx(1500.0, rel=1e-3) and rev.latency_ms["p50"] == 1.0
+    assert rev.rps == 1.0  # the rate of the interval as first recorded, not recounted
+    clock[0] += 1.0
+    merge(3, [runner.snapshot(3)])
+    assert merge.revised == []  # nothing changed since: nothing resent
+
+
 def test_the_live_line_is_a_view_of_the_record(clock: list[float]) -> None:
     out = io.StringIO()
     line = LiveLine(out)
