@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from asgilab.lifespan import Lifespan, LifespanFailed, Receive, Scope, Send
+from asgilab.asgi_types import Receive, Scope, Send
+from asgilab.lifespan import Lifespan, LifespanFailed
 from tests.unit.asgi_checker import Checked
 
 LOG = "test.asgilab.lifespan"

@@ -24,10 +24,11 @@ from websockets.typing import Subprotocol
 from wsproto import ConnectionType, WSConnection, events
 
 from asgilab import websocket as ws_module
+from asgilab.asgi_types import Receive, Scope, Send
 from asgilab.config import Config as AsgilabConfig
 from asgilab.errors import ClientDisconnected
 from asgilab.site import AppSite
-from asgilab.websocket import Receive, Scope, Send, WebSocketSession
+from asgilab.websocket import WebSocketSession
 from tests.unit.asgi_checker import Checked, Client
 
 LOG = "test.asgilab.websocket"
