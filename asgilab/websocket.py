@@ -1,10 +1,11 @@
 """One WebSocket connection served to an ASGI app: the handshake, frames, and the app's messages.
 
-The connection engine parses the HTTP head; when it is a valid ``Upgrade: websocket`` request,
-the ASGI cycle builds the scope and hands the connection over to a :class:`WebSocketSession`,
-which from then on gets the transport's events (``data_received``, ``connection_lost``,
-``pause_writing``...). All framing is wsproto's (a sans-io library: it turns bytes into events
-and events into bytes, and never touches a socket), so this module is only the ASGI side:
+The connection engine parses the HTTP head; when it is an ``Upgrade: websocket`` request,
+asgilab's site (``site.py``) builds the scope and hands the connection over to a
+:class:`WebSocketSession`, which from then on gets the transport's events (``data_received``,
+``connection_lost``, ``pause_writing``...: ``engine.handler.Takeover``). All framing is
+wsproto's (a sans-io library: it turns bytes into events and events into bytes, and never
+touches a socket), so this module is only the ASGI side:
 
 - **Handshake.** The request head is fed to wsproto; the app gets ``websocket.connect`` and
   answers ``websocket.accept`` (101, with its ``subprotocol`` and extra ``headers``),
