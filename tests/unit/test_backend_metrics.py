@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app import api
 from backend.metrics import UNMATCHED, BackendMetrics, MetricsMiddleware
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def scrape_after(requests: list[tuple[str, str]]) -> dict[tuple[str, frozenset], float]:
@@ -75,3 +90,42 @@ def test_the_app_module_serves_metrics_in_front_of_everything() -> None:
         r.status_code == 200
         and 'asgilab_backend_requests_total{code="200",method="GET",route="/health"}' in r.text
     )
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn", "granian", "hypercorn"])
+def test_metrics_sum_every_worker_process_under_each_server(server: str, tmp_path: Path) -> None:
+    """``--workers 2``: whichever process answers the scrape, it counts both processes' requests."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "backend", "--server", server, "--workers", "2", "--port", str(port)]
+    env = {**os.environ, "BACKEND_HOST": "127.0.0.1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+        for _ in range(30):  # a new connection each: the kernel spreads them over the workers
+            assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        for _ in range(4):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            samples = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+            }
+            assert count(samples, route="/", code="200") == 30, text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
