@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from proxy.counters import FINE_LATENCY_BUCKETS
-from proxy.metrics import CODE_CLASSES, endpoints_of
+from proxy.metrics import CODE_CLASSES, client_in_flight, endpoints_of
 from proxy.pool import UNHEALTHY
 
 if TYPE_CHECKING:
@@ -76,15 +76,6 @@ def replica_state(ep: Endpoint) -> str:
     return "healthy"
 
 
-def _client_in_flight(state: ProxyState) -> int:
-    n = 0
-    for conn in state.connections:
-        if getattr(conn, "active", None) is not None:
-            n += 1
-        n += len(getattr(conn, "queue", ()))
-    return n
-
-
 def worker_sample(state: ProxyState, worker: int = 0) -> Sample:
     """This worker's cumulative figures, JSON-ready (also what GET /events/sample answers)."""
     admission = state.admission
@@ -107,7 +98,7 @@ def worker_sample(state: ProxyState, worker: int = 0) -> Sample:
         "worker": worker,
         "policy": state.balancer.name,
         "connections": len(state.connections),
-        "in_flight": _client_in_flight(state),
+        "in_flight": client_in_flight(state),
         "queued": len(admission.waiting) if admission is not None else 0,
         "responses": list(state.counters.responses),
         "endpoints": endpoints,

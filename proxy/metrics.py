@@ -133,7 +133,7 @@ def _histogram(fam: HistogramMetricFamily, labels: list[str], h: Histogram) -> N
     fam.add_metric(labels, h.cumulative(), h.sum)
 
 
-def _client_in_flight(state: ProxyState) -> int:
+def client_in_flight(state: ProxyState) -> int:
     """Client requests parsed and not yet answered (active plus pipelined behind it)."""
     n = 0
     for conn in state.connections:
@@ -194,7 +194,7 @@ class ProxyCollector:
         yield fam
 
         yield GaugeMetricFamily(
-            PREFIX + "in_flight", "Client requests being served now.", value=_client_in_flight(state)
+            PREFIX + "in_flight", "Client requests being served now.", value=client_in_flight(state)
         )
         yield GaugeMetricFamily(
             PREFIX + "connections_open", "Client connections open now.", value=len(state.connections)
