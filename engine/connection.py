@@ -39,6 +39,17 @@ log = logging.getLogger("engine.connection")
 class HTTPConnection(asyncio.Protocol):
     """Request parsing, limits, timeouts and keep-alive for one client connection."""
 
+    # Slots: less memory per idle keep-alive connection, and faster attribute access.
+    __slots__ = (
+        "active", "body_bytes", "body_deadline", "body_timer", "body_too_large", "client_ip", "closed",
+        "count_body", "draining", "gate", "head_bytes", "head_fed", "head_too_large", "header_timeout",
+        "headers", "idle_deadline", "idle_timer", "idle_timer_at", "in_head", "in_message",
+        "keepalive_timeout", "limits", "linger_timer", "lingering", "loop", "max_body", "max_head_bytes",
+        "max_head_fed", "max_headers", "max_url", "new_handler", "parser", "parsing", "peer",
+        "pending_error", "prepare", "queue", "reading_body", "served", "site", "split_idle", "t0",
+        "takeover", "transport", "upgrade_rest", "upgraded", "url", "url_too_long", "write_paused",
+    )  # fmt: skip
+
     def __init__(self, site: Site) -> None:
         self.site = site
         self.loop = site.loop
@@ -272,7 +283,14 @@ class HTTPConnection(asyncio.Protocol):
             # The request asks to switch protocols: what follows its head is the new protocol's,
             # kept for the handler if it agrees (101); otherwise the connection closes after the
             # response.
-            self.upgrade_rest = data[exc.args[0] :]
+            rest = data[exc.args[0] :]
+            if self.takeover is not None:
+                # The handler took the connection over while its head was being parsed (the
+                # ASGI WebSocket hand-off): the bytes after the head are the session's already.
+                if rest:
+                    self.takeover.data_received(rest)
+                return
+            self.upgrade_rest = rest
             if self.pending_error is None:
                 self.pending_error = b""
             self.gate.pause(PIPELINED)

@@ -99,6 +99,7 @@ class ProxySite:
 class DownstreamProtocol(HTTPConnection):
     """A client connection of the proxy: the engine's, plus the names ``Exchange`` and ``Tunnel`` call."""
 
+    __slots__ = ("state", "tunnel")
     site: ProxySite
 
     def __init__(self, site: ProxySite) -> None:

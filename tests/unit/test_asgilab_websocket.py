@@ -1093,11 +1093,6 @@ def test_through_the_engine_a_drain_closes_with_1012() -> None:
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/connection.py sets upgrade_rest (and pauses reading) after the handler's hand_over "
-    "ran, so bytes read past an Upgrade head in the same segment are dropped",
-)
 def test_through_the_engine_a_frame_in_the_upgrade_requests_segment_is_kept() -> None:
     async def main() -> None:
         site, _ = engine_site(echo)
