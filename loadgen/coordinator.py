@@ -408,7 +408,8 @@ class Coordinator:
     def _export_of(self, p: Peer) -> dict[str, Any]:
         """A worker's timeline: its final export, or rebuilt from what it streamed (lost)."""
         if p.done is not None:
-            return p.done["export"]
+            final: dict[str, Any] = p.done["export"]
+            return final
         ol = self._open_loop
         n = max(p.records, default=-1) + 1
         seconds = [p.records[s]["entry"] if s in p.records else SecondBucket(s).export(ol) for s in range(n)]
@@ -427,7 +428,8 @@ class Coordinator:
 
     def _stats_of(self, p: Peer) -> dict[str, Any]:
         if p.done is not None:
-            return p.done["stats"]
+            reported: dict[str, Any] = p.done["stats"]
+            return reported
         snap = p.last_snap or {}
         stats = {"connections_used": snap.get("busy", 0)}
         if self._open_loop:
