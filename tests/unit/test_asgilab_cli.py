@@ -124,3 +124,24 @@ def test_bad_flags_and_bad_apps_exit_2_with_one_line(args: list[str], needle: st
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
+
+
+async def failing_startup(scope: dict[str, object], receive: object, send: object) -> None:
+    """An app whose lifespan startup fails (imported by the subprocess below)."""
+    assert scope["type"] == "lifespan"
+    await receive()  # type: ignore[operator]
+    await send({"type": "lifespan.startup.failed", "message": "no database"})  # type: ignore[operator]
+
+
+def test_lifespan_startup_failed_exits_1_with_the_apps_message_before_listening() -> None:
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "asgilab", "tests.unit.test_asgilab_cli:failing_startup", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "no database" in proc.stderr and "serving" not in proc.stderr
