@@ -329,3 +329,17 @@ def test_no_coordinator_reachable_exits_2_with_one_line() -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"loadgen: error: no coordinator reachable at 127.0.0.1:{port} within 1 s: ")
+
+
+def test_the_benchmarks_merge_check_tells_an_exact_merge_from_an_averaged_one() -> None:
+    from benchmarks.distributed import merge_exact
+
+    own = [
+        {"histograms": {"corrected": _hist((100, 900))}},
+        {"histograms": {"corrected": _hist((1000, 100))}},
+    ]
+    exact = {"p50": 0.1, "p90": 0.1, "p99": 1.0, "p99.9": 1.0, "max": 1.0}
+    assert merge_exact({"report": {"responses": 1000, "latency_ms": exact}, "own": own})
+    averaged = {**exact, "p50": 0.55}
+    assert not merge_exact({"report": {"responses": 1000, "latency_ms": averaged}, "own": own})
+    assert not merge_exact({"report": {"responses": 999, "latency_ms": exact}, "own": own})
