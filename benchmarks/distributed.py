@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from benchmarks.nginx import ToolMissing, cpu_seconds, listener_pids, pinned, require_tools, static_upstream
 
@@ -159,7 +159,7 @@ def merge_exact(run: dict[str, Any]) -> bool:
     for key, pct in PERCENTILES.items():
         if round(total.get_value_at_percentile(pct) / 1000.0, 3) != merged[key]:
             return False
-    return round(total.get_max_value() / 1000.0, 3) == merged["max"]
+    return bool(round(total.get_max_value() / 1000.0, 3) == merged["max"])
 
 
 def main(argv: list[str] | None = None) -> int:
