@@ -7,6 +7,7 @@ merged totals are checked against what actually arrived, not against the coordin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -209,3 +210,25 @@ def test_workers_that_cannot_keep_their_share_say_so(server: ThreadedServer, tmp
     for w in r["distributed"]["workers"]:
         assert w["share"]["connections"] == 1 and not w["rate_check"]["kept_up"], w["rate_check"]
     assert "**BEHIND**" in out
+
+
+def test_a_silent_worker_is_lost_after_the_heartbeat_timeout(server: ThreadedServer, tmp_path: Path) -> None:
+    """A frozen worker (SIGSTOP: a hung host, a partition) closes nothing; its silence gives it away."""
+    fleet = Fleet(tmp_path, [server.url, "-c", "2", "-d", "7"], workers=2)
+    frozen = fleet.workers[1]
+    try:
+        fleet.wait_line(r"^\[   1s\]")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        lost_line = fleet.wait_line(r"LOST at")
+        os.kill(frozen.pid, signal.SIGCONT)  # it wakes to a closed connection: stops, exits 1
+        rc, _, err = fleet.finish()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen.pid, signal.SIGCONT)
+        fleet.close()
+    assert rc == 0, err
+    assert frozen.returncode == 1
+    assert "silent for 5 s; going on with 1 of 2" in lost_line
+    r = fleet.report()
+    (lost,) = [w for w in r["distributed"]["workers"] if w["status"] == "lost"]
+    assert lost["reason"] == "silent for 5 s" and lost["seconds_missed"][-1] == 6
