@@ -58,6 +58,20 @@ NO_BODY_STATUSES = frozenset({204, 304})
 
 Message = dict[str, Any]
 
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_NAMES: dict[bytes, bytes] = {}  # response header names already validated -> lower-cased
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_name(name: bytes) -> bytes:
+    """A response header name must be an RFC 9110 token (no CR/LF/colon: no header injection)."""
+    if not name or not _TOKEN.issuperset(name):
+        raise RuntimeError(f"invalid response header name {name!r}")
+    lname = name.lower()
+    if len(_NAMES) < 1024:  # bounded: an app inventing names must not grow it
+        _NAMES[name] = lname
+    return lname
+
 
 class RequestCycle:
     """One request's ASGI side: ``receive``/``send`` for the app, the engine's callbacks for the rest."""
@@ -283,10 +297,16 @@ class RequestCycle:
         parts = [status_line(status), self.site.date_server()]
         length = -1
         app_chunked = False
+        names = _NAMES
         for name, value in self.resp_headers:
-            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
-                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
-            lname = name.lower()
+            lname = names.get(name)
+            if lname is None:
+                lname = _check_name(name)
+            if b"\n" in value or b"\r" in value:
+                raise RuntimeError(f"invalid response header value {name!r}: {value!r}")
+            if lname not in _FRAMING_HEADERS:
+                parts += (name, b": ", value, b"\r\n")
+                continue
             if lname == b"content-length":
                 v = value.strip()
                 if not v.isdigit():
@@ -300,7 +320,6 @@ class RequestCycle:
                 if value.strip().lower() == b"close":
                     self.client_close = True
                 continue
-            parts += (name, b": ", value, b"\r\n")
         if self.head_only or status in NO_BODY_STATUSES or status < 200:
             # No body bytes follow. A HEAD (or 304) keeps the length a GET would have had.
             if status >= 200 and status != 204:

@@ -20,8 +20,7 @@ from urllib.parse import unquote
 
 import httptools
 
-HTTP_ASGI = {"version": "3.0", "spec_version": "2.4"}
-HTTP_EXTENSIONS: dict[str, dict[str, Any]] = {"http.response.pathsend": {}, "http.response.trailers": {}}
+SPEC_VERSION = "2.4"  # HTTP; the WebSocket session sets its own
 
 Scope = dict[str, Any]
 Address = tuple[str, int] | None
@@ -63,7 +62,7 @@ def common_scope(
         raw_path = root_path.encode("utf-8") + raw_path
     scope: Scope = {
         "type": kind,
-        "asgi": HTTP_ASGI,
+        "asgi": {"version": "3.0", "spec_version": SPEC_VERSION},  # a dict per scope: apps may write
         "http_version": http_version,
         "scheme": scheme,
         "path": path,
@@ -91,9 +90,8 @@ def http_scope(
     state: dict[str, Any] | None,
 ) -> Scope:
     scope = common_scope("http", target, headers, http_version, scheme, client, server, root_path, state)
-    scope["asgi"] = dict(HTTP_ASGI)  # the app may write to it; no request sees another's
     scope["method"] = method.decode("ascii")
-    scope["extensions"] = {k: dict(v) for k, v in HTTP_EXTENSIONS.items()}
+    scope["extensions"] = {"http.response.pathsend": {}, "http.response.trailers": {}}
     return scope
 
 

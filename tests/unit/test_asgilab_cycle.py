@@ -548,3 +548,23 @@ def test_eager_start_passes_cancellation_into_the_app() -> None:
         assert cancelled == [True] and site.running == 0
 
     run(main)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"x-bad\r\ninjected", b"1"), (b"x-ok", b"a\r\nset-cookie: evil"), (b"bad name", b"1"), (b"", b"1")],
+)
+def test_response_header_injection_is_refused_with_a_500(header: tuple[bytes, bytes]) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [header]})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    async def main() -> None:
+        site, _ = make_site(app)
+        c = Client(site)
+        c.send(GET)
+        (r,) = await c.responses()
+        assert r.status == 500 and b"injected" not in bytes(c.transport.buffer)
+        assert b"evil" not in bytes(c.transport.buffer)
+
+    run(main)
