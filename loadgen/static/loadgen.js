@@ -131,7 +131,7 @@
           {label: o.yLabel, size: 60},
         ],
         series: [{label: o.xName || 's'}].concat(series.map(s => ({
-          label: s.label, stroke: s.colour, width: s.width || 1.5, dash: s.dash,
+          label: s.label, stroke: s.colour, width: s.width || 1.5, dash: s.dash, scale: s.scale || 'y',
           spanGaps: !!o.spanGaps, points: {show: false},
           value: (u, v) => num(v),
         }))),
@@ -139,6 +139,12 @@
         cursor: {drag: {x: false, y: false}},
         plugins: o.marks ? [marksPlugin(o.marks)] : [],
       };
+      // A series on a scale of its own (closed loop: the target in connections) gets a right axis.
+      for (const sc of new Set(series.map(s => s.scale).filter(Boolean))) {
+        opts.scales[sc] = {range: (u, min, max) => [0, Math.max(1, max) * 1.1]};
+        opts.axes.push({scale: sc, side: 1, label: series.find(s => s.scale === sc).axisLabel || sc,
+          size: 60, grid: {show: false}});
+      }
       this.plot = new uPlot(opts, data, this.box);
     }
 
@@ -296,8 +302,12 @@
       const open = this.openLoop();
       const tput = [{label: 'req/s', colour: '#1f77b4'}, {label: 'failed/s', colour: '#d62728'}];
       const tdata = [x, rs.map(r => r.rps), rs.map(r => r.failed)];
-      if (open && rs.some(r => r.target !== null && r.target !== undefined)) {
-        tput.push({label: 'target req/s', colour: '#999', dash: [6, 4], width: 1});
+      if (rs.some(r => r.target !== null && r.target !== undefined) && (open || this.meta.scenario)) {
+        // Open loop: the intended rate, on the same axis. A closed-loop scenario: its level is a
+        // number of connections, drawn against an axis of its own on the right.
+        tput.push(open ? {label: 'target req/s', colour: '#999', dash: [6, 4], width: 1}
+          : {label: 'target connections', colour: '#999', dash: [6, 4], width: 1, scale: 'conn',
+            axisLabel: 'connections'});
         tdata.push(rs.map(r => r.target));
       }
       this.throughput.set(tput, tdata);
