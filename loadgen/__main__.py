@@ -141,15 +141,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             performer=performer,
             **extra,
         )
-    except WorkerError as exc:
-        _error(str(exc))
-        return 1
-    except CoordinatorError as exc:
-        _error(str(exc))
-        return exc.status
-    finally:
-        if dashboard is not None and sys.exc_info()[0] is not None:
+    except BaseException as exc:
+        if dashboard is not None:  # the run failed: stop the page's server before saying so
             dashboard.close()
+        if isinstance(exc, WorkerError):
+            _error(str(exc))
+            return 1
+        if isinstance(exc, CoordinatorError):
+            _error(str(exc))
+            return exc.status
+        raise
     if outcome.stopped_early and live:
         print(f"loadgen: stopped early after {outcome.elapsed_s:.1f} s", file=sys.stderr)
     report = build_report(config, outcome)

@@ -345,3 +345,21 @@ def test_with_workers_the_page_gets_one_merged_record_and_a_row_per_worker(tmp_p
     # came in after the tick) has them all.
     last_of_1 = [s for s in seconds if s["second"] == 1][-1]
     assert last_of_1["requests"] == 100
+
+
+def test_a_failed_run_closes_its_page(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import loadgen.__main__ as cli
+    from loadgen.workers import WorkerError
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise WorkerError("worker 0 failed: boom")
+
+    monkeypatch.setattr(cli, "execute", fail)
+    port = free_port()
+    assert cli.main(["http://127.0.0.1:9/", "-d", "1", "--dashboard", f"127.0.0.1:{port}", "-q"], {}) == 1
+    assert capsys.readouterr().err.strip().endswith("loadgen: error: worker 0 failed: boom")
+    with pytest.raises(OSError):  # nothing left listening, no server thread left behind
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert not [t for t in threading.enumerate() if t.name == "dashboard"]
