@@ -72,7 +72,10 @@ def supervise(count: int, target: WorkerMain, name: str) -> int:
             mp_connection.wait([w.sentinel for w in running], timeout=0.5)
             for w in [w for w in running if w.exitcode is not None]:
                 running.remove(w)
-                if w.exitcode != 0 or not stopping:
+                # Killed by the forwarded SIGTERM before it installed its handler (still starting):
+                # it was asked to stop and had nothing to drain, so that is a clean exit too.
+                told = stopping and w.exitcode == -signal.SIGTERM
+                if (w.exitcode != 0 and not told) or not stopping:
                     failed = True
                     log.error("%s (pid %s) exited with code %s", w.name, w.pid, w.exitcode)
                     if not stopping:

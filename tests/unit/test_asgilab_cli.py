@@ -6,6 +6,7 @@ import are one line on stderr and exit status 2; SIGTERM drains and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,33 @@ def test_lifespan_startup_failed_exits_1_with_the_apps_message_before_listening(
     )
     assert proc.returncode == 1, proc.stderr
     assert "no database" in proc.stderr and "serving" not in proc.stderr
+
+
+def _listeners(port: int) -> set[str]:
+    """Inodes of the sockets listening on ``port`` (one per worker with SO_REUSEPORT)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(cols[9])
+    return found
+
+
+def test_workers_share_the_port_and_drain_on_sigterm() -> None:
+    port = free_port()
+    proc = start("-m", "asgilab", "backend.app:app", "--port", str(port), "--workers", "2", "--no-access-log")
+    try:
+        wait_port(port, timeout=30, proc=proc)
+        for _ in range(10):
+            assert get(port, "/health")[0] == 200
+        deadline = time.monotonic() + 20
+        while len(_listeners(port)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the second worker may still be importing the app
+        assert len(_listeners(port)) == 2, "two processes listen on the port (SO_REUSEPORT)"
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert "supervising 2 workers" in err
+    assert "exited with code" not in err
