@@ -129,14 +129,36 @@ def _spectrum(report: Mapping[str, Any]) -> dict[str, list[list[float]]]:
     return out
 
 
+def _workers(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A distributed run's per-worker table (``report["distributed"]``), without the histograms."""
+    out = []
+    for w in (report.get("distributed") or {}).get("workers") or []:
+        lat = w.get("latency_ms") or {}
+        out.append(
+            {
+                "name": w.get("name"),
+                "status": w.get("status"),
+                "lost_at_s": w.get("lost_at_s"),
+                "requests": w.get("requests"),
+                "failed": w.get("failed"),
+                "rps": w.get("rps"),
+                "p50_ms": lat.get("p50"),
+                "p99_ms": lat.get("p99"),
+            }
+        )
+    return out
+
+
 def report_doc(report: Mapping[str, Any]) -> dict[str, Any]:
     """Everything report.html shows, from report.json alone."""
+    summary = {k: report.get(k) for k in SUMMARY_KEYS}
+    summary["workers"] = _workers(report)
     return {
         "kind": "report",
         "meta": meta_from_report(report),
         "records": [r.to_json() for r in records_from_report(report)],
         "actions": list(report.get("actions") or []),
-        "summary": {k: report.get(k) for k in SUMMARY_KEYS},
+        "summary": summary,
         "spectrum": _spectrum(report),
     }
 

@@ -51,8 +51,8 @@
     return t;
   }
 
-  function section(title, content) {
-    return el('section', {class: 'lg-section'}, [el('h2', {text: title}), content]);
+  function section(title, content, wide) {
+    return el('section', {class: wide ? 'lg-section lg-wide' : 'lg-section'}, [el('h2', {text: title}), content]);
   }
 
   function addCounts(into, counts) {
@@ -213,6 +213,11 @@
         const x = a.at_s === null || a.at_s === undefined ? a.planned_at_s : a.at_s;
         out.push({x, label: `${a.kind} ${a.target}${a.ok ? '' : ' (failed)'}`, colour: a.ok ? '#c00' : '#f0a'});
       }
+      for (const w of (this.summary && this.summary.workers) || []) {
+        if (w.lost_at_s !== null && w.lost_at_s !== undefined) {
+          out.push({x: w.lost_at_s, label: `lost ${w.name}`, colour: '#f0a'});
+        }
+      }
       for (const a of this.meta.planned_actions || []) {
         if (!done.has(`${a.kind} ${a.target} ${a.at_s}`) && !this.finished) {
           out.push({x: a.at_s, label: `${a.kind} ${a.target} (planned)`, colour: '#e99', dash: true});
@@ -345,7 +350,7 @@
       const t = this.tables;
       t.textContent = '';
       const s = this.summary;
-      if (s) t.appendChild(section('Summary', this.summaryTable(s)));
+      if (s) t.appendChild(section('Summary', this.summaryTable(s), true));
       const status = {}; const errors = {}; const backends = {};
       for (const r of this.records) {
         addCounts(status, r.status); addCounts(errors, r.errors_by_kind); addCounts(backends, r.backends);
@@ -362,6 +367,14 @@
       t.appendChild(section('Backends', table(['backend', 'responses', 'share'],
         Object.keys(bk).sort().map(k => [k, num(bk[k]), pct(bk[k], btotal)]), {id: 'lg-backends-table'})));
       t.appendChild(section('By request kind', this.kindsTable(s)));
+      const fleet = (s && s.workers) || [];
+      if (fleet.length) {
+        t.appendChild(section('Workers (distributed run)', table(
+          ['worker', 'status', 'requests', 'failed', 'req/s', 'p50 ms', 'p99 ms'],
+          fleet.map(w => [w.name, w.status + (w.lost_at_s !== null && w.lost_at_s !== undefined
+            ? ` at ${num(w.lost_at_s, 1)} s` : ''), num(w.requests), num(w.failed), num(w.rps),
+          num(w.p50_ms), num(w.p99_ms)]), {id: 'lg-fleet-table'}), true));
+      }
       const workers = this.records.length ? this.records[this.records.length - 1].workers || [] : [];
       if (workers.length && !this.finished) {
         t.appendChild(section('Workers (last second)', table(['worker', 'req/s', 'failed', 'p99 ms'],
@@ -372,7 +385,7 @@
           ? this.actions.map(a => [num(a.at_s, 2), a.kind, a.target, a.ok ? 'yes' : 'no', a.detail || ''])
           : this.meta.planned_actions.map(a => [`${num(a.at_s, 2)} (planned)`, a.kind, a.target, '-', '']);
         t.appendChild(section('Actions', table(['at (s)', 'action', 'target', 'ok', 'detail'], rows,
-          {id: 'lg-actions-table'})));
+          {id: 'lg-actions-table'}), true));
       }
     }
 

@@ -197,3 +197,23 @@ def test_the_vendored_chart_library_matches_the_pinned_sums() -> None:
     assert check.returncode == 0, check.stderr
     assert (VENDOR / "VERSION").read_text().strip() == "uplot@1.6.32"
     assert "MIT" in (VENDOR / "uPlot.LICENSE").read_text()
+
+
+def test_a_distributed_run_gets_its_workers_table_without_the_histograms() -> None:
+    report = known_report()
+    w = {"status": "done", "lost_at_s": None, "requests": 4, "failed": 0, "rps": 2.0, "histogram": "HISTx"}
+    report["distributed"] = {
+        "workers": [
+            {**w, "name": "w0@a", "latency_ms": {"p50": 1.0, "p99": 2.0}},
+            {**w, "name": "w1@b", "status": "lost", "lost_at_s": 1.2, "requests": 3, "failed": 2,
+             "latency_ms": {"p50": None, "p99": None}},
+        ]
+    }  # fmt: skip
+    html = report_html(report)
+    assert embedded(html)["summary"]["workers"] == [
+        {"name": "w0@a", "status": "done", "lost_at_s": None, "requests": 4, "failed": 0, "rps": 2.0,
+         "p50_ms": 1.0, "p99_ms": 2.0},
+        {"name": "w1@b", "status": "lost", "lost_at_s": 1.2, "requests": 3, "failed": 2, "rps": 2.0,
+         "p50_ms": None, "p99_ms": None},
+    ]  # fmt: skip
+    assert "HISTx" not in html
