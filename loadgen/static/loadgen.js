@@ -366,7 +366,7 @@
       const btotal = Object.values(bk).reduce((a, b) => a + b, 0);
       t.appendChild(section('Backends', table(['backend', 'responses', 'share'],
         Object.keys(bk).sort().map(k => [k, num(bk[k]), pct(bk[k], btotal)]), {id: 'lg-backends-table'})));
-      t.appendChild(section('By request kind', this.kindsTable(s)));
+      t.appendChild(section('By request kind', this.kindsTable(s), true));
       const fleet = (s && s.workers) || [];
       if (fleet.length) {
         t.appendChild(section('Workers (distributed run)', table(
