@@ -86,10 +86,12 @@ def service(spec: Mapping[str, Any], core: bool = False) -> dict[str, Any]:
     out["networks"] = ["lab"]
     if not core and spec.get("ports"):
         out["ports"] = [_host_port(port) for port in spec["ports"]]
-    for volume in out.get("volumes", ()):
+    if "volumes" in out:
         # Compose's normalized form carries `bind: {create_host_path: true}`, unknown to the v3 schema.
-        if isinstance(volume, dict):
-            volume.pop("bind", None)
+        out["volumes"] = [
+            {k: v for k, v in volume.items() if k != "bind"} if isinstance(volume, dict) else volume
+            for volume in out["volumes"]
+        ]
     return out
 
 

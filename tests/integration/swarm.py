@@ -103,8 +103,8 @@ def _holders() -> list[Path]:
 
 def _node() -> tuple[str, str, bool]:
     state, node, manager = docker(
-        "info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}} {{.Swarm.ControlAvailable}}"
-    ).split()
+        "info", "--format", "{{.Swarm.LocalNodeState}}|{{.Swarm.NodeID}}|{{.Swarm.ControlAvailable}}"
+    ).strip().split("|")
     return state, node, manager == "true"
 
 

@@ -72,6 +72,10 @@ def test_scale_3_to_5_to_2_under_load_fails_no_get_and_new_tasks_serve_within_2s
         scaled = time.monotonic()
         remaining = stack.backend_ids()
         time.sleep(3)
+    print(
+        f"\nswarm scale 3->5->2: {len(trickle.outcomes)} GETs, {len(trickle.failures())} failed, "
+        f"5 tasks in traffic {took:.2f}s after running"
+    )
     assert len(remaining) == 2
     assert trickle.failures() == [], f"clients saw errors while scaling: {trickle.failures()[:5]}"
     assert len(trickle.outcomes) > 100
@@ -89,6 +93,10 @@ def test_rolling_update_of_the_backends_fails_no_get(stack: Stack) -> None:
         updated = time.monotonic()
         after = stack.backend_ids()
         time.sleep(2)
+    print(
+        f"\nswarm rolling update: {len(trickle.outcomes)} GETs in {updated - started:.1f}s, "
+        f"{len(trickle.failures())} failed"
+    )
     assert len(after) == 3 and not after & before, f"every task replaced: {before} -> {after}"
     assert trickle.failures() == [], f"clients saw errors during the rolling update: {trickle.failures()[:5]}"
     served = trickle.backends_since(started)
@@ -126,6 +134,10 @@ def test_a_killed_task_is_replaced_by_swarm_and_the_proxy_follows(stack: Stack) 
         ids = stack.wait_until("Swarm replaces the killed task", replaced, timeout=60)
         _until_all_seen(stack, ids, limit=2.0)
         time.sleep(1)
+    print(
+        f"\nswarm kill: {len(trickle.outcomes)} GETs, {len(trickle.failures())} failed, "
+        f"replaced and in traffic after {time.monotonic() - killed - 1:.1f}s"
+    )
     assert trickle.failures() == [], f"GETs failed around the kill: {trickle.failures()[:5]}"
     assert victim["container"][:12] not in trickle.backends_since(killed + 1.0)
     assert stack.endpoints() == sorted(f"{t['address']}:8001" for t in stack.running())

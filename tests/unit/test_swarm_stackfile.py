@@ -1,0 +1,94 @@
+"""swarm/stackfile.py: docker-compose.yml's normalized config reduced to what `docker stack deploy` reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "swarm_stackfile", Path(__file__).resolve().parents[2] / "swarm" / "stackfile.py"
+)
+assert _spec is not None and _spec.loader is not None
+stackfile: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stackfile)
+
+# The shape `docker compose --profile observe config --format json` prints (abridged).
+CONFIG = {
+    "name": "asgi-lab",
+    "services": {
+        "backend": {
+            "build": {"context": "/repo", "dockerfile": "backend/Dockerfile"},
+            "command": None,
+            "entrypoint": None,
+            "environment": {"BACKEND_KEEP_ALIVE": "15"},
+            "healthcheck": {"test": ["CMD", "true"], "interval": "2s"},
+            "image": "asgi-lab/backend:dev",
+            "networks": {"default": None},
+        },
+        "proxy": {
+            "attach": False,
+            "depends_on": {"backend": {"condition": "service_healthy", "required": True}},
+            "image": "asgi-lab/proxy:dev",
+            "ports": [{"mode": "ingress", "host_ip": "0.0.0.0", "target": 8000, "published": "8000"}],
+            "volumes": [
+                {
+                    "type": "bind",
+                    "source": "/var/run/docker.sock",
+                    "target": "/var/run/docker.sock",
+                    "read_only": True,
+                    "bind": {"create_host_path": True},
+                }
+            ],
+        },
+        "loadgen": {"image": "asgi-lab/loadgen:dev", "restart": "no"},
+        "prometheus": {
+            "profiles": ["observe"],
+            "image": "asgi-lab/prometheus:dev",
+            "ports": [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 9090, "published": "9090"}],
+        },
+    },
+}
+
+
+def test_keeps_the_long_running_services_and_only_keys_swarm_reads() -> None:
+    stack = stackfile.render(CONFIG)
+    assert list(stack) == ["services"], "no name, no version: the CLI's newest schema for both files"
+    assert list(stack["services"]) == ["backend", "proxy"], "the one-shot loadgen stays out"
+    backend, proxy = stack["services"]["backend"], stack["services"]["proxy"]
+    assert backend == {
+        "image": "asgi-lab/backend:dev",
+        "environment": {"BACKEND_KEEP_ALIVE": "15"},
+        "healthcheck": {"test": ["CMD", "true"], "interval": "2s"},
+        "networks": ["lab"],
+    }
+    assert "ports" not in proxy and "depends_on" not in proxy and "attach" not in proxy
+    assert proxy["volumes"][0] == {
+        "type": "bind",
+        "source": "/var/run/docker.sock",
+        "target": "/var/run/docker.sock",
+        "read_only": True,
+    }
+
+
+def test_a_profiles_services_join_with_host_mode_ports() -> None:
+    stack = stackfile.render(CONFIG, ["observe"])
+    assert list(stack["services"]) == ["backend", "proxy", "prometheus"]
+    prometheus = stack["services"]["prometheus"]
+    assert prometheus["ports"] == [{"target": 9090, "mode": "host", "protocol": "tcp", "published": 9090}]
+    assert prometheus["networks"] == ["lab"]
+
+
+def test_refuses_a_config_without_the_core_services(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(stackfile.StackError, match="no proxy service"):
+        stackfile.render({"services": {"backend": {"image": "b"}}})
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"services": {}})))
+    assert stackfile.main([]) == 2
+    assert "error: docker-compose.yml has no backend, proxy service" in capsys.readouterr().err
+    assert stackfile.main(["--profile"]) == 2
