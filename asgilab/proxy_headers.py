@@ -44,16 +44,17 @@ def forwarded(
 ) -> tuple[tuple[str, int] | None, str]:
     """The (client, scheme) the forwarding headers name; the inputs when they name nothing.
 
+    ``headers`` have lower-cased names (the scope's).
+
     ``scheme`` is the connection's own (http/https, or ws/wss for a WebSocket scope); a
     forwarded ``https``/``wss`` makes it the secure one of its kind.
     """
     xff: bytes | None = None
     proto: bytes | None = None
     for name, value in headers:
-        lname = name.lower()
-        if lname == b"x-forwarded-for":
+        if name == b"x-forwarded-for":
             xff = value if xff is None else xff + b"," + value
-        elif lname == b"x-forwarded-proto":
+        elif name == b"x-forwarded-proto":
             proto = value
     if proto is not None:
         p = proto.decode("latin-1").strip().lower()

@@ -3,7 +3,8 @@
 - ``path`` is the target's path percent-decoded as UTF-8, prefixed with ``root_path`` (as the
   spec asks since asgiref's 2022 clarification, and as Uvicorn does); ``raw_path`` is the same
   path as it arrived, in bytes; ``query_string`` is the bytes after ``?``, undecoded.
-- ``headers`` keep the client's order and duplicates, names lower-cased, values untouched.
+- ``headers`` keep the client's order and duplicates, names lower-cased, values untouched
+  (the caller passes them lower-cased: ``engine.framing.request_framing`` does it in its pass).
 - ``client``/``server`` are ``(host, port)`` with an ``int`` port (``None`` when unknown, e.g.
   a Unix socket's peer).
 - ``state`` is a *shallow copy* of the lifespan state, so a request may add keys without the
@@ -69,7 +70,7 @@ def common_scope(
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
-        "headers": [(n.lower(), v) for n, v in headers],
+        "headers": headers,
         "client": client,
         "server": server,
     }

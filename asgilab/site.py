@@ -123,6 +123,7 @@ class AppSite:
         t0: float,
     ) -> RequestCycle | WebSocketUpgrade:
         framing: Framing = prepared  # type: ignore[assignment]  # what prepare returned
+        headers = framing.lowered
         client: Address = conn.peer
         scheme = "http"
         trusted = self.trusted

@@ -28,15 +28,22 @@ class BadRequest(ValueError):
 class Framing:
     """What a handler's ``prepare`` tells the engine about a request (``engine.handler.Prepared``)."""
 
-    __slots__ = ("content_length", "expect_continue", "framing", "upgrade")
+    __slots__ = ("content_length", "expect_continue", "framing", "lowered", "upgrade")
 
     def __init__(
-        self, framing: int, content_length: int, expect_continue: bool, upgrade: bytes | None
+        self,
+        framing: int,
+        content_length: int,
+        expect_continue: bool,
+        upgrade: bytes | None,
+        lowered: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.framing = framing
         self.content_length = content_length
         self.expect_continue = expect_continue
         self.upgrade = upgrade
+        # The headers with lower-cased names, in order (the ASGI scope's), made in the same pass.
+        self.lowered: list[tuple[bytes, bytes]] = [] if lowered is None else lowered
 
 
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
@@ -49,8 +56,10 @@ def request_framing(headers: Iterable[tuple[bytes, bytes]], http11: bool) -> Fra
     te: bytes | None = None
     expect = False
     upgrade: bytes | None = None
+    lowered: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         lname = name.lower()
+        lowered.append((lname, value))
         if lname not in _SPECIAL:
             continue
         if lname == b"host":
@@ -83,4 +92,4 @@ def request_framing(headers: Iterable[tuple[bytes, bytes]], http11: bool) -> Fra
         framing = NO_BODY
     if http11 and not host:
         raise BadRequest("missing Host header")
-    return Framing(framing, max(content_length, 0), expect, upgrade)
+    return Framing(framing, max(content_length, 0), expect, upgrade, lowered)
