@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.servers import SERVERS, Server, Settings, command
+from backend.servers import SERVERS, Server, Settings, command, parse_server
 from benchmarks.nginx import (
     ToolMissing,
     WrkResult,
@@ -78,7 +78,7 @@ class Figures:
     failed: str | None = None  # why the row has no runs (it did not start)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.runs)
+        return float(statistics.median(float(getattr(r, attr)) for r in self.runs))
 
     @property
     def errors(self) -> int:
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures[name] = Figures(name)
                 port = free_port()
                 try:
-                    cmd = server_command(server, APPS[app], port)  # type: ignore[arg-type]
+                    cmd = server_command(parse_server(server), APPS[app], port)
                     stack.enter_context(python_server(cmd, port, a.server_cpu))
                 except RuntimeError as exc:
                     figures[name].failed = "did not start"
@@ -446,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("| server | bytes per connection |")
         print("|---|---:|")
-        for server, values in memory.items():
-            print(f"| {server} | {statistics.median(values):,.0f} |")
+        for server, samples in memory.items():
+            print(f"| {server} | {statistics.median(samples):,.0f} |")
     print()
     by_cpu = [
         (label, cpu_ratio(figures.get(key.get(num, "")), figures.get(key.get(den, ""))))
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the figure least disturbed by other load): {format_ratios(by_cpu)}"
     )
     print()
-    values = []
+    values: list[tuple[str, float | None]] = []
     for label, num, den in RATIOS:
         value, why = ratio(figures.get(key.get(num, "")), figures.get(key.get(den, "")))
         if why:
