@@ -56,8 +56,11 @@ def common_scope(
     state: dict[str, Any] | None,
 ) -> Scope:
     """The keys HTTP and WebSocket scopes share (``kind`` is ``http`` or ``websocket``)."""
-    raw_path, query = split_target(target)
-    path = decode_path(raw_path)
+    if target[:1] == b"/":  # origin-form, nearly every request: no function calls
+        raw_path, _, query = target.partition(b"?")
+    else:
+        raw_path, query = split_target(target)
+    path = raw_path.decode("utf-8", "surrogateescape") if b"%" not in raw_path else decode_path(raw_path)
     if root_path:
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path

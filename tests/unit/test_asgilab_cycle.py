@@ -568,3 +568,20 @@ def test_response_header_injection_is_refused_with_a_500(header: tuple[bytes, by
         assert b"evil" not in bytes(c.transport.buffer)
 
     run(main)
+
+
+def test_absolute_form_target_gives_path_and_query() -> None:
+    seen: list[tuple[str, bytes, bytes]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["path"], scope["raw_path"], scope["query_string"]))
+        await hello(scope, receive, send)
+
+    async def main() -> None:
+        site, checked = make_site(app)
+        c = Client(site)
+        c.send(b"GET http://h:8000/p%C3%A9?q=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        await c.responses()
+        assert seen == [("/p\u00e9", b"/p%C3%A9", b"q=1")] and checked.problems == []
+
+    run(main)
