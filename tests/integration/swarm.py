@@ -102,9 +102,11 @@ def _holders() -> list[Path]:
 
 
 def _node() -> tuple[str, str, bool]:
-    state, node, manager = docker(
-        "info", "--format", "{{.Swarm.LocalNodeState}}|{{.Swarm.NodeID}}|{{.Swarm.ControlAvailable}}"
-    ).strip().split("|")
+    state, node, manager = (
+        docker("info", "--format", "{{.Swarm.LocalNodeState}}|{{.Swarm.NodeID}}|{{.Swarm.ControlAvailable}}")
+        .strip()
+        .split("|")
+    )
     return state, node, manager == "true"
 
 
@@ -188,6 +190,10 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{proxy_port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
         self.tags: list[str] = []
+        # What lab_stack deployed: the `-c FILE` arguments and the stack variables, so that a test
+        # can deploy the same stack again with one more file (docker stack deploy updates it).
+        self.files: list[str] = []
+        self.variables: dict[str, str] = {}
 
     def service(self, short: str) -> str:
         return f"{self.name}_{short}"
@@ -325,6 +331,7 @@ def lab_stack(
             args = ["-c", str(path), "-c", "swarm/stack.yml"]
             for extra in files:
                 args += ["-c", extra]
+            lab.files, lab.variables = args, variables
             docker("stack", "deploy", "--detach=false", *args, stack, timeout=300, env=variables)
             lab.wait_for_proxy(backends)
             yield lab
