@@ -28,12 +28,14 @@ PR_SET_PDEATHSIG = 1  # prctl(2): signal this process gets when its parent dies
 WorkerMain = Callable[[int], int]  # worker index -> exit code
 
 
-def _worker_entry(target: WorkerMain, worker: int) -> None:  # pragma: no cover - runs in a child
+def _worker_entry(target: WorkerMain, worker: int, supervisor: int) -> None:  # pragma: no cover - child
     # If the supervisor is killed outright (SIGKILL, OOM), its workers get SIGTERM and drain instead
     # of living on as orphans that hold the port (Linux only; elsewhere they outlive it).
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:  # the supervisor already died between spawn and prctl
+        # The supervisor already died between spawn and prctl. Compare with its pid, not with 1:
+        # in a container the supervisor itself is pid 1.
+        if os.getppid() != supervisor:
             sys.exit(1)
     sys.exit(target(worker))
 
@@ -42,7 +44,9 @@ def supervise(count: int, target: WorkerMain, name: str) -> int:
     """Run ``target(i)`` in ``count`` spawned processes named ``{name}-worker-{i}``; see module doc."""
     ctx = multiprocessing.get_context("spawn")
     workers = [
-        ctx.Process(target=_worker_entry, args=(target, i), name=f"{name}-worker-{i}", daemon=False)
+        ctx.Process(
+            target=_worker_entry, args=(target, i, os.getpid()), name=f"{name}-worker-{i}", daemon=False
+        )
         for i in range(count)
     ]
     stopping = False
