@@ -42,6 +42,7 @@ class Sim:
         self.name = name
         self.env = {**os.environ, "MULTINODE_NAME": name, "SWARM_STACK": STACK}
         self.nodes: dict[str, str] = {}
+        self.loadgen_image = ""
 
     def script(self, *args: str, timeout: float = 900) -> str:
         result = subprocess.run(
@@ -74,7 +75,7 @@ def sim() -> Iterator[Sim]:
     config = json.loads(docker("compose", "config", "--format", "json"))
     images = [config["services"][s]["image"] for s in ("backend", "proxy", "loadgen")]
     sim.env["MULTINODE_IMAGES"] = " ".join(images)
-    sim.loadgen_image = images[2]  # type: ignore[attr-defined]
+    sim.loadgen_image = images[2]
     try:
         docker("compose", "build", "backend", "proxy", "loadgen", timeout=900)
         sim.script("up")
@@ -100,7 +101,7 @@ def test_stopping_a_whole_node_under_load_moves_its_task_and_the_proxy_routes_ar
     sim: Sim, tmp_path: Path
 ) -> None:
     lg = f"lg-{uuid.uuid4().hex[:6]}"
-    sim.on("node3", "run", "-d", "--name", lg, "--network", f"{STACK}_lab", sim.loadgen_image,  # type: ignore[attr-defined]
+    sim.on("node3", "run", "-d", "--name", lg, "--network", f"{STACK}_lab", sim.loadgen_image,
            "http://proxy:8000/", "--rate", str(RATE), "--duration", str(DURATION), "--no-live",
            "--json", "/tmp/report.json")  # fmt: skip
     started = time.monotonic()
