@@ -372,7 +372,10 @@ class RequestCycle:
             elif self.length > 0 and self.written < self.length:
                 log.error("response body shorter than its Content-Length (%s)", self.target.decode())
                 self.client_close = True
-        self._write(out)
+        if len(out) == 1:
+            self.conn.write(out[0])
+        else:
+            self._write(out)
         if not more:
             self.written = -1  # no more body messages
             if not (self.trailers and self.chunked):
@@ -432,7 +435,8 @@ class RequestCycle:
 
     def _complete(self) -> None:
         self.response_complete = True
-        self._wake()
+        if self.waiter is not None:
+            self._wake()
         if not self.finished:
             self.finished = True
             self._log()
@@ -470,6 +474,8 @@ class RequestCycle:
 
     def _log(self) -> None:
         site = self.site
+        if site.observer is None and site.access_log is None:
+            return  # (the common case: no clock read)
         elapsed = perf_counter() - self.t0
         if site.observer is not None:
             site.observer.response(self.status, elapsed)
