@@ -63,6 +63,53 @@ _NAMES: dict[bytes, bytes] = {}  # response header names already validated -> lo
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+# The app's response headers, scanned once per distinct list: (the non-framing header lines
+# joined, the app's Content-Length or -1, chunked asked, Connection: close asked). Apps mostly
+# send the same few header lists; the scan is Python work paid on every request otherwise.
+Scanned = tuple[bytes, int, bool, bool]
+_SCANNED: dict[tuple[Any, ...], Scanned] = {}
+SCANNED_MAX = 512  # bounded: headers that vary per request (cookies, etags) are scanned each time
+
+
+def _scan(headers: Any) -> Scanned:
+    """Validate the app's headers (names are tokens, no CR/LF in values) and split out framing."""
+    parts: list[bytes] = []
+    length = -1
+    app_chunked = False
+    close = False
+    names = _NAMES
+    for name, value in headers:
+        lname = names.get(name)
+        if lname is None:
+            lname = _check_name(name)
+        if b"\n" in value or b"\r" in value:
+            raise RuntimeError(f"invalid response header value {name!r}: {value!r}")
+        if lname not in _FRAMING_HEADERS:
+            parts += (name, b": ", value, b"\r\n")
+        elif lname == b"content-length":
+            v = value.strip()
+            if not v.isdigit():
+                raise RuntimeError(f"invalid Content-Length {value!r}")
+            length = int(v)  # re-added by the framing unless the response is chunked
+        elif lname == b"transfer-encoding":
+            app_chunked = value.strip().lower() == b"chunked"  # framing is the server's
+        elif value.strip().lower() == b"close":  # connection
+            close = True
+    return b"".join(parts), length, app_chunked, close
+
+
+def _scanned(headers: tuple[Any, ...]) -> Scanned:
+    try:
+        found = _SCANNED.get(headers)
+    except TypeError:  # pairs given as lists (the spec allows any iterable): not hashable
+        return _scan(headers)
+    if found is None:
+        found = _scan(headers)
+        if len(_SCANNED) < SCANNED_MAX:
+            _SCANNED[headers] = found
+    return found
+
+
 def _check_name(name: bytes) -> bytes:
     """A response header name must be an RFC 9110 token (no CR/LF/colon: no header injection)."""
     if not name or not _TOKEN.issuperset(name):
@@ -104,6 +151,7 @@ class RequestCycle:
         "status",
         "t0",
         "target",
+        "task",
         "trailers",
         "waiter",
         "write_waiter",
@@ -147,7 +195,7 @@ class RequestCycle:
         self.app_done = False
         self.head_only = method == b"HEAD"
         self.status = 0
-        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_headers: tuple[Any, ...] = ()
         self.trailers = False
         self.chunked = False
         self.length = -1  # Content-Length of the response when known
@@ -155,6 +203,7 @@ class RequestCycle:
         self.nbytes = 0
         self.waiter: asyncio.Future[None] | None = None
         self.write_waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the Task running ``run`` (set by the site)
 
     # -- the engine's side -----------------------------------------------------------------------
     def start(self) -> None:
@@ -226,7 +275,12 @@ class RequestCycle:
                 self._app_failed()
         finally:
             self.app_done = True
-            self.site.running -= 1
+            site = self.site
+            site.running -= 1
+            if self.task is not None:
+                # Here rather than in a done callback: a Task's done callbacks each cost a
+                # scheduled loop callback per request.
+                site.tasks.discard(self.task)
 
     async def receive(self) -> Message:
         if self.disconnected or self.response_complete:
@@ -267,7 +321,7 @@ class RequestCycle:
                 raise RuntimeError(f"http.response.start: status must be an int, got {status!r}")
             self.response_started = True
             self.status = status
-            self.resp_headers = list(message.get("headers", ()))
+            self.resp_headers = tuple(message.get("headers", ()))  # (a copy: scanned at the first body)
             self.trailers = bool(message.get("trailers", False))
             return
         if self.finished:
@@ -294,32 +348,10 @@ class RequestCycle:
         ``known_length`` is the whole body's size when the first body message is the last one.
         """
         status = self.status
-        parts = [status_line(status), self.site.date_server()]
-        length = -1
-        app_chunked = False
-        names = _NAMES
-        for name, value in self.resp_headers:
-            lname = names.get(name)
-            if lname is None:
-                lname = _check_name(name)
-            if b"\n" in value or b"\r" in value:
-                raise RuntimeError(f"invalid response header value {name!r}: {value!r}")
-            if lname not in _FRAMING_HEADERS:
-                parts += (name, b": ", value, b"\r\n")
-                continue
-            if lname == b"content-length":
-                v = value.strip()
-                if not v.isdigit():
-                    raise RuntimeError(f"invalid Content-Length {value!r}")
-                length = int(v)
-                continue  # re-added below unless the response is chunked
-            if lname == b"transfer-encoding":
-                app_chunked = value.strip().lower() == b"chunked"
-                continue  # framing is the server's: re-added below when chunked
-            if lname == b"connection":
-                if value.strip().lower() == b"close":
-                    self.client_close = True
-                continue
+        block, length, app_chunked, close = _scanned(self.resp_headers)
+        if close:
+            self.client_close = True
+        parts = [status_line(status), self.site.date_server(), block]
         if self.head_only or status in NO_BODY_STATUSES or status < 200:
             # No body bytes follow. A HEAD (or 304) keeps the length a GET would have had.
             if status >= 200 and status != 204:

@@ -191,8 +191,9 @@ class AppSite:
             task.add_done_callback(partial(_cancelled_early, coro))
         else:
             task = self.loop.create_task(coro)
+        # The cycle removes its Task from ``tasks`` when its ``run`` ends (no done callback).
+        cycle.task = task
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     def date_server(self) -> bytes:
         """``date`` and ``server`` headers, formatted once a second."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import cProfile
 import logging
 import pstats
@@ -44,12 +45,14 @@ class FakeTransport(asyncio.Transport):
         self.loop = loop
         self.done = done
         self.protocol: asyncio.Protocol | None = None
+        self.context = contextvars.copy_context()
         self.closing = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         if data.endswith(END) and not self.done():
             assert self.protocol is not None
-            self.loop.call_soon(self.protocol.data_received, REQUEST)
+            # In the connection's own context (as a socket read would be), not the app's Task's.
+            self.loop.call_soon(self.protocol.data_received, REQUEST, context=self.context)
 
     def writelines(self, data: Any) -> None:
         self.write(b"".join(data))
