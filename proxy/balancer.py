@@ -403,8 +403,7 @@ class ConsistentHash(_Policy):
 
 # Registry used by config validation, the server and the admin policy switch.
 POLICIES: dict[str, type[Balancer]] = {
-    cls.name: cls  # type: ignore[misc]
-    for cls in (RoundRobin, Random, LeastRequest, PowerOfTwo, PeakEwma, ConsistentHash)
+    cls.name: cls for cls in (RoundRobin, Random, LeastRequest, PowerOfTwo, PeakEwma, ConsistentHash)
 }
 
 

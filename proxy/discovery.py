@@ -153,7 +153,7 @@ class DnsDiscovery:
             self._warned = True
         self.group.update(addresses)
 
-    async def _behind_vip(self, addresses: list[Address]) -> list[Address]:
+    async def _behind_vip(self, addresses: Sequence[Address]) -> Sequence[Address]:
         """One address may be a Swarm service's virtual IP: if ``tasks.<name>`` lists other
         addresses, follow that name from now on (its answer is every task, whatever the
         service's endpoint mode). Asked again at each resolution while the name has one address

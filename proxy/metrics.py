@@ -176,22 +176,22 @@ class ProxyCollector:
         counters = state.counters
         endpoints = endpoints_of(state)
 
-        fam = CounterMetricFamily(
+        requests = CounterMetricFamily(
             PREFIX + "requests",
             "Responses sent to clients by status class (proxy-generated 502/504 included, 499 = "
             "client left first); requests refused while parsing are in rejected_total.",
             labels=["code_class"],
         )
         for i, cls in enumerate(CODE_CLASSES, 1):
-            fam.add_metric([cls], counters.responses[i])
-        yield fam
+            requests.add_metric([cls], counters.responses[i])
+        yield requests
 
-        fam = HistogramMetricFamily(
+        latency = HistogramMetricFamily(
             PREFIX + "request_duration_seconds",
             "Client-facing latency: request head parsed to the last response byte handed to the socket.",
         )
-        _histogram(fam, [], counters.latency)
-        yield fam
+        _histogram(latency, [], counters.latency)
+        yield latency
 
         yield GaugeMetricFamily(
             PREFIX + "in_flight", "Client requests being served now.", value=client_in_flight(state)
@@ -273,34 +273,34 @@ class ProxyCollector:
                 health.add_metric([up, st], 1 if st == current else 0)
         yield from (attempts, failures, duration, in_flight, idle, opened, reused, ratio, ejections, health)
 
-        fam = GaugeMetricFamily(
+        known = GaugeMetricFamily(
             PREFIX + "endpoints", "Endpoints known to the proxy, by health state.", labels=["state"]
         )
         for st, n in by_state.items():
-            fam.add_metric([st], n)
-        yield fam
+            known.add_metric([st], n)
+        yield known
 
-        fam = GaugeMetricFamily(
+        info = GaugeMetricFamily(
             PREFIX + "worker_info",
             "Always 1: which worker process this is; with --workers N each one has its own admin "
             "port (admin port + worker) and counts only its own traffic.",
             labels=["worker", "workers"],
         )
-        fam.add_metric([str(self.worker), str(state.config.workers)], 1)
-        yield fam
+        info.add_metric([str(self.worker), str(state.config.workers)], 1)
+        yield info
 
-        fam = GaugeMetricFamily(
+        policy = GaugeMetricFamily(
             PREFIX + "balancer_info", "The load-balancing policy in use (value always 1).", labels=["policy"]
         )
-        fam.add_metric([state.balancer.name], 1)
-        yield fam
+        policy.add_metric([state.balancer.name], 1)
+        yield policy
 
         yield GaugeMetricFamily(
             PREFIX + "websocket_tunnels_open",
             "Upgrade (WebSocket) tunnels spliced now.",
-            value=getattr(state, "tunnels_open", 0),
+            value=state.tunnels_open,
         )
-        admission = getattr(state, "admission", None)
+        admission = state.admission
         yield GaugeMetricFamily(
             PREFIX + "queued",
             "Requests waiting for an endpoint below --max-in-flight-per-upstream (0 when uncapped).",
@@ -315,7 +315,7 @@ class Metrics:
 
     def __init__(self, state: ProxyState, worker: int = 0) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(ProxyCollector(state, worker))  # type: ignore[arg-type]
+        self.registry.register(ProxyCollector(state, worker))
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...: read from
         # /proc at scrape time (absent on systems without it), the usual companions of a proxy's own.
         ProcessCollector(registry=self.registry)

@@ -240,11 +240,11 @@ class UpstreamGroup:
                     self.drained(ep)
         live = []
         for addr in wanted:
-            ep = self.endpoints.get(addr)
-            if ep is None:
-                ep = self.endpoints[addr] = Endpoint(addr, self)
-            ep.live = True  # an address that comes back while draining is simply revived
-            live.append(ep)
+            known = self.endpoints.get(addr)
+            if known is None:
+                known = self.endpoints[addr] = Endpoint(addr, self)
+            known.live = True  # an address that comes back while draining is simply revived
+            live.append(known)
         old = [ep.label for ep in self.live]
         self.live = live
         self._dirty = True

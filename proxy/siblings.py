@@ -30,7 +30,7 @@ class SiblingReply:
 
 def loopback_host(admin_host: str | None) -> str:
     """Where a sibling's admin listener is reachable from here: its bind address, or loopback."""
-    if admin_host in (None, "", "0.0.0.0", "::", "*"):
+    if not admin_host or admin_host in ("0.0.0.0", "::", "*"):
         return "127.0.0.1"
     return admin_host.strip("[]")
 
