@@ -52,11 +52,11 @@ from benchmarks.nginx import (
     cpu_seconds,
     free_port,
     listener_pids,
+    python_server,
     require_tools,
     run_wrk,
     set_nice,
 )
-from benchmarks.proxy import python_server
 
 APPS: dict[str, str] = {"raw": "benchmarks.asgi_apps:raw", "fastapi": "benchmarks.asgi_apps:fastapi"}
 # The ratios of the last line: (label, (server, app) measured, (server, app) it is compared with).

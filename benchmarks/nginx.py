@@ -17,6 +17,8 @@ API (import from ``benchmarks.nginx``)::
     listener_pids(port) -> set[int]                # processes listening on it (for cpu_seconds)
     cpu_seconds(pids) -> float                     # their user+sys CPU so far (CPU per request)
     wait_port(port, timeout=5.0)                   # until something accepts on 127.0.0.1:port
+    python_server(cmd, port, cpu) as port          # a pinned Python server, stopped after the block
+    stop_process(proc)                             # SIGTERM, SIGKILL after 15 s
     pinned(cmd, cpu) -> list[str]                  # ["taskset", "-c", cpu, *cmd]
     set_nice(n)                                    # later pinned() commands run at nice n
     require_tools("nginx", "wrk")                  # ToolMissing naming scripts/bench-tools
@@ -40,9 +42,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 BODY = b"hello world\n"
 assert len(BODY) == 12
+
+REPO = Path(__file__).resolve().parent.parent
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
@@ -82,10 +87,10 @@ def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 5.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(port: int, timeout: float = 5.0, proc: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -99,6 +104,41 @@ def wait_port(port: int, timeout: float = 5.0, proc: subprocess.Popen | None = N
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s") from None
             time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``: a server gets its graceful drain, never a hang."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def python_server(
+    cmd: list[str], port: int, cpu: int | None, stdout: int | IO[Any] | None = subprocess.DEVNULL
+) -> Iterator[int]:
+    """Run a Python server pinned to ``cpu`` (from the repo root) until the block ends."""
+    proc = subprocess.Popen(
+        pinned(cmd, cpu), cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
+    )
+    try:
+        try:
+            wait_port(port, timeout=15, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            err = b""
+            if proc.poll() is not None and proc.stderr is not None:
+                err = proc.stderr.read()
+            raise RuntimeError(
+                f"{' '.join(cmd)} did not start: {exc}\n{err.decode(errors='replace')}"
+            ) from None
+        yield port
+    finally:
+        stop_process(proc)
 
 
 def _conf(prefix: Path, server_block: str, extra_http: str = "") -> str:
@@ -129,6 +169,7 @@ http {{
 @contextlib.contextmanager
 def _run_nginx(conf_for: object, port: int, cpu: int | None) -> Iterator[int]:
     require_tools("nginx")
+    assert NGINX is not None
     with tempfile.TemporaryDirectory(prefix="asgi-lab-nginx-") as tmp:
         prefix = Path(tmp)
         conf = prefix / "nginx.conf"

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from benchmarks.fixedrate import run_fixed_rate
 from benchmarks.nginx import (
@@ -51,43 +52,14 @@ from benchmarks.nginx import (
     listener_pids,
     nginx_proxy,
     pinned,
+    python_server,
     require_tools,
     run_wrk,
     set_nice,
     static_upstream,
-    wait_port,
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def python_server(
-    cmd: list[str], port: int, cpu: int | None, stdout: object = subprocess.DEVNULL
-) -> Iterator[int]:
-    """Run a Python server pinned to ``cpu`` until the block ends (SIGTERM, then kill)."""
-    proc = subprocess.Popen(
-        pinned(cmd, cpu), cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
-    )
-    try:
-        try:
-            wait_port(port, timeout=15, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            err = b""
-            if proc.poll() is not None and proc.stderr is not None:
-                err = proc.stderr.read()
-            raise RuntimeError(
-                f"{' '.join(cmd)} did not start: {exc}\n{err.decode(errors='replace')}"
-            ) from None
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def this_proxy(
@@ -177,7 +149,9 @@ def sse_viewers(admin_port: int, n: int, cpu: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _with_file(path: Path, make: Callable[[object], contextlib.AbstractContextManager[int]]) -> Iterator[int]:
+def _with_file(
+    path: Path, make: Callable[[IO[bytes]], contextlib.AbstractContextManager[int]]
+) -> Iterator[int]:
     with open(path, "wb") as f, make(f) as port:
         yield port
 
@@ -318,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(a.rounds):
             order = list(fixed) if rnd % 2 == 0 else list(reversed(fixed))
             for name in order:
-                res = run_fixed_rate(
+                fr = run_fixed_rate(
                     f"http://127.0.0.1:{paths[name]}/", rate=rate, duration_s=a.rate_duration, cpu=up_cpu
                 )
-                fixed[name].append(res.p99_ms)
+                fixed[name].append(fr.p99_ms)
                 print(
-                    f"# round {rnd + 1} fixed {rate:,.0f}/s {name:<12} p50 {res.p50_ms:.3f} ms  "
-                    f"p99 {res.p99_ms:.3f} ms  achieved {res.achieved:,.0f}/s  errors {res.errors}",
+                    f"# round {rnd + 1} fixed {rate:,.0f}/s {name:<12} p50 {fr.p50_ms:.3f} ms  "
+                    f"p99 {fr.p99_ms:.3f} ms  achieved {fr.achieved:,.0f}/s  errors {fr.errors}",
                     file=sys.stderr,
                 )
 

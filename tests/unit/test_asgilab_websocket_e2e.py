@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 from wsproto import ConnectionType, WSConnection, events
 
-from benchmarks.nginx import free_port, wait_port
+from benchmarks.nginx import free_port, stop_process, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = "tests.unit.test_asgilab_websocket_e2e"
@@ -39,13 +39,7 @@ def asgilab(app: str, *args: str) -> Iterator[tuple[int, subprocess.Popen[str]]]
         wait_port(port, timeout=30, proc=proc)
         yield port, proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()

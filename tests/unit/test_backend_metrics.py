@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app import api
 from backend.metrics import UNMATCHED, BackendMetrics, MetricsMiddleware
+from benchmarks.nginx import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape_after(requests: list[tuple[str, str]]) -> dict[tuple[str, frozenset], float]:
@@ -122,10 +116,5 @@ def test_metrics_sum_every_worker_process_under_each_server(server: str, tmp_pat
             }
             assert count(samples, route="/", code="200") == 30, text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
