@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from asgilab.importer import ImportFromStringError, import_from_string
 from asgilab.site import AppSite
 from engine.accesslog import AccessLog
 from engine.connection import HTTPConnection
+from engine.process import new_event_loop, until_signalled
 from engine.workers import supervise
 
 try:  # H8b's module; without it the app runs with no lifespan events.
@@ -146,23 +146,11 @@ async def serve(config: Config, app: Any) -> int:
     except StartupFailed as exc:
         log.error("lifespan startup failed: %s", exc)
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("signal received: draining (up to %gs)", config.graceful_timeout)
     clean = await server.drain()
     log.info("drained %s; exiting", "cleanly" if clean else "with forced closes")
     return 0
-
-
-def _loop_factory() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def run_worker(config: Config, worker: int = 0) -> int:
@@ -174,7 +162,7 @@ def run_worker(config: Config, worker: int = 0) -> int:
         print(f"python -m asgilab: error: {exc}", file=sys.stderr)
         return 2
     try:
-        with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(serve(config, app))
     except OSError as exc:
         log.error("startup failed: %s", exc)

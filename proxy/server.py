@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -16,6 +15,7 @@ from typing import Any, TextIO
 
 from engine.connection import HTTPConnection
 from engine.handler import Site
+from engine.process import new_event_loop, until_signalled
 from engine.workers import supervise
 from proxy.accesslog import AccessLog
 from proxy.admin import AdminServer
@@ -211,28 +211,16 @@ async def serve(config: Config, worker: int = 0) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     server = ProxyServer(config, worker=worker)
     await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("signal received: draining (up to %gs)", config.drain_timeout)
     clean = await server.drain()
     log.info("drained %s; exiting", "cleanly" if clean else "with forced closes")
 
 
-def _loop_factory():  # type: ignore[no-untyped-def]
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a hard dep in the image, optional elsewhere
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def run_worker(config: Config, worker: int = 0) -> int:
     """One proxy process: its own event loop, pools, discovery and admin listener."""
     try:
-        with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(config, worker))
     except OSError as exc:
         log.error("startup failed: %s", exc)
