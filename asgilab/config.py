@@ -12,11 +12,12 @@ import argparse
 import dataclasses
 import ipaddress
 import math
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
+
+from engine import options
+from engine.options import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
 
 ENV_PREFIX = "ASGILAB_"
 MAX_WORKERS = 64
@@ -63,10 +64,6 @@ class Config:
         return f"unix:{self.uds}" if self.uds else f"http://{self.host}:{self.port}"
 
 
-class ConfigError(ValueError):
-    """A bad option value; the message names the flag and its environment variable."""
-
-
 # flag -> (kind, help). Kinds: str, int, float, size, bool, lifespan, level, ips, port.
 OPTIONS: dict[str, tuple[str, str]] = {
     "--host": ("str", "address to bind"),
@@ -99,24 +96,14 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "--ws-ping-timeout": ("float", "seconds a pong may take before the connection is dropped (0 = off)"),
     "--ws-idle-timeout": ("float", "seconds without a data message before close 1001 (0 = off)"),
 }
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # Strictly positive timeouts (0 would mean "refuse at once"); the others accept 0.
 _POSITIVE = {"--header-timeout", "--body-timeout", "--keep-alive", "--workers", "--backlog"}
 
 
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _both(flag: str) -> str:
-    return f"{flag} / {env_name(flag)}"
-
-
-def _field(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+_NAMES = options.Spelling(ENV_PREFIX)
+env_name = _NAMES.env
+_both = _NAMES.both
+_field = options.dest
 
 
 def _convert(flag: str, kind: str, value: str) -> Any:
@@ -124,19 +111,13 @@ def _convert(flag: str, kind: str, value: str) -> Any:
     if kind == "str":
         return v if flag != "--uds" else (v or None)
     if kind == "bool":
-        if v.lower() in _TRUE:
-            return True
-        if v.lower() in _FALSE:
-            return False
-        raise ConfigError(f"{_both(flag)}: expected a boolean (1/0, true/false), got {value!r}")
+        return options.parse_bool(_both(flag), value)
     if kind == "lifespan":
         if v not in ("auto", "on", "off"):
             raise ConfigError(f"{_both(flag)}: expected auto, on or off, got {value!r}")
         return v
     if kind == "level":
-        if v.upper() not in _LEVELS:
-            raise ConfigError(f"{_both(flag)}: expected one of {', '.join(_LEVELS)}, got {value!r}")
-        return v.upper()
+        return options.parse_level(_both(flag), value)
     if kind == "ips":
         for item in (w.strip() for w in v.split(",")):
             if item and item != "*":
@@ -146,12 +127,7 @@ def _convert(flag: str, kind: str, value: str) -> Any:
                     raise ConfigError(f"{_both(flag)}: not an address or network: {item!r}") from None
         return v
     if kind == "size":
-        low = v.lower().removesuffix("b")
-        unit = low[-1:] if low[-1:] in ("k", "m", "g") else ""
-        digits = low[: len(low) - len(unit)]
-        if not digits.isdigit():
-            raise ConfigError(f"{_both(flag)}: expected a size like 1048576, 512k or 100m, got {value!r}")
-        return int(digits) * _UNITS[unit]
+        return options.parse_size(_both(flag), value)
     try:
         num: float = int(v) if kind in ("int", "port") else float(v)
     except ValueError:
@@ -164,16 +140,10 @@ def _convert(flag: str, kind: str, value: str) -> Any:
     return num
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, not argparse's usage dump: the message is what matters in container logs.
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; values stay strings here so env and flags go through the same validation."""
     d = Config()
-    p = _Parser(
+    p = options.OneLineParser(
         prog="python -m asgilab",
         description="The lab's ASGI server. Every flag has an environment twin ASGILAB_<FLAG_NAME> "
         "(e.g. ASGILAB_PORT); flags win.",
@@ -215,11 +185,9 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         got = f", got {app!r}" if app else ""
         raise ConfigError(f"the app (argument / {env_name('--app')}): expected module:attribute{got}")
     kw["app"] = app.strip()
+    get = _NAMES.reader(ns, env)
     for flag, (kind, _) in OPTIONS.items():
-        value = getattr(ns, _field(flag))
-        if value is None:
-            value = env.get(env_name(flag))
-        if value is not None:
+        if (value := get(flag)) is not None:
             kw[_field(flag)] = _convert(flag, kind, value)
     cfg = Config(**kw)
     if cfg.workers > MAX_WORKERS:
@@ -235,12 +203,7 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
 
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Parse argv + env; on a bad value print one line to stderr and exit 2."""
-    parser = build_parser()
-    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return config_from(ns, os.environ if env is None else env)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    return options.load(build_parser(), config_from, argv, env)
 
 
 def replace(cfg: Config, **changes: Any) -> Config:

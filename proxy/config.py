@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
+from engine import options
+from engine.options import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
 from proxy.balancer import (
     DEFAULT_EWMA_DECAY,
     DEFAULT_HASH_BALANCE_FACTOR,
@@ -106,22 +107,9 @@ class Config:
         return f"{self.upstream_host}:{self.upstream_port}"
 
 
-class ConfigError(ValueError):
-    """A bad option value; the message already names the flag and env var."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, not argparse's usage dump: the message is what matters in container logs.
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _both(flag: str) -> str:
-    return f"{flag} / {_env_name(flag)}"
+_NAMES = options.Spelling(ENV_PREFIX)
+_env_name = _NAMES.env
+_both = _NAMES.both
 
 
 def parse_hostport(flag: str, value: str, *, allow_off: bool = False) -> tuple[str | None, int]:
@@ -153,37 +141,16 @@ def _number(flag: str, value: str, kind: type, minimum: float, *, strict: bool) 
     return num
 
 
-def _numbers(get: Any, kw: dict[str, Any], *table: tuple[str, type, float, bool]) -> None:
+def _numbers(get: options.Reader, kw: dict[str, Any], *table: tuple[str, type, float, bool]) -> None:
     """Validate the numeric flags of ``table`` (flag, int or float, minimum, strict) into ``kw``."""
     for flag, kind, minimum, strict in table:
         if (v := get(flag)) is not None:
             kw[flag.lstrip("-").replace("-", "_")] = _number(flag, v, kind, minimum, strict=strict)
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _bool(flag: str, value: str) -> bool:
-    low = value.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ConfigError(f"{_both(flag)}: expected a boolean (1/0, true/false), got {value!r}")
-
-
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
 def _size(flag: str, value: str) -> int:
     """Bytes, with nginx's k/m/g suffixes (binary: 1m = 1048576)."""
-    v = value.strip().lower().removesuffix("b")
-    unit = v[-1:] if v[-1:] in ("k", "m", "g") else ""
-    digits = v[: len(v) - len(unit)]
-    if not digits.isdigit():
-        raise ConfigError(f"{_both(flag)}: expected a size like 1048576, 512k, 100m or 1g, got {value!r}")
-    return int(digits) * _SIZE_UNITS[unit]
+    return options.parse_size(_both(flag), value)
 
 
 def _words(value: str) -> list[str]:
@@ -214,7 +181,7 @@ def _retry_on(flag: str, value: str) -> frozenset[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; values stay strings here so env and flags go through the same validation."""
     d = Config()
-    p = _Parser(
+    p = options.OneLineParser(
         prog="python -m proxy",
         description="asyncio HTTP/1.1 reverse proxy. Every flag can also be set with the "
         "environment variable PROXY_<FLAG_NAME> (e.g. PROXY_UPSTREAM); flags win over env.",
@@ -378,18 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
 def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     """Merge flags over env and validate; raises ConfigError on the first bad value."""
 
-    def get(flag: str, dest: str | None = None) -> str | None:
-        value = getattr(ns, dest or flag.lstrip("-").replace("-", "_"))
-        if value is None:
-            value = env.get(_env_name(flag))
-        return value
-
+    get = _NAMES.reader(ns, env)
     kw: dict[str, Any] = {}
     if (v := get("--upstream")) is not None:
         host, port = parse_hostport("--upstream", v)
@@ -431,12 +390,9 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     if (v := get("--retry-on")) is not None:
         kw["retry_on"] = _retry_on("--retry-on", v)
     if (v := get("--access-log")) is not None:
-        kw["access_log"] = _bool("--access-log", v)
+        kw["access_log"] = options.parse_bool(_both("--access-log"), v, blank=False)
     if (v := get("--log-level")) is not None:
-        level = v.strip().upper()
-        if level not in _LEVELS:
-            raise ConfigError(f"{_both('--log-level')}: expected one of {', '.join(_LEVELS)}, got {v!r}")
-        kw["log_level"] = level
+        kw["log_level"] = options.parse_level(_both("--log-level"), v)
     if (v := get("--policy")) is not None:
         if v not in POLICIES:
             raise ConfigError(f"{_both('--policy')}: expected one of {', '.join(POLICIES)}, got {v!r}")
@@ -472,7 +428,7 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     return Config(**kw)
 
 
-def _admin_events(get: Any, kw: dict[str, Any]) -> None:
+def _admin_events(get: options.Reader, kw: dict[str, Any]) -> None:
     """Flags of the admin write actions and the dashboard's event stream (admin.py, events.py)."""
     if (v := get("--admin-token")) is not None:
         token = v.strip()
@@ -487,7 +443,7 @@ def _admin_events(get: Any, kw: dict[str, Any]) -> None:
             raise ConfigError(f"{_both('--events-history')}: at most 86400 seconds, got {v!r}")
 
 
-def _discovery_health_outlier(get: Any, kw: dict[str, Any]) -> None:
+def _discovery_health_outlier(get: options.Reader, kw: dict[str, Any]) -> None:
     """Flags of discovery.py, health.py and outlier.py, validated together (they cross-check)."""
     if (v := get("--discovery")) is not None:
         if v.strip().lower() not in ("dns", "docker"):
@@ -526,12 +482,7 @@ def _discovery_health_outlier(get: Any, kw: dict[str, Any]) -> None:
 
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Parse argv + env; on a bad value print one line to stderr and exit 2 like argparse does."""
-    parser = build_parser()
-    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return config_from(ns, os.environ if env is None else env)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    return options.load(build_parser(), config_from, argv, env)
 
 
 def setup_logging(level: str) -> None:
