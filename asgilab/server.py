@@ -22,7 +22,7 @@ from asgilab.importer import ImportFromStringError, import_from_string
 from asgilab.site import AppSite
 from engine.accesslog import AccessLog
 from engine.connection import HTTPConnection
-from engine.process import new_event_loop, until_signalled
+from engine.process import new_event_loop, setup_logging, until_signalled
 from engine.workers import supervise
 
 try:  # H8b's module; without it the app runs with no lifespan events.
@@ -167,15 +167,6 @@ def run_worker(config: Config, worker: int = 0) -> int:
     except OSError as exc:
         log.error("startup failed: %s", exc)
         return 1
-
-
-def setup_logging(level: str) -> None:
-    """Logs on stderr, so stdout stays the JSON access log."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,15 +1,27 @@
 """What one serving process does around its server, the same for the proxy and the ASGI server.
 
-The event loop it runs on (uvloop when installed: both servers are measured on it, and it is a
-hard dependency of their images; the asyncio loop otherwise, so tests run without it) and the
-wait for SIGTERM/SIGINT that starts the drain. Each process (one per ``--workers``) calls these
-itself; the supervisor in ``engine.workers`` serves nothing and installs no loop.
+Its log setup (stderr: stdout is the access log), the event loop it runs on (uvloop when
+installed: both servers are measured on it, and it is a hard dependency of their images; the
+asyncio loop otherwise, so tests run without it) and the wait for SIGTERM/SIGINT that starts
+the drain. Each process (one per ``--workers``) calls these itself; the supervisor in
+``engine.workers`` serves nothing and installs no loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import sys
+
+
+def setup_logging(level: str) -> None:
+    """Operational logs on stderr, so stdout stays the pure JSON access log."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -10,9 +10,7 @@ confusing runtime error.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -483,12 +481,3 @@ def _discovery_health_outlier(get: options.Reader, kw: dict[str, Any]) -> None:
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Parse argv + env; on a bad value print one line to stderr and exit 2 like argparse does."""
     return options.load(build_parser(), config_from, argv, env)
-
-
-def setup_logging(level: str) -> None:
-    """Operational logs go to stderr so stdout stays pure JSON access log."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )

@@ -15,12 +15,12 @@ from typing import Any, TextIO
 
 from engine.connection import HTTPConnection
 from engine.handler import Site
-from engine.process import new_event_loop, until_signalled
+from engine.process import new_event_loop, setup_logging, until_signalled
 from engine.workers import supervise
 from proxy.accesslog import AccessLog
 from proxy.admin import AdminServer
 from proxy.balancer import make_balancer
-from proxy.config import Config, load_config, setup_logging
+from proxy.config import Config, load_config
 from proxy.context import ProxyState
 from proxy.discovery import Discovery, Resolver, make_discovery
 from proxy.downstream import DownstreamProtocol, ProxySite, limits_from
