@@ -6,9 +6,10 @@ several different Content-Lengths, Content-Length with Transfer-Encoding, a codi
 plain ``chunked``, several Host headers, or an HTTP/1.1 request without Host. llhttp (under
 httptools) refuses most of these already; these checks hold even where it is lenient.
 
-The proxy does the same checks inside ``proxy.headers.rewrite_request``, in the one pass that
-also builds the upstream head; ``request_framing`` is the same rules for a handler that builds
-nothing (the ASGI cycle).
+The proxy's ``proxy.headers.rewrite_request`` makes the same checks in the one pass that also
+builds the upstream head, with the same two helpers (``parse_content_length`` for each
+Content-Length header, ``body_framing`` once after the pass); ``request_framing`` is that pass
+for a handler that builds nothing (the ASGI cycle).
 """
 
 from __future__ import annotations
@@ -46,6 +47,39 @@ class Framing:
         self.lowered: list[tuple[bytes, bytes]] = [] if lowered is None else lowered
 
 
+def parse_content_length(value: bytes, seen: int) -> int:
+    """One Content-Length header's value, checked against the one seen before it (-1: none yet).
+
+    Repeated equal values are tolerated (RFC 9112 6.3 lets a recipient merge them); different
+    ones, or anything but digits, are refused."""
+    v = value.strip()
+    if not v.isdigit():
+        raise BadRequest("invalid Content-Length")
+    n = int(v)
+    if seen >= 0 and n != seen:
+        raise BadRequest("conflicting Content-Length headers")
+    return n
+
+
+def body_framing(content_length: int, te: bytes | None, has_host: bool, http11: bool) -> int:
+    """NO_BODY, LENGTH or CHUNKED from what the header pass collected (``te``: the
+    Transfer-Encoding values joined by commas); BadRequest for the ambiguous combinations."""
+    if te is not None:
+        if content_length >= 0:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        # Only plain chunked: anything else would make the server (or the proxy) guess at framing.
+        if [c.strip().lower() for c in te.split(b",")] != [b"chunked"]:
+            raise BadRequest("unsupported Transfer-Encoding")
+        framing = CHUNKED
+    elif content_length >= 0:
+        framing = LENGTH
+    else:
+        framing = NO_BODY
+    if http11 and not has_host:
+        raise BadRequest("missing Host header")
+    return framing
+
+
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 
 
@@ -67,29 +101,12 @@ def request_framing(headers: Iterable[tuple[bytes, bytes]], http11: bool) -> Fra
                 raise BadRequest("multiple Host headers")
             host = True
         elif lname == b"content-length":
-            v = value.strip()
-            if not v.isdigit():
-                raise BadRequest("invalid Content-Length")
-            n = int(v)
-            if content_length >= 0 and n != content_length:
-                raise BadRequest("conflicting Content-Length headers")
-            content_length = n
+            content_length = parse_content_length(value, content_length)
         elif lname == b"transfer-encoding":
             te = value if te is None else te + b"," + value
         elif lname == b"expect":
             expect = value.strip().lower() == b"100-continue"
         else:
             upgrade = value
-    if te is not None:
-        if content_length >= 0:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
-        if [c.strip().lower() for c in te.split(b",")] != [b"chunked"]:
-            raise BadRequest("unsupported Transfer-Encoding")
-        framing = CHUNKED
-    elif content_length >= 0:
-        framing = LENGTH
-    else:
-        framing = NO_BODY
-    if http11 and not host:
-        raise BadRequest("missing Host header")
+    framing = body_framing(content_length, te, host, http11)
     return Framing(framing, max(content_length, 0), expect, upgrade, lowered)

@@ -11,7 +11,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterable
 
-from engine.framing import CHUNKED, LENGTH, NO_BODY, BadRequest
+from engine.framing import CHUNKED, LENGTH, NO_BODY, BadRequest, body_framing, parse_content_length
 from engine.refusals import simple_response
 from engine.status import status_line
 
@@ -155,13 +155,7 @@ def rewrite_request(
                     raise BadRequest("multiple Host headers")
                 host = value
             elif lname == b"content-length":
-                v = value.strip()
-                if not v.isdigit():
-                    raise BadRequest("invalid Content-Length")
-                n = int(v)
-                if content_length >= 0 and n != content_length:
-                    raise BadRequest("conflicting Content-Length headers")
-                content_length = n
+                content_length = parse_content_length(value, content_length)
                 continue
             elif lname == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
@@ -178,19 +172,7 @@ def rewrite_request(
                 continue
         parts += (name, b": ", value, b"\r\n")
 
-    if te is not None:
-        if content_length >= 0:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
-        # Only plain chunked is forwarded: anything else would make the proxy guess at framing.
-        if [c.strip().lower() for c in te.split(b",")] != [b"chunked"]:
-            raise BadRequest("unsupported Transfer-Encoding")
-        framing = CHUNKED
-    elif content_length >= 0:
-        framing = LENGTH
-    else:
-        framing = NO_BODY
-    if http11 and host is None:
-        raise BadRequest("missing Host header")
+    framing = body_framing(content_length, te, host is not None, http11)
 
     if rid is None:
         rid = (make_request_id or new_request_id)()
