@@ -14,8 +14,6 @@ A second, smaller project runs one replica of each of the five servers behind th
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ import websockets
 
 from backend.servers import SERVERS
 
+from . import checks
 from .conftest import Lab, own_lab
 from .traffic import BackgroundGet
 
@@ -56,15 +55,8 @@ def lab(asgilab_lab: Lab) -> Lab:
 
 
 def test_every_replica_runs_asgilab_and_the_split_is_even(lab: Lab) -> None:
-    ids = {c.attrs["Config"]["Hostname"] for c in lab.containers("backend")}
-    with httpx.Client(base_url=lab.base_url, timeout=10) as client:
-        replies = [client.get("/") for _ in range(60)]
-    assert all(r.status_code == 200 for r in replies), [r.status_code for r in replies]
+    replies = checks.even_split(lab, 60)
     assert {r.json()["server"] for r in replies} == {SERVER}
-    assert all(r.json()["backend"] == r.headers["x-backend-id"] for r in replies)
-    seen = Counter(r.headers["x-backend-id"] for r in replies)
-    assert set(seen) == ids, f"replies came from {seen}, replicas are {ids}"
-    assert all(18 <= n <= 22 for n in seen.values()), seen
 
 
 def test_echo_sees_the_forwarded_client_headers_in_order_and_query(lab: Lab) -> None:
@@ -82,25 +74,14 @@ def test_echo_sees_the_forwarded_client_headers_in_order_and_query(lab: Lab) -> 
 
 
 def test_posted_bodies_arrive_whole_fixed_length_and_chunked(lab: Lab) -> None:
-    body = os.urandom(1024 * 1024)
-    r = httpx.post(f"{lab.base_url}/echo", content=body, timeout=30)
-    assert r.json()["body"] == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    parts = [os.urandom(50_000) for _ in range(8)]
-    r = httpx.post(f"{lab.base_url}/echo", content=iter(parts), timeout=30)  # chunked upload
-    whole = b"".join(parts)
-    assert r.json()["body"] == {"length": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+    checks.fixed_length_upload(lab.base_url)
+    checks.chunked_upload(lab.base_url)
 
 
 def test_chunked_stream_and_large_download_arrive_whole(lab: Lab) -> None:
-    with httpx.stream("GET", f"{lab.base_url}/stream/200?size=5000", timeout=30) as r:
-        assert r.status_code == 200
-        assert r.headers.get("transfer-encoding") == "chunked"
-        assert sum(len(chunk) for chunk in r.iter_bytes()) == 200 * 5000
-    size = 8 * 1024 * 1024
-    r = httpx.get(f"{lab.base_url}/bytes/{size}", timeout=30)
-    assert r.headers["content-length"] == str(size) and len(r.content) == size
-    assert httpx.get(f"{lab.base_url}/status/418", timeout=10).status_code == 418
-    assert httpx.get(f"{lab.base_url}/delay/nope", timeout=10).status_code == 422
+    checks.chunked_stream(lab.base_url)
+    checks.large_download(lab.base_url)
+    checks.statuses_pass_through(lab.base_url)
 
 
 def test_websocket_echo_through_the_proxy(lab: Lab) -> None:
