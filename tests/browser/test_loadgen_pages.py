@@ -4,7 +4,6 @@ compare.html opened from file:// with every network request refused."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.nginx import free_port
 from loadgen.compare import main as compare_main
 from tests.browser.pagecheck import block_network, canvas_ink
 from tests.unit.loadgen_server import ThreadedServer
@@ -21,12 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_CHARTS = ["throughput", "latency", "backends", "spectrum"]
 #: Coloured pixels of a chart whose series drew (a line across it gives hundreds; axes give none).
 DRAWN = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def charts_drawn(page: Any, names: list[str]) -> dict[str, int]:

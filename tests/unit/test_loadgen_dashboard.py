@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import loadgen.record as record_mod
+from benchmarks.nginx import free_port
 from loadgen.__main__ import main
 from loadgen.dashboard import Dashboard
 from loadgen.histogram import LatencyHistogram, Timeline
@@ -259,12 +260,6 @@ def test_the_page_and_its_assets_are_served_from_the_repo_files() -> None:
         conn.close()
     finally:
         dash.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_run_watched_by_a_viewer_still_exits_on_its_own(

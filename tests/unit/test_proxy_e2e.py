@@ -7,13 +7,13 @@ import contextlib
 import hashlib
 import io
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 import uvloop
 
+from benchmarks.nginx import free_port
 from proxy.config import Config
 from proxy.server import ProxyServer
 from tests.unit.upstreams import LocalServer
@@ -257,14 +257,6 @@ def access_lines(srv: ProxyServer) -> list[dict]:
 
 def addr(up: FakeUpstream) -> tuple[str, int]:
     return ("127.0.0.1", up.port)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- tests ----------------------------------------------------------------------------------------
