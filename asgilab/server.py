@@ -17,19 +17,15 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, TextIO
 
+from asgilab.asgi_types import ASGIApp
 from asgilab.config import Config, load_config
 from asgilab.importer import ImportFromStringError, import_from_string
+from asgilab.lifespan import Lifespan, LifespanFailed
 from asgilab.site import AppSite
 from engine.accesslog import AccessLog
 from engine.connection import HTTPConnection
 from engine.process import new_event_loop, setup_logging, until_signalled
 from engine.workers import supervise
-
-try:  # H8b's module; without it the app runs with no lifespan events.
-    from asgilab.lifespan import Lifespan, LifespanFailed
-except ImportError:  # pragma: no cover
-    Lifespan = None  # type: ignore[assignment, misc]
-    LifespanFailed = RuntimeError  # type: ignore[assignment, misc]
 
 log = logging.getLogger("asgilab.server")
 
@@ -41,11 +37,11 @@ class StartupFailed(Exception):
 class AsgiServer:
     """Owns one process's listener, lifespan and connections; ``start`` then ``drain``."""
 
-    def __init__(self, config: Config, app: Any, *, access_log_stream: TextIO | None = None) -> None:
+    def __init__(self, config: Config, app: ASGIApp, *, access_log_stream: TextIO | None = None) -> None:
         self.config = config
         self.app = app
         self._access_log_stream = access_log_stream
-        self.lifespan: Any = None
+        self.lifespan: Lifespan | None = None
         self.site: AppSite | None = None
         self.server: asyncio.Server | None = None
 
@@ -53,7 +49,7 @@ class AsgiServer:
         cfg = self.config
         loop = asyncio.get_running_loop()
         state: dict[str, Any] | None = None
-        if Lifespan is not None and cfg.lifespan != "off":
+        if cfg.lifespan != "off":
             self.lifespan = Lifespan(self.app, cfg.lifespan, logging.getLogger("asgilab.lifespan"))
             try:
                 await self.lifespan.startup()
@@ -138,7 +134,7 @@ class AsgiServer:
         await asyncio.sleep(0)
 
 
-async def serve(config: Config, app: Any) -> int:
+async def serve(config: Config, app: ASGIApp) -> int:
     """Run until SIGTERM/SIGINT, then drain; the exit status."""
     server = AsgiServer(config, app)
     try:

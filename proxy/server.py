@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from engine.connection import HTTPConnection
 from engine.handler import Site
@@ -27,6 +27,9 @@ from proxy.downstream import DownstreamProtocol, ProxySite, limits_from
 from proxy.health import HealthChecker, health_checker
 from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
+
+if TYPE_CHECKING:  # asgilab is imported only with --app
+    from asgilab.lifespan import Lifespan
 
 log = logging.getLogger("proxy.server")
 
@@ -52,7 +55,7 @@ class ProxyServer:
         self._static = endpoints
         self.state: ProxyState | None = None
         self.site: ProxySite | None = None
-        self.lifespan: Any = None  # --app: the app's lifespan (asgilab/lifespan.py)
+        self.lifespan: Lifespan | None = None  # --app: the app's lifespan
         self.discovery: Discovery | None = None
         self.health: HealthChecker | None = None
         self.server: asyncio.Server | None = None
@@ -102,15 +105,11 @@ class ProxyServer:
         assert cfg.app is not None
         app = import_from_string(cfg.app)
         app_cfg = AppConfig(app=cfg.app, proxy_headers=False, graceful_timeout=cfg.drain_timeout)
-        lifespan_state = None
-        try:
-            from asgilab.lifespan import Lifespan
-        except ImportError:  # pragma: no cover - asgilab without its lifespan module
-            Lifespan = None  # type: ignore[assignment, misc]
-        if Lifespan is not None:
-            self.lifespan = Lifespan(app, "auto", logging.getLogger("proxy.lifespan"))
-            await self.lifespan.startup()
-            lifespan_state = self.lifespan.state
+        from asgilab.lifespan import Lifespan
+
+        self.lifespan = Lifespan(app, "auto", logging.getLogger("proxy.lifespan"))
+        await self.lifespan.startup()
+        lifespan_state = self.lifespan.state
         return AppSite(
             app,
             app_cfg,
