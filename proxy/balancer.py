@@ -37,10 +37,11 @@ import random
 import re
 import time
 import zlib
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from proxy.config import Config
     from proxy.pool import Endpoint
 
 # -- peak-EWMA latency, fed by Endpoint.observe ------------------------------------------------
@@ -144,7 +145,7 @@ class RoundRobin(_Policy):
     name = "round_robin"
     __slots__ = ("_cursor",)
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self._cursor = 0
 
     def pick(
@@ -169,7 +170,7 @@ class Random(_Policy):
     name = "random"
     __slots__ = ("_random",)
 
-    def __init__(self, config: Any = None, seed: int | None = None) -> None:
+    def __init__(self, config: Config | None = None, seed: int | None = None) -> None:
         self._random = random.Random(seed).random
 
     def pick(
@@ -193,7 +194,7 @@ class LeastRequest(_Policy):
     name = "least_request"
     __slots__ = ("_cursor",)
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self._cursor = 0
 
     def pick(
@@ -221,7 +222,7 @@ class PowerOfTwo(_Policy):
     name = "p2c"
     __slots__ = ("_random",)
 
-    def __init__(self, config: Any = None, seed: int | None = None) -> None:
+    def __init__(self, config: Config | None = None, seed: int | None = None) -> None:
         self._random = random.Random(seed).random
 
     def pick(
@@ -257,7 +258,12 @@ class PeakEwma(PowerOfTwo):
     name = "peak_ewma"
     __slots__ = ("_clock", "_decay")
 
-    def __init__(self, config: Any = None, seed: int | None = None, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(config, seed)
         self._decay = getattr(config, "ewma_decay", DEFAULT_EWMA_DECAY)
         self._clock = clock
@@ -322,7 +328,7 @@ class ConsistentHash(_Policy):
     needs_key = True
     __slots__ = ("_factor", "_fallback", "_kind", "_name", "_owners", "_points", "_ring_of")
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self._kind, self._name = parse_hash_on(getattr(config, "hash_on", DEFAULT_HASH_ON))
         self._factor = float(getattr(config, "hash_balance_factor", DEFAULT_HASH_BALANCE_FACTOR))
         self._fallback = RoundRobin()
@@ -407,6 +413,6 @@ POLICIES: dict[str, type[Balancer]] = {
 }
 
 
-def make_balancer(name: str, config: Any = None) -> Balancer:
+def make_balancer(name: str, config: Config | None = None) -> Balancer:
     """A fresh policy; ``config`` (a ``proxy.config.Config``) supplies hash and EWMA options."""
     return POLICIES[name](config)  # type: ignore[call-arg]
