@@ -71,6 +71,12 @@ _SCANNED: dict[tuple[Any, ...], Scanned] = {}
 SCANNED_MAX = 512  # bounded: headers that vary per request (cookies, etags) are scanned each time
 
 
+# Whole heads (after the date line) by everything they depend on; (head, length, chunked, close).
+Head = tuple[bytes, int, bool, bool]
+_HEADS: dict[tuple[Any, ...], Head] = {}
+HEADS_MAX = 512  # bounded like _SCANNED (a body length that varies makes a key per length)
+
+
 def _scan(headers: Any) -> Scanned:
     """Validate the app's headers (names are tokens, no CR/LF in values) and split out framing."""
     parts: list[bytes] = []
@@ -346,12 +352,40 @@ class RequestCycle:
         """Status line and headers, framing decided (module docstring); sets head_sent.
 
         ``known_length`` is the whole body's size when the first body message is the last one.
+        The head is a function of the key below; a repeated one is looked up, not rebuilt.
         """
+        close = self.client_close or self.conn.draining
+        key = (
+            self.status,
+            self.resp_headers,
+            known_length,
+            self.head_only,
+            self.trailers,
+            self.http11,
+            self.body_done,
+            close,
+        )
+        try:
+            head = _HEADS.get(key)
+        except TypeError:  # header pairs given as lists: not hashable
+            head = self._build_head(known_length, close)
+        else:
+            if head is None:
+                head = self._build_head(known_length, close)
+                if len(_HEADS) < HEADS_MAX:
+                    _HEADS[key] = head
+        rest, self.length, self.chunked, self.client_close = head
+        self.head_sent = True
+        return [status_line(self.status), self.site.date_server(), rest]
+
+    def _build_head(self, known_length: int, close: bool) -> Head:
+        """The head after the date line, with (length, chunked, close) as the framing decided."""
         status = self.status
-        block, length, app_chunked, close = _scanned(self.resp_headers)
-        if close:
-            self.client_close = True
-        parts = [status_line(status), self.site.date_server(), block]
+        block, length, app_chunked, app_close = _scanned(self.resp_headers)
+        close = close or app_close
+        parts = [block]
+        out_length = -1
+        chunked = False
         if self.head_only or status in NO_BODY_STATUSES or status < 200:
             # No body bytes follow. A HEAD (or 304) keeps the length a GET would have had.
             if status >= 200 and status != 204:
@@ -359,32 +393,30 @@ class RequestCycle:
                     length = known_length
                 if length >= 0:
                     parts += (b"content-length: ", b"%d" % length, b"\r\n")
-            self.length = 0
+            out_length = 0
         elif self.trailers and self.http11:
-            self.chunked = True  # trailers need chunked framing (an app's length is dropped)
+            chunked = True  # trailers need chunked framing (an app's length is dropped)
         elif length >= 0:
             parts += (b"content-length: ", b"%d" % length, b"\r\n")
-            self.length = length
+            out_length = length
         elif known_length >= 0 and not app_chunked:
             parts += (b"content-length: ", b"%d" % known_length, b"\r\n")
-            self.length = known_length
+            out_length = known_length
         elif self.http11:
-            self.chunked = True
+            chunked = True
         else:
-            self.client_close = True  # HTTP/1.0, length unknown: the connection's end ends the body
-        if self.chunked:
+            close = True  # HTTP/1.0, length unknown: the connection's end ends the body
+        if chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         if not self.body_done:
-            self.client_close = True  # the unread rest of the request body would be parsed as HTTP
-        if self.client_close or self.conn.draining:
-            self.client_close = True
+            close = True  # the unread rest of the request body would be parsed as HTTP
+        if close:
             parts.append(b"connection: close\r\n\r\n")
         elif not self.http11:
             parts.append(b"connection: keep-alive\r\n\r\n")
         else:
             parts.append(b"\r\n")
-        self.head_sent = True
-        return parts
+        return b"".join(parts), out_length, chunked, close
 
     def _body(self, body: bytes, more: bool) -> None:
         out = self._head(-1 if more else len(body)) if not self.head_sent else []

@@ -1,5 +1,5 @@
-"""The response-header scan cache (``asgilab.cycle._scanned``): a repeated header list is scanned
-once, and what the scan decided (framing, ``Connection: close``, refusal) holds on every request."""
+"""The response-head caches (``asgilab.cycle._scanned`` and ``_HEADS``): a repeated header list is
+scanned once, and what was decided (framing, ``Connection: close``, refusal) holds on every request."""
 
 from __future__ import annotations
 
@@ -77,6 +77,39 @@ def test_the_cache_is_bounded() -> None:
             c.send(b"GET /?%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
             (r,) = await c.responses()
             assert r.get("etag") == str(i)
-        assert len(cycle._SCANNED) <= cycle.SCANNED_MAX
+        assert len(cycle._SCANNED) <= cycle.SCANNED_MAX and len(cycle._HEADS) <= cycle.HEADS_MAX
+
+    asyncio.run(main())
+
+
+def test_a_cached_head_still_follows_the_request_http10_head_and_an_unread_body() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-same", b"1")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    async def main() -> None:
+        site, checked = make_site(app)
+        for _ in range(2):
+            c = Client(site)
+            c.send(GET)
+            (r,) = await c.responses()
+            assert (r.get("content-length"), r.get("connection"), c.transport.closed) == ("5", None, False)
+            c = Client(site)
+            c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            (r,) = await c.responses()
+            assert r.get("connection") == "keep-alive" and r.body == b"hello"
+            c = Client(site)
+            c.send(b"GET / HTTP/1.0\r\n\r\n")
+            (r,) = await c.responses()
+            assert r.get("connection") == "close" and c.transport.closed
+            c = Client(site)
+            c.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            (r,) = await c.responses(head=True)
+            assert r.get("content-length") == "5" and bytes(c.transport.buffer).endswith(b"\r\n\r\n")
+            c = Client(site)
+            c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")  # body not all read
+            (r,) = await c.responses()
+            assert r.get("connection") == "close"
+        assert checked.problems == []
 
     asyncio.run(main())
