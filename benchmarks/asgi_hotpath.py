@@ -30,6 +30,7 @@ import uvloop
 from asgilab.config import Config as AsgilabConfig
 from asgilab.site import AppSite
 from benchmarks.asgi_apps import fastapi, raw
+from benchmarks.hotpath import InMemoryTransport
 from engine.connection import HTTPConnection
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -37,7 +38,7 @@ END = b"hello world\n"
 APPS: dict[str, Any] = {"raw": raw, "fastapi": fastapi}
 
 
-class FakeTransport(asyncio.Transport):
+class FakeTransport(InMemoryTransport):
     """Swallows writes; when a response's last byte goes out, the client sends its next request."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, done: Callable[[], bool]) -> None:
@@ -46,7 +47,6 @@ class FakeTransport(asyncio.Transport):
         self.done = done
         self.protocol: asyncio.Protocol | None = None
         self.context = contextvars.copy_context()
-        self.closing = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         if data.endswith(END) and not self.done():
@@ -63,27 +63,6 @@ class FakeTransport(asyncio.Transport):
         if name == "sockname":
             return ("127.0.0.1", 8000)
         return default
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 def asgilab_factory(app: Any, loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Protocol]:

@@ -35,24 +35,13 @@ RESPONSE = (
 )
 
 
-class FakeTransport(asyncio.Transport):
-    """Counts bytes written; enough of the Transport API for both protocols."""
+class InMemoryTransport(asyncio.Transport):
+    """The no-op part of the Transport API that both in-memory benchmarks need (this one and
+    ``benchmarks.asgi_hotpath``); subclasses say what a write does."""
 
-    def __init__(self, peer: tuple[str, int]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.peer = peer
-        self.written = 0
         self.closing = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.written += len(data)
-
-    def writelines(self, data) -> None:  # type: ignore[no-untyped-def, override]
-        for d in data:
-            self.written += len(d)
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self.peer if name == "peername" else default
 
     def is_closing(self) -> bool:
         return self.closing
@@ -71,6 +60,28 @@ class FakeTransport(asyncio.Transport):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class FakeTransport(InMemoryTransport):
+    """Counts bytes written; enough of the Transport API for both protocols."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = 0
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += len(data)
+
+    def writelines(self, data) -> None:  # type: ignore[no-untyped-def, override]
+        for d in data:
+            self.written += len(d)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
 
 
 async def drive(n: int, access_log: bool, profile: bool) -> float:
