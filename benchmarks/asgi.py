@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.servers import SERVERS, Server, Settings, command, parse_server
-from benchmarks.nginx import (
+from benchmarks.host import (
     ToolMissing,
     WrkResult,
     cpu_seconds,

@@ -4,7 +4,7 @@
 (``./lab bench distributed``). Needs nginx and taskset (``scripts/bench-tools``), root for the CPU
 quota.
 
-A static nginx (``benchmarks.nginx.static_upstream``, one worker) is the target. Each round runs
+A static nginx (``benchmarks.host.static_upstream``, one worker) is the target. Each round runs
 ``python -m loadgen --coordinator ... --expect-workers 1`` with one worker, then the same with
 ``--expect-workers 2`` and two workers (closed loop, ``--connections`` in total, split by the
 coordinator), workers pinned one per core (core 1; cores 0 and 1). The figure of merit is
@@ -49,7 +49,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
-from benchmarks.nginx import ToolMissing, cpu_seconds, listener_pids, pinned, require_tools, static_upstream
+from benchmarks.host import ToolMissing, cpu_seconds, listener_pids, pinned, require_tools, static_upstream
 
 REPO = Path(__file__).resolve().parents[1]
 CORES = (1, 0)  # worker i runs on CORES[i]

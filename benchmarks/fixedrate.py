@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from benchmarks.nginx import pinned
+from benchmarks.host import pinned
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 ``python -m benchmarks.loadgen [--rounds 3] [--duration 5] [--rate 10000] [--rate-duration 10]``
 (``./lab bench loadgen``). Needs nginx and wrk (``scripts/bench-tools``).
 
-A static nginx (one worker, ``benchmarks.nginx.static_upstream``) is pinned to core 0; wrk
+A static nginx (one worker, ``benchmarks.host.static_upstream``) is pinned to core 0; wrk
 (``-t1 -c50``) and ``python -m loadgen --concurrency 50`` take turns on core 1, ``--rounds``
 times each, alternating so that both see the same noise of a shared machine. Closed-loop
 throughput is the median of each; the ratio of the medians is the figure of merit (a ratio taken
@@ -41,7 +41,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.nginx import ToolMissing, free_port, pinned, require_tools, run_wrk, static_upstream
+from benchmarks.host import ToolMissing, free_port, pinned, require_tools, run_wrk, static_upstream
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_CPU = 0

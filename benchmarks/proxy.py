@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import IO
 
 from benchmarks.fixedrate import run_fixed_rate
-from benchmarks.nginx import (
+from benchmarks.host import (
     ToolMissing,
     WrkResult,
     cpu_seconds,
@@ -95,9 +95,9 @@ def live_view_tick_ms(viewers: int, endpoints: int = 3, n: int = 300) -> float:
 
     from proxy.balancer import make_balancer
     from proxy.config import Config
-    from proxy.context import ProxyState
     from proxy.events import LiveView, worker_sample
     from proxy.pool import UpstreamGroup
+    from proxy.state import ProxyState
 
     class Sink:
         class transport:  # what LiveView reads of a StreamWriter

@@ -35,11 +35,11 @@ from urllib.parse import unquote, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.balancer import POLICIES, make_balancer
-from proxy.context import ProxyState
 from proxy.events import LiveView, Sample, worker_sample
 from proxy.headers import status_line
 from proxy.metrics import Metrics, endpoint_counters
 from proxy.siblings import Siblings
+from proxy.state import ProxyState
 
 log = logging.getLogger("proxy.admin")
 

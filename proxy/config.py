@@ -63,7 +63,7 @@ class Config:
     max_retries: int = 2
     retry_budget_percent: float = 20.0
     retry_budget_min: float = 10.0
-    # Limits (proxy/downstream.py, proxy/limits.py); 0 switches a limit off.
+    # Limits (proxy/downstream.py, proxy/admission.py); 0 switches a limit off.
     max_request_line: int = 8 * 1024
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100

@@ -19,7 +19,7 @@ from proxy.headers import NO_BODY, UpstreamRequest, rewrite_request
 
 if TYPE_CHECKING:
     from proxy.config import Config
-    from proxy.context import ProxyState
+    from proxy.state import ProxyState
     from proxy.tunnel import Tunnel
 
 log = logging.getLogger("proxy.downstream")

@@ -39,8 +39,8 @@ from proxy.metrics import CODE_CLASSES, client_in_flight, endpoints_of
 from proxy.pool import UNHEALTHY
 
 if TYPE_CHECKING:
-    from proxy.context import ProxyState
     from proxy.pool import Endpoint
+    from proxy.state import ProxyState
 
 log = logging.getLogger("proxy.events")
 

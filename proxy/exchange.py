@@ -32,17 +32,17 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from proxy.admission import with_retry_after
 from proxy.flow import CLIENT_BUSY, UPSTREAM_BUSY, WAITING_UPSTREAM
 from proxy.headers import CHUNKED, LENGTH, NO_BODY, UpstreamRequest, rewrite_response, simple_response
-from proxy.limits import with_retry_after
 from proxy.retry import CONNECT_FAILURE, DISCARD_LIMIT, DISCARD_TIMEOUT_S, KEEP_BODY_LIMIT, RESET
 from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from proxy.context import ProxyState
     from proxy.downstream import DownstreamProtocol
     from proxy.pool import Endpoint
+    from proxy.state import ProxyState
 
 log = logging.getLogger("proxy.exchange")
 
@@ -158,7 +158,7 @@ class Exchange:
         self.finished = False
         self.head_sent = False
         self.continue_sent = False
-        self.queued = False  # waiting in limits.Admission's queue for a free endpoint slot
+        self.queued = False  # waiting in admission.Admission's queue for a free endpoint slot
         self.retry_to: Endpoint | None = None  # set while a retriable status's body is discarded
         self.upgrade: bytes | None = None  # the Upgrade protocol asked for (WebSocket), if any
         self.status = 0
@@ -190,7 +190,7 @@ class Exchange:
         self._use(ep, pooled=True)
 
     def use(self, ep: Endpoint) -> None:
-        """Send the request to ``ep`` (called by limits.Admission once a slot is free)."""
+        """Send the request to ``ep`` (called by admission.Admission once a slot is free)."""
         if not self.finished:
             self._use(ep, pooled=True)
 

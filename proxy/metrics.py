@@ -37,8 +37,8 @@ from prometheus_client.core import (
 from proxy.counters import Histogram
 
 if TYPE_CHECKING:
-    from proxy.context import ProxyState
     from proxy.pool import Endpoint
+    from proxy.state import ProxyState
 
 log = logging.getLogger("proxy.metrics")
 

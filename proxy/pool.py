@@ -213,7 +213,7 @@ class UpstreamGroup:
         # Told about every failed connect: DNS discovery re-resolves early (discovery.py).
         self.on_connect_failure: Callable[[], None] | None = None
         # Told when an endpoint may have become pickable (added by discovery, cooled off, ejection
-        # over, healthy again): the in-flight cap's queue (limits.py) dispatches waiting requests
+        # over, healthy again): the in-flight cap's queue (admission.py) dispatches waiting requests
         # now instead of only when a request finishes.
         self.on_capacity: Callable[[], None] | None = None
         # Replaced wholesale on change (never mutated) so a balancer always sees a consistent list.

@@ -21,12 +21,12 @@ from proxy.accesslog import AccessLog
 from proxy.admin import AdminServer
 from proxy.balancer import make_balancer
 from proxy.config import Config, load_config
-from proxy.context import ProxyState
 from proxy.discovery import Discovery, Resolver, make_discovery
 from proxy.downstream import DownstreamProtocol, ProxySite, limits_from
 from proxy.health import HealthChecker, health_checker
 from proxy.outlier import outlier_detector
 from proxy.pool import Address, UpstreamGroup
+from proxy.state import ProxyState
 
 if TYPE_CHECKING:  # asgilab is imported only with --app
     from asgilab.lifespan import Lifespan

@@ -20,8 +20,8 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.context import ProxyState
     from proxy.downstream import DownstreamProtocol
+    from proxy.state import ProxyState
 
 log = logging.getLogger("proxy.tunnel")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.nginx import free_port
+from benchmarks.host import free_port
 from loadgen.compare import main as compare_main
 from tests.browser.pagecheck import block_network, canvas_ink
 from tests.unit.loadgen_server import ThreadedServer

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.nginx import free_port, wait_port
+from benchmarks.host import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 from wsproto import ConnectionType, WSConnection, events
 
-from benchmarks.nginx import free_port, stop_process, wait_port
+from benchmarks.host import free_port, stop_process, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = "tests.unit.test_asgilab_websocket_e2e"

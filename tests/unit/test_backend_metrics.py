@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app import api
 from backend.metrics import UNMATCHED, BackendMetrics, MetricsMiddleware
-from benchmarks.nginx import free_port, stop_process
+from benchmarks.host import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import asgi
 from benchmarks.asgi import Figures, format_ratios, parse_vmrss_kib, ratio, server_command
-from benchmarks.nginx import WrkResult
+from benchmarks.host import WrkResult
 
 
 def _run(rps: float, errors: int = 0) -> WrkResult:

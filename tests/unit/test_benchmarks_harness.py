@@ -13,7 +13,7 @@ import time
 import pytest
 
 from benchmarks.fixedrate import drive
-from benchmarks.nginx import parse_wrk
+from benchmarks.host import parse_wrk
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:55689/
   1 threads and 50 connections

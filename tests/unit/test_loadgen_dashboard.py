@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import loadgen.record as record_mod
-from benchmarks.nginx import free_port
+from benchmarks.host import free_port
 from loadgen.__main__ import main
 from loadgen.dashboard import Dashboard
 from loadgen.histogram import LatencyHistogram, Timeline

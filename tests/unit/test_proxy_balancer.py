@@ -28,9 +28,9 @@ from proxy.balancer import (
     parse_hash_on,
 )
 from proxy.config import Config, load_config
-from proxy.context import ProxyState
 from proxy.pool import Endpoint, UpstreamGroup
-from tests.unit.test_proxy_e2e import proxy
+from proxy.state import ProxyState
+from tests.unit.harness import proxy
 from tests.unit.upstreams import StatusServer
 
 _loops: list[asyncio.AbstractEventLoop] = []

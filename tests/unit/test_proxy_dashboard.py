@@ -15,10 +15,10 @@ import pytest
 
 from proxy.balancer import make_balancer
 from proxy.config import Config
-from proxy.context import ProxyState
 from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
 from proxy.events import LiveView, merge, percentile, worker_sample
 from proxy.pool import UNHEALTHY, UpstreamGroup
+from proxy.state import ProxyState
 
 
 class Clock:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config import Config
 from proxy.counters import LATENCY_BUCKETS, Counters, Histogram
 from proxy.server import ProxyServer
-from tests.unit.test_proxy_e2e import free_port
+from tests.unit.harness import free_port
 from tests.unit.upstreams import StatusServer
 
 P = "asgilab_proxy_"

@@ -8,7 +8,7 @@ from time import perf_counter
 import pytest
 
 from proxy.retry import KEEP_BODY_LIMIT, RetryBudget
-from tests.unit.test_proxy_e2e import (
+from tests.unit.harness import (
     LOOPS,
     FakeUpstream,
     access_lines,

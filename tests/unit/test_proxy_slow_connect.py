@@ -10,7 +10,7 @@ from time import perf_counter
 
 import pytest
 
-from tests.unit.test_proxy_e2e import LOOPS, FakeUpstream, access_lines, addr, fetch, get, proxy, run
+from tests.unit.harness import LOOPS, FakeUpstream, access_lines, addr, fetch, get, proxy, run
 
 
 @contextlib.contextmanager

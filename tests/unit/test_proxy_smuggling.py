@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from tests.unit.test_proxy_e2e import FakeUpstream, access_lines, connect, get, proxy, read_response, run
+from tests.unit.harness import FakeUpstream, access_lines, connect, get, proxy, read_response, run
 
 H = b"POST /echo HTTP/1.1\r\nHost: x\r\n"
 CASES = {

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tests.unit.test_proxy_e2e import (
+from tests.unit.harness import (
     LOOPS,
     FakeUpstream,
     access_lines,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.unit.test_proxy_e2e import FakeUpstream, addr, connect, get, proxy, read_response, run
+from tests.unit.harness import FakeUpstream, addr, connect, get, proxy, read_response, run
 
 
 def test_a_request_on_a_reused_connection_gets_its_own_full_deadline() -> None:

@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 import websockets
 
-from tests.unit.test_proxy_e2e import (
+from tests.unit.harness import (
     LOOPS,
     FakeUpstream,
     access_lines,

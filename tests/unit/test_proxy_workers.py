@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.nginx import wait_port
+from benchmarks.host import wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,10 +12,10 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from proxy.accesslog import AccessLog
+from proxy.admission import Admission
 from proxy.balancer import Balancer
 from proxy.config import Config
 from proxy.counters import Counters
-from proxy.limits import Admission
 from proxy.pool import UpstreamGroup
 from proxy.retry import RetryBudget, RetryPolicy
 
@@ -43,7 +43,7 @@ class ProxyState:
         self.draining = False
         self.counters = Counters()
         self.no_endpoints = f"502 Bad Gateway: no upstream endpoints for {config.upstream}\n".encode()
-        # Retries (retry.py) and admission control (limits.py; None when the in-flight cap is off).
+        # Retries (retry.py) and admission control (admission.py; None when the in-flight cap is off).
         self.retry_policy = RetryPolicy(config.retry_methods, config.retry_on, config.max_retries)
         self.retry_budget = RetryBudget(config.retry_budget_percent, config.retry_budget_min)
         self.admission: Admission | None = (

@@ -4,7 +4,7 @@ Everything runs on the host without containers (tools from ``scripts/bench-tools
 process pinned to a core so that two paths measured in one invocation compete for the same
 CPU budget. Only ratios taken in one run mean anything on a shared machine.
 
-API (import from ``benchmarks.nginx``)::
+API (import from ``benchmarks.host``)::
 
     with static_upstream(cpu=0) as port:          # nginx, 1 worker, `return 200` + 12-byte body
         res = run_wrk(f"http://127.0.0.1:{port}/", cpu=0, duration_s=5)

@@ -7,10 +7,10 @@ from time import perf_counter
 
 import pytest
 
+from proxy.admission import Admission
 from proxy.config import ConfigError, build_parser, config_from
-from proxy.limits import Admission
 from proxy.pool import HEALTHY, UNHEALTHY, UpstreamGroup
-from tests.unit.test_proxy_e2e import (
+from tests.unit.harness import (
     LOOPS,
     FakeUpstream,
     Resp,

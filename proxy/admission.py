@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.pool import Endpoint, UpstreamGroup
 
-log = logging.getLogger("proxy.limits")
+log = logging.getLogger("proxy.admission")
 
 __all__ = ["RETRY_AFTER_S", "Admission", "overload_response", "with_retry_after"]
 
