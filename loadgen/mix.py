@@ -23,13 +23,20 @@ CYCLE_LEN = 1000
 
 
 class RequestLike(Protocol):
-    """What a mix entry must have: ``scenario.RequestSpec`` and :class:`Request` both qualify."""
+    """What a mix entry must have: ``scenario.RequestSpec`` and :class:`Request` both qualify.
 
-    weight: float
-    method: str
-    path: str
-    headers: tuple[tuple[str, str], ...]
-    body_size: int
+    Read-only members (properties), so frozen dataclasses satisfy it."""
+
+    @property
+    def weight(self) -> float: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def body_size(self) -> int: ...
 
 
 @dataclass(frozen=True)

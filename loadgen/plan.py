@@ -80,7 +80,7 @@ def make_plan(config: Config, scenario: Any | None = None) -> Plan:
     )
     if scenario is None:
         mode = "open" if config.rate is not None else "closed"
-        level = float(config.rate if mode == "open" else config.concurrency)
+        level = float(config.rate) if config.rate is not None else float(config.concurrency)
         load_at: Callable[[float], float] = Constant(level)
         constant: float | None = level
         duration = config.duration_s

@@ -317,8 +317,9 @@ class ClosedLoop(_Runner):
             self._adjust_timer = self._loop.call_later(ADJUST_EVERY_S, self._adjust, start)
 
     def _cancel_timers(self) -> None:
-        if getattr(self, "_adjust_timer", None) is not None:
-            self._adjust_timer.cancel()
+        timer = getattr(self, "_adjust_timer", None)
+        if timer is not None:
+            timer.cancel()
 
     def _start_connection(self) -> None:
         conn = self._new_connection()
@@ -514,8 +515,9 @@ class OpenLoop(_Runner):
             self._drained.set_result(None)
 
     def _cancel_timers(self) -> None:
-        if getattr(self, "_timer", None) is not None:
-            self._timer.cancel()
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()
 
     def _stats(self) -> dict[str, Any]:
         sent_in_time = self.sent - self.sent_late
