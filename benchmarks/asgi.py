@@ -41,20 +41,16 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.servers import SERVERS, Server, Settings, command, parse_server
+from benchmarks.figures import Figures, Target, cpu_ratio, format_ratios, ratio, run_rounds
 from benchmarks.host import (
     ToolMissing,
-    WrkResult,
-    cpu_seconds,
     free_port,
     listener_pids,
     python_server,
     require_tools,
-    run_wrk,
     set_nice,
 )
 
@@ -66,65 +62,6 @@ RATIOS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
     ("fastapi_asgilab/uvicorn", ("asgilab", "fastapi"), ("uvicorn", "fastapi")),
 )
 MEMORY_SERVERS: tuple[Server, ...] = ("asgilab", "uvicorn")
-
-
-@dataclass
-class Figures:
-    """Every run of one row (a server serving an app, or a hop path), and their medians."""
-
-    name: str
-    runs: list[WrkResult] = field(default_factory=list)
-    cpu_us: list[float] = field(default_factory=list)  # server CPU per request, each run
-    failed: str | None = None  # why the row has no runs (it did not start)
-
-    def median(self, attr: str) -> float:
-        return float(statistics.median(float(getattr(r, attr)) for r in self.runs))
-
-    @property
-    def errors(self) -> int:
-        return sum(r.errors for r in self.runs)
-
-    def problem(self) -> str | None:
-        """Why this row's req/s may not be compared with another's; None if it may."""
-        if self.failed:
-            return f"{self.name} {self.failed}"
-        if not self.runs:
-            return f"{self.name} was not measured"
-        if self.errors:
-            bad = [i + 1 for i, r in enumerate(self.runs) if r.errors]
-            rounds = ", ".join(str(i) for i in bad)
-            return (
-                f"{self.name} had {self.errors} errors (socket errors or non-2xx responses) "
-                f"in round(s) {rounds}"
-            )
-        return None
-
-
-def ratio(num: Figures | None, den: Figures | None) -> tuple[float | None, str | None]:
-    """``num``'s median req/s over ``den``'s, or None and the reason no ratio may be given."""
-    for side in (num, den):
-        if side is None:
-            return None, "not measured (server not selected)"
-        if problem := side.problem():
-            return None, problem
-    assert num is not None and den is not None
-    base = den.median("rps")
-    if base <= 0:
-        return None, f"{den.name} served nothing"
-    return num.median("rps") / base, None
-
-
-def cpu_ratio(num: Figures | None, den: Figures | None) -> float | None:
-    """``den``'s median CPU per request over ``num``'s (> 1: ``num`` spends less), or None."""
-    if num is None or den is None or num.problem() or den.problem():
-        return None
-    mine = statistics.median(num.cpu_us)
-    return statistics.median(den.cpu_us) / mine if mine > 0 else None
-
-
-def format_ratios(values: Sequence[tuple[str, float | None]]) -> str:
-    """The machine-readable last line: ``label=<ratio>`` pairs, ``n/a`` for a missing ratio."""
-    return " ".join(f"{label}={'n/a' if v is None else f'{v:.2f}'}" for label, v in values)
 
 
 def parse_vmrss_kib(status: str) -> int:
@@ -153,46 +90,6 @@ def server_command(server: Server, app: str, port: int) -> list[str]:
         app=app, host="127.0.0.1", port=port, workers=1, forwarded_allow_ips=None, log_level="warning"
     )
     return command(server, settings)
-
-
-def measure(url: str, pids: set[int], *, cpu: int, duration: float, warmup: float) -> tuple[WrkResult, float]:
-    """One wrk run after a warm-up: the result and the server's CPU microseconds per request."""
-    if warmup > 0:
-        run_wrk(url, cpu=cpu, duration_s=warmup)
-    cpu0 = cpu_seconds(pids)
-    res = run_wrk(url, cpu=cpu, duration_s=duration)
-    return res, (cpu_seconds(pids) - cpu0) / max(1, res.requests) * 1e6
-
-
-def run_rounds(
-    paths: dict[str, tuple[int, set[int]]],
-    figures: dict[str, Figures],
-    *,
-    rounds: int,
-    cpu: int,
-    duration: float,
-    warmup: float,
-) -> None:
-    """Measure every path once per round, the order rotated each round; progress on stderr."""
-    names = list(paths)
-    for rnd in range(rounds):
-        order = names[rnd % len(names) :] + names[: rnd % len(names)]
-        for name in order:
-            port, pids = paths[name]
-            try:
-                res, cpu_us = measure(
-                    f"http://127.0.0.1:{port}/", pids, cpu=cpu, duration=duration, warmup=warmup
-                )
-            except (RuntimeError, ValueError) as exc:  # wrk failed or printed no latency table
-                figures[name].failed = f"failed in round {rnd + 1}: {str(exc).splitlines()[0]}"
-                continue
-            figures[name].runs.append(res)
-            figures[name].cpu_us.append(cpu_us)
-            print(
-                f"# round {rnd + 1} {name:<28} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:.2f} ms  "
-                f"p99 {res.p99_ms:.2f} ms  errors {res.errors}  server CPU {cpu_us:.1f} us/req",
-                file=sys.stderr,
-            )
 
 
 def print_table(figures: dict[str, Figures], first_col: str, ratio_to: str | None = None) -> None:
@@ -275,12 +172,10 @@ def proxy_command(port: int, *, upstream: int | None = None, app: str | None = N
     ]  # fmt: skip
 
 
-def start_hop_paths(
-    cpu: int, stack: contextlib.ExitStack, figures: dict[str, Figures]
-) -> dict[str, tuple[int, set[int]]]:
+def start_hop_paths(cpu: int, stack: contextlib.ExitStack, figures: dict[str, Figures]) -> dict[str, Target]:
     """The FastAPI hello served four ways, every serving process on ``cpu``; failures recorded."""
     app = APPS["fastapi"]
-    paths: dict[str, tuple[int, set[int]]] = {}
+    paths: dict[str, Target] = {}
 
     def start(name: str, cmd: list[str], port: int) -> bool:
         figures[name] = figures.get(name) or Figures(name)
@@ -290,7 +185,7 @@ def start_hop_paths(
             figures[name].failed = "did not start"
             print(f"benchmarks.asgi: {name}: {exc}".rstrip(), file=sys.stderr)
             return False
-        paths[name] = (port, listener_pids(port))
+        paths[name] = Target(port, listener_pids(port))
         return True
 
     for name, server in ((HOP_DIRECT, "uvicorn"), ("(b) asgilab direct", "asgilab")):
@@ -300,9 +195,9 @@ def start_hop_paths(
     # and (c)'s CPU column is both processes': the hop's whole price.
     upstream, port = free_port(), free_port()
     if start(HOP_PROXY, server_command("uvicorn", app, upstream), upstream):
-        upstream_pids = paths.pop(HOP_PROXY)[1]
+        upstream_pids = paths.pop(HOP_PROXY).pids
         if start(HOP_PROXY, proxy_command(port, upstream=upstream), port):
-            paths[HOP_PROXY][1].update(upstream_pids)
+            paths[HOP_PROXY].pids.update(upstream_pids)
     port = free_port()
     start(HOP_IN_PROCESS, proxy_command(port, app=app), port)
     return paths
@@ -392,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return main_hop(a)
 
     figures: dict[str, Figures] = {}
-    paths: dict[str, tuple[int, set[int]]] = {}
+    paths: dict[str, Target] = {}
     key: dict[tuple[str, str], str] = {}
     with contextlib.ExitStack() as stack:
         for server in servers:
@@ -408,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures[name].failed = "did not start"
                     print(f"benchmarks.asgi: {name}: {exc}".rstrip(), file=sys.stderr)
                     continue
-                paths[name] = (port, listener_pids(port))
+                paths[name] = Target(port, listener_pids(port))
         print(
             f"# {a.rounds} round(s) x {a.duration:g}s per row, wrk -t1 -c50 on cpu {a.wrk_cpu}; "
             f"each server one worker on cpu {a.server_cpu}",

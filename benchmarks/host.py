@@ -18,28 +18,35 @@ API (import from ``benchmarks.host``)::
     cpu_seconds(pids) -> float                     # their user+sys CPU so far (CPU per request)
     wait_port(port, timeout=5.0)                   # until something accepts on 127.0.0.1:port
     python_server(cmd, port, cpu) as port          # a pinned Python server, stopped after the block
+    run_open_loop(url, rate=R, duration_s=S, cpu=0) -> OpenLoopResult   # python -m loadgen --rate R
+    run_loadgen(url, args, cpu, timeout_s) -> dict # python -m loadgen ARGS --json: its report
     stop_process(proc)                             # SIGTERM, SIGKILL after 15 s
     pinned(cmd, cpu) -> list[str]                  # ["taskset", "-c", cpu, *cmd]
     set_nice(n)                                    # later pinned() commands run at nice n
     require_tools("nginx", "wrk")                  # ToolMissing naming scripts/bench-tools
     BODY == b"hello world\\n"                       # the 12-byte static body
 
-``run_wrk`` is closed-loop (wrk 4.1 from Debian has no ``-R``); fixed-rate latency is
-measured by ``benchmarks.fixedrate`` (an open-loop, wrk2-style driver).
+``run_wrk`` is closed-loop (wrk 4.1 from Debian has no ``-R``); latency at a fixed rate is
+measured by the lab's own load generator in open loop (``python -m loadgen --rate``, wrk2's
+model: latency counted from each request's intended send time, docs/loadgen.md), the one
+open-loop driver of the project.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -120,11 +127,15 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def python_server(
-    cmd: list[str], port: int, cpu: int | None, stdout: int | IO[Any] | None = subprocess.DEVNULL
+    cmd: list[str],
+    port: int,
+    cpu: int | None,
+    stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    cwd: Path = REPO,
 ) -> Iterator[int]:
-    """Run a Python server pinned to ``cpu`` (from the repo root) until the block ends."""
+    """Run a Python server pinned to ``cpu`` (from ``cwd``, the repo root) until the block ends."""
     proc = subprocess.Popen(
-        pinned(cmd, cpu), cwd=REPO, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
+        pinned(cmd, cpu), cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
     )
     try:
         try:
@@ -340,3 +351,87 @@ def run_wrk(
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     return parse_wrk(proc.stdout)
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_loadgen(
+    url: str,
+    args: Sequence[str],
+    cpu: int | None,
+    timeout_s: float,
+    *,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """``python -m loadgen URL ARGS --quiet --json FILE`` pinned to ``cpu``; returns the report.
+
+    ``LOADGEN_*`` variables of the caller's environment are dropped (the flags say everything);
+    ``on_start`` runs once the process is started (a viewer of its live page, say). The report
+    gets ``cpu_us_per_response``: the generator's own user+sys CPU per response.
+    """
+    with tempfile.TemporaryDirectory(prefix="asgi-lab-loadgen-") as tmp:
+        out = Path(tmp) / "report.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOADGEN_")}
+        cmd = pinned([sys.executable, "-m", "loadgen", url, *args, "--quiet", "--json", str(out)], cpu)
+        before = _children_cpu_s()
+        with subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as p:
+            if on_start is not None:
+                on_start()
+            _, stderr = p.communicate(timeout=timeout_s)
+        cpu_s = _children_cpu_s() - before
+        # Exit 1 means no request succeeded: the report is there and says so (a path of errors).
+        if p.returncode not in (0, 1) or not out.exists():
+            raise RuntimeError(f"loadgen failed ({p.returncode}):\n{stderr}")
+        report: dict[str, Any] = json.loads(out.read_text())
+        report["cpu_us_per_response"] = 1e6 * cpu_s / max(1, report["responses"])
+        return report
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLoopResult:
+    """One open-loop run, as the benchmarks compare it (from loadgen's report)."""
+
+    rate: float  # intended requests per second
+    achieved: float  # requests actually sent per second before the deadline
+    responses: int
+    errors: int  # transport errors + non-2xx answers + requests due but never sent
+    p50_ms: float  # corrected: from each request's intended send time
+    p99_ms: float
+    kept_up: bool  # the generator sent within 1 % of the intended rate
+    reason: str | None  # why not, in loadgen's words
+
+
+def parse_loadgen_report(report: dict[str, Any]) -> OpenLoopResult:
+    """The figures of an open-loop ``loadgen`` report; ValueError if it is not one."""
+    if report.get("mode") != "open":
+        raise ValueError(f"not an open-loop loadgen report (mode {report.get('mode')!r})")
+    rc, lat = report["rate_check"], report["latency_ms"]
+    non_2xx = sum(n for status, n in report["status"].items() if not 200 <= int(status) < 300)
+    errors = sum(report["errors"].values()) + non_2xx + rc["unsent"]
+
+    def ms(v: float | None) -> float:
+        return float("nan") if v is None else float(v)
+
+    return OpenLoopResult(
+        rate=float(rc["intended_rps"]),
+        achieved=float(rc["achieved_rps"]),
+        responses=int(report["responses"]),
+        errors=int(errors),
+        p50_ms=ms(lat["p50"]),
+        p99_ms=ms(lat["p99"]),
+        kept_up=bool(rc["kept_up"]),
+        reason=rc["reason"],
+    )
+
+
+def run_open_loop(
+    url: str, *, rate: float, duration_s: float, cpu: int | None = 0, connections: int = 50
+) -> OpenLoopResult:
+    """``python -m loadgen --rate`` on at most ``connections`` keep-alive connections, pinned."""
+    args = ["--rate", f"{rate:g}", "--duration", f"{duration_s:g}", "--connections", str(connections)]
+    return parse_loadgen_report(run_loadgen(url, args, cpu, duration_s + 60))

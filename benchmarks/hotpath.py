@@ -20,6 +20,7 @@ import pstats
 import sys
 import time
 
+from engine.process import new_event_loop
 from proxy.config import Config
 from proxy.downstream import DownstreamProtocol
 from proxy.server import ProxyServer
@@ -147,15 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="print cProfile's top functions to stderr")
     p.add_argument("--repeat", type=int, default=3, help="runs; the best is reported (default 3)")
     a = p.parse_args(argv)
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = asyncio.new_event_loop
     best = float("inf")
     for _ in range(1 if a.profile else a.repeat):
-        with asyncio.Runner(loop_factory=factory) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             best = min(best, runner.run(drive(a.n, a.access_log, a.profile)))
     print(
         f"python per proxied request: {best:.2f} us (best {CHUNK}-request batch of {a.repeat} x {a.n}, "

@@ -28,20 +28,16 @@ The last line is machine-readable: ``loadgen/wrk=<ratio> rate_error_pct=<x>`` (p
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.host import ToolMissing, free_port, pinned, require_tools, run_wrk, static_upstream
+from benchmarks.host import ToolMissing, free_port, require_tools, run_wrk, static_upstream
+from benchmarks.host import run_loadgen as host_run_loadgen
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_CPU = 0
@@ -52,44 +48,21 @@ CONNECTIONS = 50
 def run_loadgen(
     url: str, args: list[str], cpu: int, timeout_s: float, dashboard: bool = False
 ) -> dict[str, Any]:
-    """``python -m loadgen URL ARGS --quiet`` pinned to ``cpu``; returns its report.json.
+    """``benchmarks.host.run_loadgen``, optionally with the live page open and read.
 
     ``dashboard``: with ``--dashboard`` on a free port and one viewer reading its event stream
     from start to end (the report gets ``"viewer_events"``: how many events the viewer read).
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "report.json"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOADGEN_")}
-        extra: list[str] = []
-        viewer = None
-        if dashboard:
-            port = free_port()
-            extra = ["--dashboard", f"127.0.0.1:{port}"]
-            viewer = _Viewer(f"http://127.0.0.1:{port}/events", timeout_s)
-        cmd = pinned(
-            [sys.executable, "-m", "loadgen", url, *args, *extra, "--quiet", "--json", str(out)], cpu
-        )
-        before = _children_cpu_s()
-        with subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        ) as p:
-            if viewer is not None:
-                viewer.start()
-            _, stderr = p.communicate(timeout=timeout_s)
-        cpu_s = _children_cpu_s() - before
-        if p.returncode != 0 or not out.exists():
-            raise RuntimeError(f"loadgen failed ({p.returncode}):\n{stderr}")
-        report: dict[str, Any] = json.loads(out.read_text())
-        report["cpu_us_per_response"] = 1e6 * cpu_s / max(1, report["responses"])
-        if viewer is not None:
-            viewer.join(5)
-            report["viewer_events"] = viewer.events
-        return report
-
-
-def _children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+    if not dashboard:
+        return host_run_loadgen(url, args, cpu, timeout_s)
+    port = free_port()
+    viewer = _Viewer(f"http://127.0.0.1:{port}/events", timeout_s)
+    report = host_run_loadgen(
+        url, [*args, "--dashboard", f"127.0.0.1:{port}"], cpu, timeout_s, on_start=viewer.start
+    )
+    viewer.join(5)
+    report["viewer_events"] = viewer.events
+    return report
 
 
 class _Viewer(threading.Thread):

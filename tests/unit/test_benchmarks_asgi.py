@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks import asgi
-from benchmarks.asgi import Figures, format_ratios, parse_vmrss_kib, ratio, server_command
+from benchmarks import asgi, figures
+from benchmarks.asgi import parse_vmrss_kib, server_command
+from benchmarks.figures import Figures, cpu_ratio, format_ratios, ratio
 from benchmarks.host import WrkResult
 
 
@@ -51,8 +52,8 @@ def test_a_server_that_did_not_start_or_was_not_selected_gets_no_ratio() -> None
 def test_cpu_ratio_is_the_other_servers_cpu_over_asgilabs_and_refuses_errors() -> None:
     mine, other = _figures("asgilab raw", 100), _figures("uvicorn raw", 100)
     mine.cpu_us, other.cpu_us = [10.0, 12.0, 11.0], [22.0]
-    assert asgi.cpu_ratio(mine, other) == pytest.approx(2.0)
-    assert asgi.cpu_ratio(_figures("a", 1, 1, errors=2), other) is None
+    assert cpu_ratio(mine, other) == pytest.approx(2.0)
+    assert cpu_ratio(_figures("a", 1, 1, errors=2), other) is None
 
 
 def test_the_last_line_has_exactly_the_three_labels() -> None:
@@ -101,9 +102,10 @@ def test_a_run_with_errors_prints_a_message_and_na_in_the_last_line(
         return _run(rps, errors=5 if name == "asgilab raw" else 0)
 
     monkeypatch.setattr(asgi, "python_server", fake_server)
-    monkeypatch.setattr(asgi, "run_wrk", fake_wrk)
+    monkeypatch.setattr(figures, "run_wrk", fake_wrk)
     monkeypatch.setattr(asgi, "free_port", lambda: next(ports))
     monkeypatch.setattr(asgi, "listener_pids", lambda port: set())
+    monkeypatch.setattr(figures, "cpu_seconds", lambda pids: 0.0)
     monkeypatch.setattr(asgi, "require_tools", lambda *names: None)
     assert (
         asgi.main(["--servers", "asgilab,uvicorn,granian", "--rounds", "2", "--idle-connections", "0"]) == 0

@@ -1,4 +1,4 @@
-"""The host benchmark's own parts: wrk output parsing and the open-loop fixed-rate driver.
+"""The host benchmark's own parts: wrk output parsing and the open-loop run through loadgen.
 
 Speed itself is never asserted here (that is what ``python -m benchmarks.proxy`` prints, as
 ratios within one run); these check that the harness reads and measures what it claims to.
@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from typing import Any
 
 import pytest
 
-from benchmarks.fixedrate import drive
-from benchmarks.host import parse_wrk
+from benchmarks.host import parse_loadgen_report, parse_wrk, run_open_loop
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:55689/
   1 threads and 50 connections
@@ -47,11 +46,56 @@ def test_parse_wrk_refuses_output_without_latency_distribution() -> None:
         parse_wrk("Running 1s test @ http://x/\nRequests/sec: 5.0\n")
 
 
-class _Server:
-    """Keep-alive HTTP/1.1 server on its own loop; answers after ``delay`` seconds."""
+def _report(**over: Any) -> dict[str, Any]:
+    """An open-loop loadgen report with what parse_loadgen_report reads (as loadgen writes it)."""
+    report: dict[str, Any] = {
+        "mode": "open",
+        "responses": 4000,
+        "status": {"200": 4000},
+        "errors": {"connect": 0, "timeout": 0, "reset": 0, "other": 0},
+        "rate_check": {
+            "intended_rps": 2000.0,
+            "achieved_rps": 1999.5,
+            "kept_up": True,
+            "reason": None,
+            "unsent": 0,
+        },
+        "latency_ms": {"p50": 0.044, "p90": 0.059, "p99": 0.603, "max": 3.4},
+    }
+    report.update(over)
+    return report
 
-    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
-        self.delay, self.status = delay, status
+
+def test_open_loop_report_gives_corrected_percentiles_and_no_errors() -> None:
+    r = parse_loadgen_report(_report())
+    assert (r.rate, r.achieved, r.responses) == (2000.0, 1999.5, 4000)
+    assert (r.p50_ms, r.p99_ms) == (0.044, 0.603)
+    assert r.errors == 0 and r.kept_up and r.reason is None
+
+
+def test_open_loop_errors_count_transport_failures_non_2xx_and_unsent_requests() -> None:
+    rc = {**_report()["rate_check"], "unsent": 4, "kept_up": False, "reason": "generator behind"}
+    r = parse_loadgen_report(
+        _report(
+            status={"200": 3990, "502": 5, "304": 1},
+            errors={"connect": 1, "timeout": 0, "reset": 2, "other": 0},
+            rate_check=rc,
+        )
+    )
+    assert r.errors == 5 + 1 + 1 + 2 + 4
+    assert not r.kept_up and r.reason == "generator behind"
+
+
+def test_a_closed_loop_report_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an open-loop"):
+        parse_loadgen_report(_report(mode="closed"))
+
+
+class _Server:
+    """Keep-alive HTTP/1.1 server on its own loop and thread, answering ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -66,58 +110,29 @@ class _Server:
         self.loop.run_forever()
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        reason = b"OK" if self.status == 200 else b"Err"
-        with_body = b"HTTP/1.1 %d %s\r\nContent-Length: 2\r\n\r\nok" % (self.status, reason)
+        answer = b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % self.status
         try:
             while await reader.readuntil(b"\r\n\r\n"):
-                if self.delay:
-                    await asyncio.sleep(self.delay)
-                writer.write(with_body)
+                writer.write(answer)
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    async def _shutdown(self) -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.loop.stop()
-
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
 
-def test_fixed_rate_sends_on_schedule_and_counts_every_response() -> None:
-    srv = _Server()
+@pytest.mark.parametrize(("status", "ok"), [(200, True), (503, False)])
+def test_run_open_loop_drives_loadgen_at_the_rate_and_counts_error_answers(status: int, ok: bool) -> None:
+    """The real ``python -m loadgen --rate`` subprocess (not pinned) against a local server."""
+    srv = _Server(status)
     try:
-        t0 = time.monotonic()
-        res = drive(f"http://127.0.0.1:{srv.port}/", rate=400, duration_s=1.0, connections=4, warmup_s=0.2)
-        took = time.monotonic() - t0
+        r = run_open_loop(f"http://127.0.0.1:{srv.port}/", rate=200, duration_s=1.0, cpu=None, connections=4)
     finally:
         srv.stop()
-    assert res.errors == 0
-    assert 380 <= res.requests <= 420  # 400/s for the 1 s measured window
-    assert took < 4.0
-    assert 0 < res.p50_ms <= res.p99_ms <= res.max_ms
-
-
-def test_fixed_rate_counts_waiting_for_a_connection_as_latency() -> None:
-    # 2 connections, 50 ms per response -> at most 40/s get through, 100/s are asked: requests
-    # queue, and (unlike a closed loop) their wait shows up in the latency.
-    srv = _Server(delay=0.05)
-    try:
-        res = drive(f"http://127.0.0.1:{srv.port}/", rate=100, duration_s=1.0, connections=2, warmup_s=0.0)
-    finally:
-        srv.stop()
-    assert res.errors == 0 and res.requests == 100  # all answered, late
-    assert res.p99_ms > 300  # far beyond the 50 ms service time
-
-
-def test_fixed_rate_counts_error_statuses() -> None:
-    srv = _Server(status=503)
-    try:
-        res = drive(f"http://127.0.0.1:{srv.port}/", rate=100, duration_s=0.5, connections=2, warmup_s=0.0)
-    finally:
-        srv.stop()
-    assert res.requests == 0 and res.errors >= 45
+    assert r.rate == 200.0
+    assert 190 <= r.responses <= 210
+    if ok:
+        assert r.errors == 0 and r.p50_ms <= r.p99_ms
+    else:
+        assert r.errors == r.responses  # every 503 is an error, never a fast success
