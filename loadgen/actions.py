@@ -10,6 +10,20 @@ Containers are found by the labels Compose puts on them, ``com.docker.compose.pr
 generator itself) are never targets. The project is, in order: the ``project`` argument,
 ``COMPOSE_PROJECT_NAME``, or the project label of the container we run in (its hostname is its id).
 
+Where the engine is: ``DOCKER_HOST`` when set (in Compose, ``tcp://docker-actions:2375``, a
+socket filter that lets through exactly the engine calls listed in docs/security.md: these
+actions' own), else the local socket.
+
+``stop``, ``restart`` and ``scale``'s removals take a grace period (``timeout``). The engine's
+stop call counts it in whole seconds, so a sub-second one (``"500ms"``) is done here: the
+container's stop signal, then SIGKILL if it still runs when the grace period ends (Docker would
+have made 0.5 s an immediate SIGKILL).
+
+``policy`` sends ``PUT /policy`` to the proxy's admin listener with ``Authorization: Bearer``
+and the admin token: ``PROXY_ADMIN_TOKEN`` in this process's environment, else the one in the
+proxy container's (reading it needs the same Docker access the actions already have). The proxy
+applies it in every ``--workers`` worker (proxy/admin.py).
+
 ``scale`` is the one action Compose does not expose through the engine: ``docker compose up
 --scale`` is client-side logic. Doing it here with the SDK alone, so that it also works from
 inside the loadgen container, means doing what Compose does: keep the lowest-numbered replicas,
@@ -47,6 +61,8 @@ LABEL_SERVICE = "com.docker.compose.service"
 LABEL_NUMBER = "com.docker.compose.container-number"
 LABEL_ONEOFF = "com.docker.compose.oneoff"
 DEFAULT_STOP_TIMEOUT_S = 10.0  # Docker's and Compose's default grace period
+TOKEN_ENV = "PROXY_ADMIN_TOKEN"  # the proxy's admin token (proxy/config.py --admin-token)
+POLL_S = 0.05  # how often a sub-second stop looks whether the container has exited
 
 
 ALIVE = ("running", "paused", "restarting")
@@ -77,8 +93,17 @@ class ActionRunner:
     """
 
     def __init__(
-        self, project: str | None = None, *, client: Any = None, rng: random.Random | None = None
+        self,
+        project: str | None = None,
+        *,
+        client: Any = None,
+        rng: random.Random | None = None,
+        admin_token: str | None = None,
+        clock: Any = time.monotonic,
+        sleep: Any = time.sleep,
     ) -> None:
+        """``admin_token``: for ``policy``; None reads it as the module docstring says.
+        ``clock``/``sleep``: the sub-second stop's time source (tests pass a fake one)."""
         if client is None:
             import docker  # imported here: a run without actions does not need the SDK
 
@@ -94,6 +119,9 @@ class ActionRunner:
         self.project = project or detect_project(client)
         self._in_container = _own_container(client) is not None
         self._rng = rng or random.Random()
+        self._token = admin_token if admin_token is not None else os.environ.get(TOKEN_ENV, "").strip()
+        self._clock = clock
+        self._sleep = sleep
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -164,9 +192,28 @@ class ActionRunner:
 
     # -- the kinds ------------------------------------------------------------------------------
 
+    def _stop(self, container: Any, timeout: float) -> None:
+        """Stop with ``timeout`` seconds of grace, sub-second ones included (module docstring)."""
+        if timeout == int(timeout):
+            container.stop(timeout=int(timeout))
+            return
+        if container.status == "paused":
+            container.unpause()  # a frozen process cannot handle its stop signal
+        container.kill(signal=(container.attrs.get("Config") or {}).get("StopSignal") or "SIGTERM")
+        deadline = self._clock() + timeout
+        while True:
+            container.reload()
+            if container.status not in ALIVE:
+                return
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            self._sleep(min(POLL_S, left))
+        container.kill(signal="SIGKILL")
+
     def _do_stop(self, action: Action) -> tuple[bool, str]:
-        timeout = action.args.get("timeout", DEFAULT_STOP_TIMEOUT_S)
-        return self._each(action, ("running", "paused"), "stopped", lambda c: c.stop(timeout=int(timeout)))
+        timeout = float(action.args.get("timeout", DEFAULT_STOP_TIMEOUT_S))
+        return self._each(action, ("running", "paused"), "stopped", lambda c: self._stop(c, timeout))
 
     def _do_kill(self, action: Action) -> tuple[bool, str]:
         sig = action.args.get("signal", "SIGKILL")
@@ -179,9 +226,17 @@ class ActionRunner:
         return self._each(action, ("paused",), "unpaused", lambda c: c.unpause())
 
     def _do_restart(self, action: Action) -> tuple[bool, str]:
-        timeout = action.args.get("timeout", DEFAULT_STOP_TIMEOUT_S)
+        timeout = float(action.args.get("timeout", DEFAULT_STOP_TIMEOUT_S))
         states = ("running", "paused", "exited", "created")
-        return self._each(action, states, "restarted", lambda c: c.restart(timeout=int(timeout)))
+        return self._each(action, states, "restarted", lambda c: self._restart(c, timeout))
+
+    def _restart(self, container: Any, timeout: float) -> None:
+        if timeout == int(timeout):
+            container.restart(timeout=int(timeout))
+            return
+        if container.status in ALIVE:
+            self._stop(container, timeout)
+        container.start()
 
     def _do_policy(self, action: Action) -> tuple[bool, str]:
         """``PUT /policy`` on each of the service's running containers' admin listener."""
@@ -193,7 +248,11 @@ class ActionRunner:
         done = []
         for container in chosen:
             url = self._admin_url(container, port) + "/policy"
-            request = urllib.request.Request(url, data=policy.encode(), method="PUT")
+            headers = {"Content-Type": "text/plain"}
+            token = self._token or _env_of(container, TOKEN_ENV)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            request = urllib.request.Request(url, data=policy.encode(), method="PUT", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=5) as response:
                     doc = json.loads(response.read() or b"{}")
@@ -231,10 +290,10 @@ class ActionRunner:
         template = next((c for c in every if c.status == "running"), every[0])
         running = sum(c.status in ALIVE for c in every)
         done: list[str] = []
-        timeout = int(action.args.get("timeout", DEFAULT_STOP_TIMEOUT_S))
+        timeout = float(action.args.get("timeout", DEFAULT_STOP_TIMEOUT_S))
         for c in plan.remove:
             if c.status in ALIVE:
-                c.stop(timeout=timeout)  # SIGTERM first, like compose: the replica may drain
+                self._stop(c, timeout)  # SIGTERM first, like compose: the replica may drain
             c.remove(v=True)
             done.append(f"removed {_label(c)}")
         for c in plan.start:
@@ -292,6 +351,15 @@ class ActionRunner:
                 api.connect_container_to_network(container_id, net, aliases=aliases)
         api.start(container_id)
         return self.client.containers.get(container_id)
+
+
+def _env_of(container: Any, name: str) -> str:
+    """``name``'s value in the container's configured environment ("" when it has none)."""
+    for item in (container.attrs.get("Config") or {}).get("Env") or ():
+        key, _, value = str(item).partition("=")
+        if key == name:
+            return value.strip()
+    return ""
 
 
 @dataclass

@@ -9,13 +9,15 @@ Rendering /metrics for a few dozen endpoints takes well under a millisecond, so 
 on the event loop instead of in a thread. A handler may be a coroutine function (the ones that
 ask sibling workers, siblings.py); a stream route (/events) gets the connection itself.
 
-Write actions. ``POST /upstreams/{addr}/drain`` and ``/undrain`` need the bearer token of
-``--admin-token`` (PROXY_ADMIN_TOKEN) when one is set, and otherwise a loopback client: they are
-never open to the network without a token. A request a browser sends from another origin
-(``Origin`` not matching ``Host``) is refused either way, so a web page cannot drain through a
-local browser. ``PUT /policy`` keeps its behaviour from before (open, as the load generator's
-scenario actions use it) until the admin hardening lands; ``?workers=all`` makes it reach every
-worker.
+Write actions. Every request that changes state (any method but GET and HEAD: ``PUT``/``POST
+/policy``, ``POST /upstreams/{addr}/drain`` and ``/undrain``, and whatever route is added later)
+is authorized in one place, ``_route``, before its handler runs: with ``--admin-token``
+(PROXY_ADMIN_TOKEN) set it needs ``Authorization: Bearer <token>`` (401 otherwise); without one
+it is refused (403) to every client but loopback inside the proxy's own host or container, so
+it is never open to the network. A request a browser sends from another origin (``Origin`` not
+matching ``Host``) is refused either way, so a web page cannot act through a local browser.
+Read-only routes stay open. Under ``--workers`` a policy switch or a drain is applied by the
+worker that got it and forwarded, with the same Authorization, to every sibling (siblings.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ STATIC_FILES = {
     "uPlot.min.css": "text/css; charset=utf-8",
 }
 LOCAL_ONLY = "scope=worker"  # query of an action forwarded to a sibling: apply there, do not forward
+READS = frozenset({"GET", "HEAD"})  # every other method changes state and is authorized first
 
 
 @dataclass
@@ -100,6 +103,11 @@ class Reply:
 
 Handler = Callable[[Request], Reply | Awaitable[Reply]]
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _forwarded_headers(req: Request) -> dict[str, str]:
+    """What a sibling needs to authorize the same action: the Authorization header, if any."""
+    return {k: v for k, v in req.headers.items() if k == "authorization"}
 
 
 def is_loopback(peer: str) -> bool:
@@ -246,7 +254,8 @@ class AdminServer:
             return Reply.text(
                 403,
                 "refused: without PROXY_ADMIN_TOKEN (--admin-token) only loopback clients may "
-                f"drain; this request came from {req.peer}\n",
+                f"change the proxy ({req.method} {req.path}); this request came from "
+                f"{req.peer or 'an unknown address'}\n",
             )
         return None
 
@@ -255,10 +264,8 @@ class AdminServer:
 
         Applied in this worker and forwarded to every sibling (with the same Authorization),
         so the whole proxy stops sending to the replica; the answer says which workers did.
+        Authorized by ``_route`` (a write).
         """
-        refused = self.authorize(req)
-        if refused is not None:
-            return refused
         ep = self.state.group.set_drain(label, on)
         workers: dict[str, str] = {}
         if ep is not None:
@@ -266,7 +273,7 @@ class AdminServer:
         else:
             workers[str(self.worker)] = "unknown endpoint"
         if req.query != LOCAL_ONLY and self.siblings:
-            headers = {k: v for k, v in req.headers.items() if k == "authorization"}
+            headers = _forwarded_headers(req)
             path = f"/upstreams/{label}/{'drain' if on else 'undrain'}?{LOCAL_ONLY}"
             for r in await self.siblings.ask("POST", path, headers):
                 doc = r.json() if r.status == 200 else None
@@ -311,12 +318,14 @@ class AdminServer:
         return Reply.json({"policy": name, "previous": previous})
 
     async def policy_everywhere(self, req: Request) -> Reply:
-        """``PUT /policy?workers=all``: this worker, then every sibling (the dashboard's control)."""
+        """``PUT /policy`` under ``--workers``: this worker, then every sibling, with the same
+        Authorization; the answer says which workers switched (``?workers=all`` is accepted too)."""
         reply = self.policy(req)
         if reply.status != 200 or not self.siblings:
             return reply
         doc = json.loads(reply.body)
-        answers = await self.siblings.ask("PUT", f"/policy?name={doc['policy']}")
+        path = f"/policy?name={doc['policy']}&{LOCAL_ONLY}"
+        answers = await self.siblings.ask("PUT", path, _forwarded_headers(req))
         doc["workers"] = {
             str(self.worker): "ok",
             **{str(r.worker): "ok" if r.status == 200 else f"status {r.status or 'none'}" for r in answers},
@@ -355,9 +364,9 @@ class AdminServer:
         if head.startswith("/upstreams/") and action in self.actions:
             if req.method != "POST":
                 return Reply(405, f"use POST for {req.path}\n".encode(), headers={"Allow": "POST"})
+            if (refused := self.authorize(req)) is not None:
+                return refused
             return self.drain(req, unquote(head[len("/upstreams/") :]), self.actions[action])
-        if req.path == "/policy" and req.method in ("PUT", "POST") and "workers=all" in req.query.split("&"):
-            return self.policy_everywhere(req)
         table = self.routes.get(req.path)
         if table is None:
             listing = "".join(
@@ -370,6 +379,11 @@ class AdminServer:
             return Reply(
                 405, f"method {req.method} not allowed on {req.path}\n".encode(), headers={"Allow": allow}
             )
+        if req.method not in READS:
+            if (refused := self.authorize(req)) is not None:
+                return refused
+            if handler == self.policy and self.siblings and LOCAL_ONLY not in req.query.split("&"):
+                return self.policy_everywhere(req)  # every worker, not only the one that got it
         return handler(req)
 
     async def _read(self, reader: asyncio.StreamReader) -> Request:

@@ -82,8 +82,10 @@ def test_new_numbers_follow_the_highest_in_use_even_with_gaps() -> None:
     assert plan_scale([box(2), box(7)], 4).create == [8, 9]
 
 
-def runner(containers: list[Any], **kw: Any) -> ActionRunner:
-    return ActionRunner("lab", client=Listing(containers, **kw), rng=random.Random(1))
+def runner(containers: list[Any], admin_token: str | None = None, **kw: Any) -> ActionRunner:
+    return ActionRunner(
+        "lab", client=Listing(containers, **kw), rng=random.Random(1), admin_token=admin_token
+    )
 
 
 def test_replica_selection_by_number_random_and_all() -> None:
@@ -162,3 +164,152 @@ def test_cli_exits_2_before_sending_when_actions_cannot_reach_docker(tmp_path: P
     assert result.returncode == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("loadgen: error: scenario actions need the Docker engine, which did not answer")
+
+
+# -- sub-second grace periods and the admin token (docs/security.md) --------------------------------
+
+
+class Clock:
+    """A fake monotonic clock that advances only when the runner sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def stubborn(number: int, exits_after: float | None, clock: Clock, stop_signal: str | None = None) -> Any:
+    """A running replica that exits ``exits_after`` seconds after its stop signal (None: never)."""
+    c = box(number)
+    c.attrs = {"Config": {"StopSignal": stop_signal} if stop_signal else {}}
+    signalled: list[float] = []
+
+    def kill(signal: str = "SIGKILL") -> None:
+        c.calls.append(f"kill {signal}")
+        if signal == "SIGKILL":
+            c.status = "exited"
+        elif not signalled:
+            signalled.append(clock.now)
+
+    def reload() -> None:
+        if signalled and exits_after is not None and clock.now - signalled[0] >= exits_after:
+            c.status = "exited"
+
+    c.kill, c.reload = kill, reload
+    return c
+
+
+def timed_runner(containers: list[Any], clock: Clock) -> ActionRunner:
+    return ActionRunner("lab", client=Listing(containers), clock=clock, sleep=clock.sleep)
+
+
+def test_a_sub_second_stop_grace_is_kept_not_truncated_to_an_immediate_sigkill() -> None:
+    clock = Clock()
+    polite = stubborn(1, exits_after=0.2, clock=clock, stop_signal="SIGINT")
+    stuck = stubborn(2, exits_after=None, clock=clock)
+    r = timed_runner([polite, stuck], clock)
+    assert r.run(Action(1.0, "stop", "backend:1", {"timeout": 0.5}))["ok"]
+    assert polite.calls == ["kill SIGINT"], "its own stop signal, and no SIGKILL: it exited in time"
+    start = clock.now
+    assert r.run(Action(1.0, "stop", "backend:2", {"timeout": 0.5}))["ok"]
+    assert stuck.calls == ["kill SIGTERM", "kill SIGKILL"]
+    assert clock.now - start == pytest.approx(0.5), "SIGKILL only when the half second was over"
+    assert max(clock.slept) <= 0.05
+
+
+def test_whole_second_graces_still_use_the_engines_stop_and_restart() -> None:
+    c = box(1)
+    seen: list[Any] = []
+    c.stop = lambda timeout: seen.append(("stop", timeout))
+    c.restart = lambda timeout: seen.append(("restart", timeout))
+    r = runner([c])
+    assert r.run(Action(1.0, "stop", "backend:1", {"timeout": 2.0}))["ok"]
+    assert r.run(Action(1.0, "restart", "backend:1", {"timeout": 0.0}))["ok"]
+    assert seen == [("stop", 2), ("restart", 0)]
+
+
+def test_a_sub_second_restart_stops_with_grace_then_starts() -> None:
+    clock = Clock()
+    c = stubborn(1, exits_after=None, clock=clock)
+    r = timed_runner([c], clock)
+    assert r.run(Action(1.0, "restart", "backend:1", {"timeout": 0.25}))["ok"]
+    assert c.calls == ["kill SIGTERM", "kill SIGKILL", "start"]
+
+
+class AdminStub:
+    """An HTTP server standing in for the proxy's admin port: records each PUT's Authorization."""
+
+    def __init__(self, status: int = 200) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                seen.append((self.path, self.headers.get("Authorization"), body))
+                doc = b'{"policy": "%s", "previous": "round_robin"}' % body
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(doc)))
+                self.end_headers()
+                self.wfile.write(doc)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def proxy_box(port: int, env: list[str]) -> Any:
+    c = box(1, service="proxy")
+    c.attrs = {
+        "Config": {"Env": env},
+        "NetworkSettings": {"Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}},
+    }
+    c.reload = lambda: None
+    return c
+
+
+def test_policy_action_sends_the_admin_token_from_its_env_or_the_proxys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stub = AdminStub()
+    try:
+        monkeypatch.delenv("PROXY_ADMIN_TOKEN", raising=False)
+        action = Action(1.0, "policy", "proxy", {"policy": "p2c"})
+        container = proxy_box(stub.port, ["PATH=/bin", "PROXY_ADMIN_TOKEN=from-the-container"])
+        assert runner([container]).run(action)["ok"]
+        monkeypatch.setenv("PROXY_ADMIN_TOKEN", "from-my-env-123")
+        assert runner([container]).run(action)["ok"]
+        assert runner([proxy_box(stub.port, [])], admin_token="").run(action)["ok"]
+        assert stub.seen == [
+            ("/policy", "Bearer from-the-container", b"p2c"),
+            ("/policy", "Bearer from-my-env-123", b"p2c"),
+            ("/policy", None, b"p2c"),
+        ]
+    finally:
+        stub.close()
+
+
+def test_a_refused_policy_action_reports_the_status() -> None:
+    stub = AdminStub(status=403)
+    try:
+        result = runner([proxy_box(stub.port, [])], admin_token="").run(
+            Action(1.0, "policy", "proxy", {"policy": "p2c"})
+        )
+        assert not result["ok"] and ": 403 " in result["detail"]
+    finally:
+        stub.close()

@@ -401,7 +401,7 @@ def admin_for(policy: str = "round_robin") -> tuple[AdminServer, ProxyState]:
 
 def call(admin: AdminServer, method: str, path: str, body: bytes = b"") -> tuple[int, str]:
     path, _, query = path.partition("?")
-    reply = admin.dispatch(Request(method, path, query, {}, body))
+    reply = admin.dispatch(Request(method, path, query, {}, body, peer="127.0.0.1"))  # a loopback client
     return reply.status, reply.body.decode()
 
 

@@ -202,9 +202,12 @@ def test_without_a_token_only_loopback_clients_may_drain() -> None:
             ):
                 reply = await admin.respond(Request("POST", path, "", {"host": "a"}, b"", peer))
                 assert reply.status == expected, (peer, reply.body)
-            # PUT /policy is unchanged: open as before (the admin hardening issue will protect it).
+            # PUT /policy is a write like drain: refused from the network, allowed on loopback.
             reply = await admin.respond(Request("PUT", "/policy", "", {"host": "a"}, b"p2c", "10.1.2.3"))
-            assert reply.status == 200
+            assert reply.status == 403 and b"PUT /policy" in reply.body
+            assert srv.state is not None and srv.state.balancer.name == "round_robin"
+            reply = await admin.respond(Request("PUT", "/policy", "", {"host": "a"}, b"p2c", "127.0.0.1"))
+            assert reply.status == 200 and srv.state.balancer.name == "p2c"
 
     run(main)
 
@@ -249,8 +252,9 @@ def test_two_workers_are_shown_summed_and_drained_together() -> None:
             status, _, body = await http(
                 base, b"PUT /policy HTTP/1.1\r\nContent-Length: 11\r\n\r\nround_robin"
             )
-            assert status == 200 and "workers" not in json.loads(body)  # default: this worker only
-            assert w1.state.balancer.name == "p2c"
+            # Plain PUT /policy (the load generator's policy action) reaches every worker too.
+            assert status == 200 and json.loads(body)["workers"] == {"0": "ok", "1": "ok"}
+            assert w0.state.balancer.name == w1.state.balancer.name == "round_robin"
 
     run(main)
 
