@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable
 from multiprocessing import connection as mp_connection
 
+from engine import accesslog
+
 log = logging.getLogger("engine.workers")
 
 PR_SET_PDEATHSIG = 1  # prctl(2): signal this process gets when its parent dies
@@ -28,7 +30,9 @@ PR_SET_PDEATHSIG = 1  # prctl(2): signal this process gets when its parent dies
 WorkerMain = Callable[[int], int]  # worker index -> exit code
 
 
-def _worker_entry(target: WorkerMain, worker: int, supervisor: int) -> None:  # pragma: no cover - child
+def _worker_entry(
+    target: WorkerMain, worker: int, supervisor: int, log_lock: accesslog.SharedLock | None = None
+) -> None:  # pragma: no cover - child
     # If the supervisor is killed outright (SIGKILL, OOM), its workers get SIGTERM and drain instead
     # of living on as orphans that hold the port (Linux only; elsewhere they outlive it).
     with contextlib.suppress(OSError, AttributeError):
@@ -37,15 +41,22 @@ def _worker_entry(target: WorkerMain, worker: int, supervisor: int) -> None:  # 
         # in a container the supervisor itself is pid 1.
         if os.getppid() != supervisor:
             sys.exit(1)
+    # Workers share stdout: each access-log batch is written under one lock, so a line longer
+    # than PIPE_BUF is never cut by another worker's write (engine/accesslog.py).
+    accesslog.share_lock(log_lock)
     sys.exit(target(worker))
 
 
 def supervise(count: int, target: WorkerMain, name: str) -> int:
     """Run ``target(i)`` in ``count`` spawned processes named ``{name}-worker-{i}``; see module doc."""
     ctx = multiprocessing.get_context("spawn")
+    log_lock = ctx.Lock()
     workers = [
         ctx.Process(
-            target=_worker_entry, args=(target, i, os.getpid()), name=f"{name}-worker-{i}", daemon=False
+            target=_worker_entry,
+            args=(target, i, os.getpid(), log_lock),
+            name=f"{name}-worker-{i}",
+            daemon=False,
         )
         for i in range(count)
     ]
