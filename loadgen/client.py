@@ -298,14 +298,17 @@ class Connection:
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            # llhttp takes any three digits ("020"); RFC 9110 15 says outside 100..599 is invalid.
+            # Raised here, it becomes the parser error _data_received reports as "other".
+            raise httptools.HttpParserError(f"invalid status code {status}")
         self._headers_done = True
-        if self._head:
-            parser = self._parser
-            status = parser.get_status_code()
-            if status >= 200:
-                self._status = status
-                self._keep_alive = parser.should_keep_alive()
-                self._complete = True
+        if self._head and status >= 200:
+            self._status = status
+            self._keep_alive = parser.should_keep_alive()
+            self._complete = True
 
     def on_message_complete(self) -> None:
         # Read the parser's verdicts now: llhttp resets its flags once this callback returns.
