@@ -128,7 +128,7 @@ class AppSite:
         scheme = "http"
         trusted = self.trusted
         if trusted is not None and client is not None and trusted.trusts(client[0]):
-            client, scheme = forwarded(headers, client, scheme)
+            client, scheme = forwarded(headers, client, scheme, trusted)
         if (
             upgrade
             and WebSocketSession is not None

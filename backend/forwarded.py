@@ -14,8 +14,10 @@ from uvicorn.importer import import_from_string
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.servers import ENV_FORWARDED_ALLOW_IPS, ENV_WRAPPED_TARGET
+from engine import trust
 
+# backend.servers passes addresses and networks; `local` set by hand is expanded here as well.
 app = ProxyHeadersMiddleware(
     import_from_string(os.environ[ENV_WRAPPED_TARGET]),
-    trusted_hosts=os.environ[ENV_FORWARDED_ALLOW_IPS],
+    trusted_hosts=trust.expand(os.environ[ENV_FORWARDED_ALLOW_IPS]),
 )

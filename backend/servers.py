@@ -13,9 +13,12 @@ What "the same settings" means, per knob:
   race); Granian has no keep-alive option, but hyper's header read timeout also runs while a
   connection waits for its next request (measured: an idle connection closes after it), so
   that one is set (hyper caps it at 60 s);
-- X-Forwarded-For/-Proto from ``forwarded_allow_ips`` peers: the servers' own option where they
-  have one (Uvicorn, Gunicorn's Uvicorn worker, asgilab), Uvicorn's middleware around the app
-  where they have none (Granian, Hypercorn: ``backend.forwarded``), so all five read them alike;
+- X-Forwarded-For/-Proto from ``forwarded_allow_ips`` peers (engine/trust.py: by default
+  ``local``, the networks the replica is on, which is where the proxy is; given to every server
+  as addresses and networks, ``local`` expanded where the command is built): the servers' own
+  option where they have one (Uvicorn, Gunicorn's Uvicorn worker, asgilab), Uvicorn's
+  middleware around the app where they have none (Granian, Hypercorn: ``backend.forwarded``),
+  so all five read them alike;
 - on SIGTERM: stop accepting, let requests in flight finish for ``graceful_timeout`` seconds;
 - access log off unless asked (the proxy logs every request); HTTP/1.1 only.
 
@@ -25,8 +28,10 @@ This module imports none of the servers: building a command line needs none of t
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal, get_args
+
+from engine import trust
 
 Server = Literal["uvicorn", "asgilab", "granian", "hypercorn", "gunicorn"]
 SERVERS: Final[tuple[str, ...]] = get_args(Server)
@@ -47,7 +52,7 @@ class Settings:
     port: int = 8001
     workers: int = 1
     keep_alive: int = 15  # seconds
-    forwarded_allow_ips: str | None = "*"  # None: do not read X-Forwarded-* at all
+    forwarded_allow_ips: str | None = "local"  # None: do not read X-Forwarded-* at all
     access_log: bool = False
     graceful_timeout: int = 8  # seconds; below Docker's 10 s stop timeout
     log_level: str = "info"  # the servers' own log (not access log): info, warning, error
@@ -69,12 +74,20 @@ def _forwarded_app(s: Settings) -> str:
 def forwarded_env(server: Server, s: Settings) -> dict[str, str]:
     """Environment the command needs on top of the current one (backend.forwarded's inputs)."""
     if server in ("granian", "hypercorn") and s.forwarded_allow_ips is not None:
-        return {ENV_WRAPPED_TARGET: s.app, ENV_FORWARDED_ALLOW_IPS: s.forwarded_allow_ips}
+        return {ENV_WRAPPED_TARGET: s.app, ENV_FORWARDED_ALLOW_IPS: _expanded(s).forwarded_allow_ips or ""}
     return {}
+
+
+def _expanded(s: Settings) -> Settings:
+    """``s`` with ``local`` in forwarded_allow_ips replaced by this machine's networks."""
+    if s.forwarded_allow_ips is None or trust.LOCAL not in s.forwarded_allow_ips:
+        return s
+    return replace(s, forwarded_allow_ips=trust.expand(s.forwarded_allow_ips))
 
 
 def command(server: Server, s: Settings, python: str = sys.executable) -> list[str]:
     """The command line that runs ``server`` serving ``s.app`` with settings ``s``."""
+    s = _expanded(s)
     py = [python, "-m"]
     if server == "uvicorn":
         cmd = [

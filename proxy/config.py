@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import options
+from engine import options, trust
 from engine.options import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
 from proxy.balancer import (
     DEFAULT_EWMA_DECAY,
@@ -96,8 +96,12 @@ class Config:
     outlier_max_ejection: float = 60.0
     outlier_max_ejection_percent: float = 50.0
     # Admin write actions and the dashboard's event stream (proxy/admin.py, proxy/events.py).
-    # Bearer token for drain/undrain; "" = only loopback clients may drain. Kept out of repr().
+    # Bearer token for every admin write (policy switch, drain/undrain); "" = only loopback
+    # clients may use them (docs/security.md). Kept out of repr().
     admin_token: str = field(default="", repr=False)
+    # Peers whose X-Forwarded-For chain is kept (engine/trust.py: addresses, networks, local, *);
+    # "" = none: the proxy is the edge, and a client's own X-Forwarded-For is dropped.
+    forwarded_allow_ips: str = ""
     events_history: float = 900.0  # seconds of per-second snapshots replayed to a late viewer
 
     @property
@@ -285,8 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt(
         "--admin-token",
         "none",
-        "bearer token the admin write actions (drain/undrain) require; without one only loopback "
-        "clients may use them",
+        "bearer token every admin write (PUT/POST /policy, drain, undrain) requires; without one "
+        "only loopback clients may use them",
+    )
+    opt(
+        "--forwarded-allow-ips",
+        "none",
+        "proxies in front of this one whose X-Forwarded-For is kept: addresses, networks, 'local' "
+        "(this host's networks) or '*'; from any other client it is replaced by the client's address",
     )
     opt(
         "--events-history",
@@ -435,6 +445,12 @@ def _admin_events(get: options.Reader, kw: dict[str, Any]) -> None:
                 f"{_both('--admin-token')}: expected at least 8 printable characters, no spaces"
             )
         kw["admin_token"] = token
+    if (v := get("--forwarded-allow-ips")) is not None:
+        try:
+            trust.parse(v)
+        except ValueError as exc:
+            raise ConfigError(f"{_both('--forwarded-allow-ips')}: {exc}") from None
+        kw["forwarded_allow_ips"] = v.strip()
     if (v := get("--events-history")) is not None:
         kw["events_history"] = _number("--events-history", v, float, 1.0, strict=False)
         if kw["events_history"] > 86400:

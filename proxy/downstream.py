@@ -8,12 +8,14 @@ head for the tunnel, the hashing policies' key, and how a refusal is logged and 
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
 from engine.connection import HTTPConnection
 from engine.handler import Headers, Prepared
 from engine.limits import Limits
+from engine.trust import TrustedProxies
 from proxy.exchange import Exchange
 from proxy.headers import NO_BODY, UpstreamRequest, rewrite_request
 
@@ -46,6 +48,10 @@ class ProxySite:
         self.loop = state.loop
         self.limits = limits_from(state.config)
         self.connections = state.connections
+        if state.config.forwarded_allow_ips:  # trusted proxies in front: keep their X-Forwarded-For
+            self.prepare = functools.partial(
+                rewrite_request, trusted=TrustedProxies(state.config.forwarded_allow_ips)
+            )
 
     # The framing checks are the ones that build the upstream head, in one pass; the function
     # itself (not a method calling it) so the engine's per-request call costs one frame.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from engine.framing import CHUNKED, LENGTH, NO_BODY, BadRequest, body_framing, parse_content_length
 from engine.refusals import simple_response
 from engine.status import status_line
+from engine.trust import TrustedProxies
 
 # RFC 9110 7.6.1 plus the de-facto ones (Proxy-Connection, Keep-Alive).
 HOP_BY_HOP = frozenset(
@@ -128,8 +129,14 @@ def rewrite_request(
     client_ip: bytes,
     http11: bool = True,
     make_request_id: Callable[[], bytes] | None = None,
+    trusted: TrustedProxies | None = None,
 ) -> UpstreamRequest:
     """Validate framing and build the upstream request head in one pass.
+
+    X-Forwarded-For: the chain a client sent is kept (and the client's address appended) only
+    when the client is a proxy in ``trusted`` (``--forwarded-allow-ips``, engine/trust.py);
+    from anyone else it is dropped and the header names the client alone, so a backend never
+    sees an address the client chose.
 
     The upstream head is always HTTP/1.1 with the proxy's own framing
     (Content-Length kept, chunked re-encoded) so the backend never sees a
@@ -178,6 +185,8 @@ def rewrite_request(
         rid = (make_request_id or new_request_id)()
     if conn is not None and (named := conn - _PLAIN_CONNECTION):
         parts = _drop_named(parts, 4, named)
+    if xff is not None and (trusted is None or not trusted.trusts(client_ip.decode("latin-1"))):
+        xff = None  # the client's own claim (module docstring of engine/trust.py)
     parts += (b"X-Forwarded-For: ", client_ip if xff is None else xff + b", " + client_ip, b"\r\n")
     parts.append(b"X-Forwarded-Proto: http\r\n")
     if host is not None:

@@ -19,6 +19,7 @@ from backend.servers import (
     forwarded_env,
     parse_server,
 )
+from engine import trust
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,7 +150,9 @@ def test_asgilab_accepts_its_command_line() -> None:
     s = Settings(app="backend.app:app", port=8123, workers=2, keep_alive=17, graceful_timeout=7)
     cfg = config.load_config(command("asgilab", s)[3:], env={})
     assert (cfg.app, cfg.port, cfg.workers, cfg.keep_alive) == ("backend.app:app", 8123, 2, 17)
-    assert (cfg.graceful_timeout, cfg.proxy_headers, cfg.forwarded_allow_ips) == (7, True, "*")
+    assert (cfg.graceful_timeout, cfg.proxy_headers) == (7, True)
+    # The default, `local`, reaches the server as this machine's networks (engine/trust.py).
+    assert cfg.forwarded_allow_ips == trust.expand("local") and "127.0.0.0/8" in cfg.forwarded_allow_ips
     assert cfg.access_log is False
     bare = config.load_config(command("asgilab", Settings(forwarded_allow_ips=None))[3:], env={})
     assert bare.proxy_headers is False
