@@ -1,8 +1,14 @@
 """Fixtures that stand the lab up with testcontainers' DockerCompose and always tear it down.
 
 There is no Ryuk here to reap what a crashed run leaves, so the suite cleans up itself: the stack
-is removed in a finalizer whatever the tests did, and a run first removes containers and networks
-of earlier runs whose pytest process is gone (their project name carries its pid).
+is removed in a finalizer whatever the tests did, and a run first removes the containers, networks
+and volumes of earlier runs that are gone. Which runs are gone is an owner check, not a guess from
+a name: every container and network a test project creates carries labels naming its owner (the
+pytest process's pid, that process's start time, and the kernel and pid namespace it runs in). A
+project whose owner ran in this pid namespace and no longer runs (no such pid, or a pid reused by a
+later process) is stale; a project owned from elsewhere (another machine or container sharing the
+engine, where our /proc says nothing) is left alone until it is older than ASGI_LAB_STALE_AFTER
+seconds (default 6 hours), and so is a test project without owner labels.
 """
 
 from __future__ import annotations
@@ -10,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 # Ryuk, testcontainers' reaper, is an image that cannot be pulled here: switch it off before import.
@@ -23,12 +29,19 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 import docker
 import httpx
 import pytest
+import yaml
 from testcontainers.compose import DockerCompose
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_PREFIX = "asgilab-it-"
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
+# The owner of a test project (see the module's docstring), on its containers and default network.
+LABEL_OWNER_PID = "io.asgi-lab.it.owner-pid"
+LABEL_OWNER_START = "io.asgi-lab.it.owner-start"  # /proc/<pid>/stat's start time, in clock ticks
+LABEL_OWNER_NS = "io.asgi-lab.it.owner-ns"  # boot id and pid namespace: where that pid means that process
+LABEL_IMAGE_TAG = "io.asgi-lab.it.image-tag"  # the project's own image tag, when it built its own
+STALE_AFTER_S = float(os.environ.get("ASGI_LAB_STALE_AFTER", 6 * 3600))
 
 
 # Files that must run after every other test, in this order (a stable sort keeps the rest as is):
@@ -77,17 +90,70 @@ def _repo_env() -> dict[str, str]:
     return env
 
 
-def _is_stale(project: str) -> bool:
-    """A test project whose pytest process (its pid is in the name) no longer runs."""
-    match = re.match(rf"^{PROJECT_PREFIX}(\d+)-", project)
-    return bool(match) and not Path(f"/proc/{match.group(1)}").exists()
+def _start_time(pid: int | str) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _namespace() -> str:
+    """This kernel boot and pid namespace: where a (pid, start time) pair names one process."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+
+
+def owner_labels() -> dict[str, str]:
+    """The labels that name this pytest process as the owner of what it creates."""
+    pid = os.getpid()
+    start = _start_time(pid) or ""
+    return {LABEL_OWNER_PID: str(pid), LABEL_OWNER_START: start, LABEL_OWNER_NS: _namespace()}
+
+
+def is_stale(labels: dict[str, str], age_s: float) -> bool:
+    """Whether a test project's owner is gone (see the module's docstring for the rule)."""
+    if labels.get(LABEL_OWNER_NS) == _namespace() and labels.get(LABEL_OWNER_PID):
+        return _start_time(labels[LABEL_OWNER_PID]) != labels.get(LABEL_OWNER_START)
+    return age_s > STALE_AFTER_S  # owned from elsewhere, or by a run that labelled nothing
+
+
+def _age_s(created: str) -> float:
+    """Seconds since an engine timestamp ("2026-12-01T12:00:00.123456789Z" or with an offset)."""
+    try:
+        at = datetime.strptime(created[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0  # unreadable: treat as new, never remove on a guess
+    return (datetime.now(UTC) - at).total_seconds()
+
+
+def _stale_projects(client: docker.DockerClient) -> set[str]:
+    """Test projects (by our prefix) whose owner is gone: each judged once, by all its resources."""
+    labels: dict[str, dict[str, str]] = {}
+    age: dict[str, float] = {}
+    label = {"label": LABEL_PROJECT}
+    containers = client.containers.list(all=True, filters=label)
+    found = [(c.labels, c.attrs.get("Created", "")) for c in containers]
+    networks = client.networks.list(filters=label)
+    found += [(n.attrs["Labels"] or {}, n.attrs.get("Created", "")) for n in networks]
+    for resource_labels, created in found:
+        project = resource_labels.get(LABEL_PROJECT, "")
+        if not project.startswith(PROJECT_PREFIX):
+            continue
+        labels.setdefault(project, {}).update(resource_labels)
+        age[project] = max(age.get(project, 0.0), _age_s(created))
+    return {project for project in labels if is_stale(labels[project], age[project])}
 
 
 def _remove_projects(client: docker.DockerClient, wanted: Callable[[str], bool]) -> None:
-    """Force-remove the containers, networks and volumes of every Compose project `wanted` picks."""
+    """Force-remove the containers, networks, volumes and own image tags of the projects `wanted` picks."""
     label = {"label": LABEL_PROJECT}
+    tags: set[str] = set()
     for container in client.containers.list(all=True, filters=label):
         if wanted(container.labels.get(LABEL_PROJECT, "")):
+            if container.labels.get(LABEL_IMAGE_TAG):
+                tags.add(container.labels[LABEL_IMAGE_TAG])
             container.remove(force=True, v=True)
     for network in client.networks.list(filters=label):
         if wanted(network.attrs["Labels"].get(LABEL_PROJECT, "")):
@@ -95,6 +161,39 @@ def _remove_projects(client: docker.DockerClient, wanted: Callable[[str], bool])
     for volume in client.volumes.list(filters=label):
         if wanted((volume.attrs.get("Labels") or {}).get(LABEL_PROJECT, "")):
             volume.remove(force=True)
+    for tag in tags:
+        _untag(client, tag)
+
+
+def _untag(client: docker.DockerClient, tag: str) -> None:
+    """Remove every ``asgi-lab/<service>:<tag>`` (the image itself stays while :dev names it)."""
+    for image in client.images.list(name="asgi-lab/*"):
+        for name in image.tags:
+            if name.endswith(f":{tag}"):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(name, noprune=False)
+
+
+def _owner_override(files: Sequence[str], path: Path, image_tag: str | None) -> None:
+    """Write a Compose override file: owner labels on every service and the default network.
+
+    With ``image_tag``, every ``asgi-lab/<name>:dev`` image of the files is built and run as
+    ``asgi-lab/<name>:<image_tag>`` instead: a project of its own images, which another session
+    rebuilding the shared ``:dev`` tags from a changing tree cannot swap under a long test.
+    """
+    labels = owner_labels()
+    if image_tag:
+        labels[LABEL_IMAGE_TAG] = image_tag
+    services: dict[str, dict[str, object]] = {}
+    for name in files:
+        spec = yaml.safe_load((REPO / name).read_text()) or {}
+        for service, body in (spec.get("services") or {}).items():
+            entry = services.setdefault(service, {"labels": dict(labels)})
+            image = (body or {}).get("image", "")
+            if image_tag and image.startswith("asgi-lab/") and image.endswith(":dev"):
+                entry["image"] = f"{image.rsplit(':', 1)[0]}:{image_tag}"
+    override = {"services": services, "networks": {"default": {"labels": dict(labels)}}}
+    path.write_text(yaml.safe_dump(override, sort_keys=True))
 
 
 class Lab:
@@ -159,6 +258,42 @@ class Lab:
         (net,) = container.attrs["NetworkSettings"]["Networks"].values()
         return f"{net['IPAddress']}:8001"
 
+    @staticmethod
+    def usage(container: docker.models.containers.Container) -> tuple[int, int]:
+        """(RSS bytes, open descriptors) summed over the container's processes, read from the host.
+
+        The engine runs on this host, so the processes are in our /proc (``docker top`` gives their
+        host PIDs); reading them there costs nothing inside the container under test.
+        """
+        rss = fds = 0
+        top = container.top(ps_args="-o pid")
+        for (pid,) in top["Processes"]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                fds += len(os.listdir(f"/proc/{pid}/fd"))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the process ended between top and the read
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) * 1024
+        return rss, fds
+
+    def loadgen(self, out: Path, *args: str, entrypoint: str | None = None) -> subprocess.Popen[str]:
+        """Start ``docker compose run`` of the loadgen service with ``out`` mounted at ``/out``.
+
+        No live page, no results folder (each run would spend seconds drawing plots): a test asks
+        for ``--json /out/...`` and reads that. The caller waits for the process (``communicate``).
+        """
+        cmd = [
+            *self.compose.docker_compose_command(), "run", "--rm", "--no-deps", "-T",
+            "-e", "LOADGEN_DASHBOARD=", "-e", "LOADGEN_RESULTS_DIR=", "-v", f"{out}:/out",
+            *(("--entrypoint", entrypoint) if entrypoint else ()), "loadgen", *args,
+        ]  # fmt: skip
+        env = {**os.environ, **self.env}
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
     # --- proxy ----------------------------------------------------------------------------
     def endpoints(self) -> list[dict]:
         return httpx.get(f"{self.admin_url}/upstreams", timeout=5).json()["endpoints"]
@@ -212,18 +347,27 @@ def own_lab(
     up: Sequence[str] = ("--scale", "backend=3", "proxy", "backend"),
     endpoints: int = 3,
     build: Sequence[str] = ("backend", "proxy"),
+    own_images: bool = False,
 ) -> Iterator[Lab]:
-    """A differently configured lab under its own project (``<prefix><pid>-<name>-<rand>``).
+    """A differently configured lab under its own project (``<prefix><name>-<rand>``, owner labels).
 
     ``env`` adds or overrides Compose variables, ``compose_files`` are override files (relative to
     the repo) on top of docker-compose.yml, ``up`` ends the ``up -d --wait`` command line, ``build``
     names the services whose images are built first (empty: all). Everything the project started
     is removed at the end, pass or fail: containers, networks and volumes, also those ``down``
-    misses (a service started by a test that is not in ``up``).
+    misses (a service started by a test that is not in ``up``). ``own_images`` builds and runs
+    images tagged for this project only (removed at the end): for tests long enough that a
+    concurrent rebuild of the shared ``:dev`` tags could otherwise change what they run.
     """
-    _remove_projects(docker.from_env(), _is_stale)
-    project = f"{PROJECT_PREFIX}{os.getpid()}-{name}-{uuid.uuid4().hex[:6]}"
+    client = docker.from_env()
+    stale = _stale_projects(client)
+    _remove_projects(client, lambda project: project in stale)
+    suffix = uuid.uuid4().hex[:8]
+    project = f"{PROJECT_PREFIX}{name}-{suffix}"
     work = tmp_path_factory.mktemp(name)
+    files = ["docker-compose.yml", *compose_files]
+    override = work / "owner.yml"
+    _owner_override(files, override, f"it-{suffix}" if own_images else None)
     values = {
         **_repo_env(),
         "COMPOSE_PROJECT_NAME": project,
@@ -235,9 +379,7 @@ def own_lab(
     }
     env_file = work / "lab.env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-    compose = DockerCompose(
-        REPO, compose_file_name=["docker-compose.yml", *compose_files], env_file=str(env_file)
-    )
+    compose = DockerCompose(REPO, compose_file_name=[*files, str(override)], env_file=str(env_file))
     lab = Lab(compose, project, work, values)
     try:
         lab.run("build", *build, timeout=900)
@@ -252,3 +394,5 @@ def own_lab(
                 out.write(lab.run("logs", "--no-color", "--timestamps", check=False).stdout)
         lab.run("down", "--volumes", "--remove-orphans", "--timeout", "3", check=False)
         _remove_projects(lab.docker, lambda name: name == project)
+        if own_images:
+            _untag(lab.docker, f"it-{suffix}")
