@@ -54,6 +54,9 @@ class Config:
     body_timeout: float = 30.0  # longest silence mid-body (then 408)
     keep_alive: float = 5.0  # idle keep-alive connections close after this (Uvicorn's 5 s)
     graceful_timeout: float = 10.0  # SIGTERM: in-flight requests get this long (Uvicorn: forever)
+    # A client that reads nothing of its response for this long is cut; the app's send() raises
+    # (engine.flow.SendWatch; nginx's send_timeout 60 s; Uvicorn has none). 0 = off.
+    client_send_timeout: float = 60.0
     # WebSocket (asgilab/websocket.py)
     ws_max_size: int = 16 * 1024 * 1024
     ws_ping_interval: float = 20.0
@@ -91,6 +94,10 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "--body-timeout": ("float", "seconds the client may go silent while sending a body (then 408)"),
     "--keep-alive": ("float", "seconds an idle keep-alive connection is kept"),
     "--graceful-timeout": ("float", "seconds in-flight requests get on SIGTERM before connections are cut"),
+    "--client-send-timeout": (
+        "float",
+        "seconds a client may read nothing of its response before the connection is cut (0 = off)",
+    ),
     "--ws-max-size": ("size", "largest WebSocket message in bytes (then close 1009)"),
     "--ws-ping-interval": ("float", "seconds between server pings (0 = off)"),
     "--ws-ping-timeout": ("float", "seconds a pong may take before the connection is dropped (0 = off)"),

@@ -544,7 +544,18 @@ class RequestCycle:
         if site.observer is not None:
             site.observer.response(self.status, elapsed)
         if site.access_log is not None:
-            site.access_log.log(b"", self.method, self.target, self.status, self.nbytes, None, None, elapsed)
+            # The last field: why the engine cut the connection (a client send timeout), else None.
+            site.access_log.log(
+                b"",
+                self.method,
+                self.target,
+                self.status,
+                self.nbytes,
+                None,
+                None,
+                elapsed,
+                self.conn.abort_reason,
+            )
 
     # -- waiting ---------------------------------------------------------------------------------
     def _wait(self) -> asyncio.Future[None]:

@@ -25,7 +25,7 @@ from asgilab.proxy_headers import TrustedProxies, forwarded
 from asgilab.scope import Address, http_scope, websocket_scope
 from engine.accesslog import AccessLog
 from engine.framing import NO_BODY, Framing, request_framing
-from engine.handler import Headers, Prepared
+from engine.handler import EventCounter, Headers, Prepared
 from engine.limits import Limits
 
 if TYPE_CHECKING:
@@ -47,10 +47,6 @@ class ResponseObserver(Protocol):
     def response(self, status: int, seconds: float) -> None: ...
 
 
-class RejectObserver(Protocol):
-    def inc(self, name: str, label: str) -> None: ...
-
-
 def limits_from(cfg: Config) -> Limits:
     return Limits(
         max_request_line=cfg.max_request_line,
@@ -61,6 +57,7 @@ def limits_from(cfg: Config) -> Limits:
         header_timeout=cfg.header_timeout,
         body_timeout=cfg.body_timeout,
         keepalive_timeout=cfg.keep_alive,
+        send_timeout=cfg.client_send_timeout,
     )
 
 
@@ -77,7 +74,7 @@ class AppSite:
         access_log: AccessLog | None = None,
         state: dict[str, Any] | None = None,
         observer: ResponseObserver | None = None,
-        counters: RejectObserver | None = None,
+        counters: EventCounter | None = None,
         connections: set[HTTPConnection] | None = None,
     ) -> None:
         self.app = app
@@ -87,8 +84,9 @@ class AppSite:
         self.access_log = access_log
         self.state = state
         self.observer = observer
-        self.counters = counters
+        self.counters = counters  # refusals and the engine's events (the proxy's, in --app mode)
         self.connections: set[HTTPConnection] = set() if connections is None else connections
+        self.refused: set[HTTPConnection] = set()  # over --max-connections, their 503 lingering
         self.root_path = config.root_path
         self.trusted = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
         self.limit_concurrency = config.limit_concurrency

@@ -33,6 +33,8 @@ from collections import deque
 from json.encoder import encode_basestring_ascii as _q
 from typing import Protocol, TextIO
 
+from engine.handler import EventCounter
+
 FLUSH_INTERVAL = 0.05  # seconds a line may wait in memory
 FLUSH_LINES = 512  # or flush as soon as this many are waiting
 PIPE_BUF = 4096  # Linux's atomic pipe-write size; lines are ASCII, so len() counts bytes
@@ -42,12 +44,6 @@ LOCK_WAIT_S = 5.0  # a writer waits this long for the workers' lock, then writes
 CLOSE_WAIT_S = 2.0  # at exit, how long the queued lines get to reach a slow reader
 
 log = logging.getLogger("engine.accesslog")
-
-
-class EventCounter(Protocol):
-    """Where a dropped batch is counted (the proxy's ``Counters``; ``engine.handler`` has the same)."""
-
-    def inc(self, name: str, label: str = ..., n: int = ...) -> None: ...
 
 
 class SharedLock(Protocol):

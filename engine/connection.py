@@ -13,7 +13,15 @@ chunked), framing that could be read two ways (400, from llhttp or ``Site.prepar
 ``CONNECT`` (405), too many connections (503 + Retry-After), slow headers or a stalled body
 (408). Every refusal closes the connection after a short *lingering close*: the server
 half-closes and drains what the client is still sending, so the client reads the error
-instead of a TCP reset (nginx's ``lingering_close``).
+instead of a TCP reset (nginx's ``lingering_close``). Connections over ``max_connections``
+linger only while fewer than ``REFUSED_LINGERING`` others do; past that they get their 503 and
+are closed at once, so the number of open sockets stays bounded whatever the connect rate.
+
+The write path is bounded too: a client that stops reading its response (its socket buffer full,
+``pause_writing``) or leaves unsent bytes behind a close is cut once nothing more went out for
+``send_timeout`` (``engine.flow.SendWatch``, nginx's ``send_timeout``); the handler's ``abort``
+then releases what it holds (the proxy's upstream connection, the ASGI app's ``send``) and logs
+``"error": "client send timeout"``.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from time import perf_counter
 
 import httptools
 
-from engine.flow import PIPELINED, ReadGate
+from engine.flow import PIPELINED, ReadGate, SendWatch
 from engine.framing import CHUNKED, LENGTH, BadRequest
-from engine.handler import RequestHandler, Site, Takeover
+from engine.handler import EventCounter, RequestHandler, Site, Takeover
+from engine.limits import REFUSED_LINGERING
 from engine.refusals import REQUEST_TIMEOUT_408, overload_response, simple_response
 
 log = logging.getLogger("engine.connection")
@@ -41,13 +50,13 @@ class HTTPConnection(asyncio.Protocol):
 
     # Slots: less memory per idle keep-alive connection, and faster attribute access.
     __slots__ = (
-        "active", "body_bytes", "body_deadline", "body_timer", "body_too_large", "client_ip", "closed",
-        "count_body", "draining", "gate", "head_bytes", "head_fed", "head_too_large", "header_timeout",
-        "headers", "idle_deadline", "idle_timer", "idle_timer_at", "in_head", "in_message",
+        "abort_reason", "active", "body_bytes", "body_deadline", "body_timer", "body_too_large", "client_ip",
+        "closed", "count_body", "draining", "gate", "head_bytes", "head_fed", "head_too_large",
+        "header_timeout", "headers", "idle_deadline", "idle_timer", "idle_timer_at", "in_head", "in_message",
         "keepalive_timeout", "limits", "linger_timer", "lingering", "loop", "max_body", "max_head_bytes",
         "max_head_fed", "max_headers", "max_url", "new_handler", "parser", "parsing", "peer",
-        "pending_error", "prepare", "queue", "reading_body", "served", "site", "split_idle", "t0",
-        "takeover", "transport", "upgrade_rest", "upgraded", "url", "url_too_long", "write_paused",
+        "pending_error", "prepare", "queue", "reading_body", "send_watch", "served", "site", "split_idle",
+        "t0", "takeover", "transport", "upgrade_rest", "upgraded", "url", "url_too_long", "write_paused",
     )  # fmt: skip
 
     def __init__(self, site: Site) -> None:
@@ -76,6 +85,8 @@ class HTTPConnection(asyncio.Protocol):
         self.closed = False
         self.lingering = False
         self.write_paused = False
+        self.send_watch: SendWatch | None = None  # created when writing first pauses (send_timeout)
+        self.abort_reason: str | None = None  # why the engine cut the connection (RequestHandler.abort)
         self.draining = False  # shutdown() was called: keep-alive ends after the current response
         self.active: RequestHandler | None = None
         self.parsing: RequestHandler | None = None  # receives body callbacks; may be queued, not active
@@ -120,17 +131,39 @@ class HTTPConnection(asyncio.Protocol):
         site = self.site
         cap = self.limits.max_connections
         if cap and len(site.connections) >= cap:
-            # Accept and answer rather than refuse: a client (or load balancer) can tell "busy,
-            # come back" from "down" only if it gets a response.
-            reason = f"the server already serves its maximum of {cap} client connections"
-            response, nbytes = overload_response(reason, None, True)
-            self.pending_error = b""
-            self.write(response)
-            self._rejected(503, f"{reason} (max connections)", nbytes)
-            self._linger()
+            self._refuse_over_cap(cap)
             return
         site.connections.add(self)
         self._go_idle()
+
+    def _refuse_over_cap(self, cap: int) -> None:
+        """Over ``max_connections``: a 503, then a bounded lingering close or an immediate one.
+
+        Accept and answer rather than refuse: a client (or load balancer) can tell "busy, come
+        back" from "down" only if it gets a response. Lingering lets it read that response
+        instead of a reset, but each lingering socket is held for ``linger`` seconds, so only
+        ``REFUSED_LINGERING`` of them at once; the rest are closed right after the 503 (it is
+        already in the kernel's send buffer), which bounds the sockets a flood can hold.
+        """
+        reason = f"the server already serves its maximum of {cap} client connections"
+        response, nbytes = overload_response(reason, None, True)
+        self.pending_error = b""
+        self.write(response)
+        self._rejected(503, f"{reason} (max connections)", nbytes)
+        refused: set[HTTPConnection] | None = getattr(self.site, "refused", None)  # (until ProxySite has it)
+        linger = refused is not None and len(refused) < REFUSED_LINGERING
+        self._count("connections_refused", "lingered" if linger else "closed")
+        if linger:
+            assert refused is not None
+            refused.add(self)
+            self._linger()
+        else:
+            self.close()
+
+    def _count(self, name: str, label: str = "") -> None:
+        counters: EventCounter | None = getattr(self.site, "counters", None)  # (until ProxySite has it)
+        if counters is not None:
+            counters.inc(name, label)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -138,6 +171,12 @@ class HTTPConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.body_timer = self.linger_timer = None
+        if self.send_watch is not None:
+            self.send_watch.cancel()
+        if self.lingering:  # (a refused connection lingers; most others never do)
+            refused: set[HTTPConnection] | None = getattr(self.site, "refused", None)
+            if refused:
+                refused.discard(self)
         if self.takeover is not None:
             # Still counted as served until the takeover calls released() (its app may still run).
             self.takeover.connection_lost(exc)
@@ -153,7 +192,12 @@ class HTTPConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.transport.close()
+            transport = self.transport
+            transport.close()
+            # close() waits for the buffer to be sent: a client that never reads would keep the
+            # socket (and the bytes) forever.
+            if self.limits.send_timeout and transport.get_write_buffer_size():
+                self._watch_send()
 
     def _linger(self) -> None:
         """Half-close after an error response and drain the client's input for a while.
@@ -182,6 +226,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.limits.send_timeout:
+            self._watch_send()
         if self.takeover is not None:
             self.takeover.pause_writing()
         elif self.active is not None:
@@ -189,10 +235,35 @@ class HTTPConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.send_watch is not None:
+            self.send_watch.resumed()
         if self.takeover is not None:
             self.takeover.resume_writing()
         elif self.active is not None:
             self.active.client_write_resumed()
+
+    def _watch_send(self) -> None:
+        watch = self.send_watch
+        if watch is None:
+            watch = self.send_watch = SendWatch(
+                self.loop, self.transport, self.limits.send_timeout, self._send_stalled
+            )
+        watch.watch()
+
+    def _send_stalled(self) -> None:
+        """Nothing reached the client for ``send_timeout``: cut it; its handler's ``abort`` follows."""
+        transport = self.transport
+        unsent = transport.get_write_buffer_size()
+        self.abort_reason = "client send timeout"
+        log.info(
+            "client %s read nothing for %gs: connection cut with %d bytes unsent (send timeout)",
+            self.client_ip.decode("latin-1"),
+            self.limits.send_timeout,
+            unsent,
+        )
+        self._count("send_timeouts")
+        self.closed = True
+        transport.abort()  # connection_lost follows: the handler (or takeover) is told there
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -474,6 +545,8 @@ class HTTPConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.body_timer = None
+        if takeover is None and self.send_watch is not None:
+            self.send_watch.cancel()  # the proxy's tunnel moves the transport away and watches it itself
         rest, self.upgrade_rest = self.upgrade_rest, b""
         if self.pending_error is None:
             self.pending_error = b""  # nothing more is parsed as HTTP

@@ -1,4 +1,4 @@
-"""Read-side flow control: pause a transport's reading for several independent reasons.
+"""Flow control: a transport's reading paused for several reasons; its writing watched for stalls.
 
 A transport's reading can be paused for several reasons at once (a pipelined request is
 queued, the handler's peer cannot take more, the app is not receiving). Counting reasons as
@@ -6,12 +6,18 @@ bits means one reason being cleared never resumes reading while another still ho
 
 The engine owns ``PIPELINED``; handlers pick their own bits from the others (the proxy's are
 in ``proxy/flow.py``, the ASGI cycle's in ``asgilab/cycle.py``) and must not reuse ``PIPELINED``.
+
+The write side needs no gate (the transport calls ``pause_writing``/``resume_writing``), but a
+peer that stops reading must not hold a connection, and what is buffered for it, forever:
+``SendWatch`` cuts it once its write buffer made no progress for a timeout (nginx's
+``send_timeout``). Used by the engine's client connections and the proxy's tunnels.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 PIPELINED = 2  # a complete request is queued behind the active one (or an error/upgrade is pending)
 
@@ -38,3 +44,65 @@ class ReadGate:
         if not self.reasons:
             with contextlib.suppress(RuntimeError, AttributeError):
                 self.transport.resume_reading()
+
+
+class SendWatch:
+    """Calls ``on_stall`` when ``transport``'s write buffer made no progress for ``timeout`` seconds.
+
+    ``watch()`` when bytes wait in the buffer (writing was paused, or the transport is closing
+    with bytes unsent); ``resumed()`` on every ``resume_writing``. One timer at a time, re-armed
+    only while the buffer shrinks or writing resumed in between: a reader that takes anything
+    keeps the connection (as with nginx, the bound is on silence, not on the whole response), one
+    that takes nothing is cut between ``timeout`` and twice ``timeout`` after its last read.
+    """
+
+    __slots__ = ("loop", "mark", "on_stall", "resumes", "seen", "timeout", "timer", "transport")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.WriteTransport,
+        timeout: float,
+        on_stall: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.timeout = timeout
+        self.on_stall = on_stall
+        self.timer: asyncio.TimerHandle | None = None
+        self.mark = 0  # buffer size when the current timer was armed
+        self.resumes = 0
+        self.seen = 0  # ``resumes`` when the current timer was armed
+
+    def watch(self) -> None:
+        if self.timer is None and self.timeout > 0:
+            self._arm()
+
+    def resumed(self) -> None:
+        self.resumes += 1
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self) -> None:
+        self.mark = self._buffered()
+        self.seen = self.resumes
+        self.timer = self.loop.call_later(self.timeout, self._check)
+
+    def _buffered(self) -> int:
+        try:
+            return self.transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):  # transport already gone
+            return 0
+
+    def _check(self) -> None:
+        self.timer = None
+        size = self._buffered()
+        if size == 0:
+            return  # all sent: nothing to watch until writing pauses again
+        if size < self.mark or self.resumes != self.seen:
+            self._arm()  # the peer read something in this window
+            return
+        self.on_stall()

@@ -6,6 +6,10 @@ and then for a ``RequestHandler``, which answers. The proxy's ``Exchange`` and t
 ``RequestCycle`` are the two handlers; each server has one Site per listener. A handler may
 take the connection over after its response (WebSocket, or the proxy's byte tunnel) through
 ``HTTPConnection.hand_over``; a ``Takeover`` then gets the transport's events.
+
+When the engine itself cuts a connection for one of its bounds (today: a client that stops
+reading its response, ``Limits.send_timeout``), it sets ``conn.abort_reason`` first; the
+handler's ``abort`` follows and puts that text in its access-log line (``error``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ if TYPE_CHECKING:
     from engine.connection import HTTPConnection
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class EventCounter(Protocol):
+    """Counts rare events by name and label (the proxy's ``proxy.counters.Counters``).
+
+    The engine counts ``send_timeouts`` and ``connections_refused`` (label ``answered`` or
+    ``closed``); the proxy exports each as ``asgilab_proxy_<name>_total``.
+    """
+
+    def inc(self, name: str, label: str = ..., n: int = ...) -> None: ...
 
 
 class Prepared(Protocol):
@@ -53,7 +67,11 @@ class RequestHandler(Protocol):
         """Answer with a refusal instead (only before ``head_sent``); then finish."""
 
     def abort(self) -> None:
-        """The client connection is gone: stop, and do not call ``request_finished``."""
+        """The client connection is gone: stop, and do not call ``request_finished``.
+
+        ``conn.abort_reason`` is set when the engine cut it (e.g. ``"client send timeout"``):
+        the access-log line's ``error`` field; None when the client went away by itself.
+        """
 
     def client_write_paused(self) -> None:
         """The client's socket buffer passed its high-water mark: stop producing."""
@@ -68,6 +86,10 @@ class Site(Protocol):
     loop: asyncio.AbstractEventLoop
     # The connections served now: a drain calls ``shutdown()`` on each and waits for them.
     connections: set[HTTPConnection]
+    # Connections refused over ``Limits.max_connections`` whose 503 is still lingering (bounded:
+    # engine.limits.REFUSED_LINGERING; past it a refused connection is closed at once).
+    refused: set[HTTPConnection]
+    counters: EventCounter | None  # the engine's events (None: not counted, e.g. asgilab alone)
 
     def prepare(
         self, method: bytes, target: bytes, headers: Headers, client_ip: bytes, http11: bool

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 # endless header line (httptools buffers a header until its end) is refused.
 HEAD_SLACK = 8 * 1024
 LINGER_S = 2.0  # how long a refused connection's input is drained before the socket is closed
+# Connections refused over max_connections that may linger at once (their 503 is read, not reset);
+# past this many a refused connection gets its 503 and is closed at once, so open sockets stay
+# within max_connections + REFUSED_LINGERING however fast clients connect.
+REFUSED_LINGERING = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,9 @@ class Limits:
     # Seconds an idle keep-alive connection is kept between requests; None = header_timeout
     # (the proxy's rule: one deadline covers idle time and the next request's head).
     keepalive_timeout: float | None = None
+    # Seconds a response may make no progress into a client that stopped reading (its socket
+    # buffer full) before the connection is cut (nginx's send_timeout); 0 = never.
+    send_timeout: float = 0.0
     linger: float = LINGER_S
 
     @property

@@ -78,6 +78,8 @@ class EchoSite:
         self.limits = limits or Limits()
         self.loop = asyncio.get_running_loop()
         self.connections: set[HTTPConnection] = set()
+        self.refused: set[HTTPConnection] = set()
+        self.counters = None
         self.started: list[bytes] = []
         self.rejected_log: list[int] = []
         self.handlers: list[EchoHandler] = []

@@ -1,0 +1,221 @@
+"""The client send timeout (``Limits.send_timeout``, engine.flow.SendWatch): a client that stops
+reading its response is cut and what served it is released; one that keeps reading is not.
+
+No timing assertions: short timeouts, and the tests wait for what a user would notice (the app's
+send raising, the socket closed, the access-log line) under a generous overall guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from asgilab.config import Config
+from asgilab.site import AppSite
+from engine.accesslog import AccessLog
+from engine.connection import HTTPConnection
+from engine.flow import SendWatch
+from tests.unit.asgi_checker import FakeTransport
+
+
+class Events:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def inc(self, name: str, label: str = "", n: int = 1) -> None:
+        self.counts[name, label] = self.counts.get((name, label), 0) + n
+
+
+class ManualLoop:
+    """Only what SendWatch uses: call_later, fired by hand."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
+        self.pending.append((delay, cb))
+        loop = self
+
+        class Handle:
+            def cancel(self) -> None:
+                loop.pending = [p for p in loop.pending if p[1] is not cb]
+
+        return Handle()  # type: ignore[return-value]
+
+    def fire(self) -> None:
+        (_, cb), *self.pending = self.pending
+        cb()
+
+
+class Buffer(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        # As asyncio's: with bytes still buffered the socket stays open until they are sent.
+        if self.size:
+            self.closed = True
+        else:
+            super().close()
+
+    def abort(self) -> None:
+        self.size = 0
+        self.closed = False
+        super().close()
+
+
+def test_the_watch_rearms_while_the_reader_takes_bytes_and_fires_once_it_takes_none() -> None:
+    loop, transport, stalls = ManualLoop(), Buffer(), []
+    watch = SendWatch(loop, transport, 5.0, lambda: stalls.append(1))  # type: ignore[arg-type]
+    transport.size = 100_000
+    watch.watch()
+    watch.watch()  # one timer at a time
+    assert [d for d, _ in loop.pending] == [5.0]
+    transport.size = 90_000  # the client read 10 kB in that window
+    loop.fire()
+    assert stalls == [] and len(loop.pending) == 1
+    watch.resumed()  # drained below the low-water mark and refilled: progress too
+    transport.size = 95_000
+    loop.fire()
+    assert stalls == [] and len(loop.pending) == 1
+    loop.fire()  # a whole window with nothing taken
+    assert stalls == [1] and loop.pending == []
+
+
+def test_the_watch_stops_once_everything_was_sent() -> None:
+    loop, transport, stalls = ManualLoop(), Buffer(), []
+    watch = SendWatch(loop, transport, 5.0, lambda: stalls.append(1))  # type: ignore[arg-type]
+    transport.size = 70_000
+    watch.watch()
+    transport.size = 0
+    loop.fire()
+    assert stalls == [] and loop.pending == []
+    off = SendWatch(loop, transport, 0.0, lambda: stalls.append(1))  # type: ignore[arg-type]
+    off.watch()
+    assert loop.pending == [], "0 = off: nothing is armed"
+
+
+def _site(app: Any, send_timeout: float) -> tuple[AppSite, io.StringIO, Events]:
+    stream, events = io.StringIO(), Events()
+    cfg = Config(app="x:app", access_log=True, client_send_timeout=send_timeout)
+    site = AppSite(app, cfg, asyncio.get_running_loop(), access_log=AccessLog(stream, None), counters=events)
+    return site, stream, events
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), 30)
+
+
+def test_a_client_that_stops_reading_is_cut_and_the_app_send_raises() -> None:
+    outcome: list[str] = []
+
+    async def endless(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        chunk = b"x" * 65536
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as exc:  # the ASGI spec's "send raises once the client is gone"
+            outcome.append(type(exc).__name__)
+            raise
+
+    async def main() -> None:
+        site, stream, events = _site(endless, 0.2)
+        server = await asyncio.get_running_loop().create_server(lambda: HTTPConnection(site), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(client, ("127.0.0.1", port))
+            await loop.sock_sendall(client, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            # ... and never read. The server's buffers fill, writing pauses, nothing drains.
+            await _until(lambda: bool(outcome))
+            await _until(lambda: not site.connections and not site.tasks)
+            assert outcome == ["ClientDisconnected"]
+            assert events.counts == {("send_timeouts", ""): 1}
+            (line,) = (json.loads(x) for x in stream.getvalue().splitlines())
+            assert line["status"] == 200 and line["error"] == "client send timeout"
+            # The client finds the connection reset (or ended) once it reads again.
+            got = b""
+            try:
+                while chunk := await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 30):
+                    got += chunk
+            except ConnectionResetError:
+                pass
+            assert got.startswith(b"HTTP/1.1 200")
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_client_that_keeps_reading_gets_the_whole_response() -> None:
+    total = 8 * 1024 * 1024
+
+    async def big(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % total)]}
+        )
+        chunk = b"y" * 65536
+        for _ in range(total // len(chunk)):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        site, stream, events = _site(big, 2.0)  # generous: the client reads all the time
+        server = await asyncio.get_running_loop().create_server(lambda: HTTPConnection(site), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=65536)
+        try:
+            writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = 0
+            while chunk := await asyncio.wait_for(reader.read(65536), 30):
+                got += len(chunk)
+            assert got > total
+            line = json.loads(stream.getvalue())
+            assert line["status"] == 200 and "error" not in line and events.counts == {}
+        finally:
+            writer.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_bytes_left_unsent_behind_a_close_are_cut_after_the_timeout() -> None:
+    async def main() -> None:
+        site, _, events = _site(None, 0.05)
+        conn = HTTPConnection(site)
+        transport = Buffer()
+        transport.protocol = conn
+        conn.connection_made(transport)
+        transport.size = 5000  # a response the client never reads, still in the transport's buffer
+        conn.close()
+        assert conn.send_watch is not None and conn.send_watch.timer is not None
+        await _until(lambda: conn.abort_reason is not None)
+        assert conn.abort_reason == "client send timeout" and events.counts == {("send_timeouts", ""): 1}
+
+        quiet = HTTPConnection(_site(None, 0.0)[0])  # send timeout off: a close is just a close
+        t2 = Buffer()
+        t2.protocol = quiet
+        quiet.connection_made(t2)
+        t2.size = 5000
+        quiet.pause_writing()
+        quiet.close()
+        assert quiet.send_watch is None
+
+    asyncio.run(main())
