@@ -44,60 +44,7 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.pool import Endpoint
 
-# -- peak-EWMA latency, fed by Endpoint.observe ------------------------------------------------
-
-# Finagle's and Linkerd's default decay time: how long a latency spike keeps counting.
-DEFAULT_EWMA_DECAY = 10.0
-# An attempt that failed without a response (refused, reset, timed out) counts as at least this
-# slow, so a replica that fails fast does not look like the fastest one and attract traffic.
-FAILURE_LATENCY_S = 1.0
-# Cost of an endpoint that has requests in flight but no latency sample yet (Finagle's Penalty):
-# a new endpoint gets one probe request at cost 0, then waits for its answer before getting more.
-UNMEASURED_PENALTY = 1e9
-
-_exp = math.exp
 _crc32 = zlib.crc32
-
-
-def observe_latency(ep: Endpoint, latency_s: float, failed: bool, now: float, decay: float) -> None:
-    """Fold one attempt's latency into ``ep.ewma`` (seconds), the peak-EWMA estimate.
-
-    A sample above the estimate replaces it at once (the "peak": one slow answer is enough to
-    steer traffic away); a lower one is blended in with a weight that grows with the time since
-    the previous sample, so the estimate forgets with time constant ``decay`` seconds whatever
-    the request rate (Finagle's ``PeakEwma``, tower's ``RttEstimate``).
-    """
-    if failed and latency_s < FAILURE_LATENCY_S:
-        latency_s = FAILURE_LATENCY_S
-    prev = ep.ewma
-    if latency_s >= prev:
-        ep.ewma = latency_s
-    else:
-        elapsed = now - ep.ewma_stamp
-        w = _exp(-elapsed / decay) if elapsed > 0 else 1.0
-        ep.ewma = prev * w + latency_s * (1.0 - w)
-    ep.ewma_stamp = now
-
-
-def ewma_estimate(ep: Endpoint, now: float, decay: float) -> float:
-    """The latency estimate (seconds) as ``peak_ewma`` sees it at ``now``; for /upstreams."""
-    elapsed = now - ep.ewma_stamp
-    return ep.ewma * _exp(-elapsed / decay) if elapsed > 0 else ep.ewma
-
-
-def ewma_cost(ep: Endpoint, now: float, decay: float) -> float:
-    """Peak-EWMA cost: the estimate decayed towards 0 since its last sample, x (in flight + 1).
-
-    Decaying on read means a replica that was avoided for being slow is tried again after a
-    while (its estimate shrinks while it gets no samples), and one fresh answer re-measures it.
-    """
-    est = ep.ewma
-    if est == 0.0:
-        return UNMEASURED_PENALTY if ep.in_flight else 0.0
-    elapsed = now - ep.ewma_stamp
-    if elapsed > 0:
-        est *= _exp(-elapsed / decay)
-    return est * (ep.in_flight + 1)
 
 
 # -- the interface -----------------------------------------------------------------------------
@@ -256,7 +203,7 @@ class PeakEwma(PowerOfTwo):
     """
 
     name = "peak_ewma"
-    __slots__ = ("_clock", "_decay")
+    __slots__ = ("_clock",)
 
     def __init__(
         self,
@@ -265,19 +212,15 @@ class PeakEwma(PowerOfTwo):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(config, seed)
-        self._decay = getattr(config, "ewma_decay", DEFAULT_EWMA_DECAY)
         self._clock = clock
 
     def _cheaper(self, b: Endpoint, a: Endpoint) -> bool:
         now = self._clock()
-        decay = self._decay
-        return ewma_cost(b, now, decay) < ewma_cost(a, now, decay)
+        return b.ewma.cost(now, b.in_flight) < a.ewma.cost(now, a.in_flight)
 
 
 # -- consistent hashing ------------------------------------------------------------------------
 
-DEFAULT_HASH_ON = "client"
-DEFAULT_HASH_BALANCE_FACTOR = 1.25  # Envoy's hash_balance_factor 125 (%), the paper's c
 VIRTUAL_NODES = 160  # ring points per endpoint (ketama uses 160): ~5 % spread of ring share
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header/cookie name
 
@@ -312,13 +255,21 @@ def _key_hash(key: bytes) -> int:
     return _crc32(key)
 
 
+def load_bound(factor: float, in_flight_total: int, n: int) -> int:
+    """Requests an endpoint may hold before consistent hashing skips it: ``ceil(factor x
+    (in_flight_total + 1) / n)`` over the ``n`` live endpoints, the ``+ 1`` being the request
+    being placed (the paper's ``ceil(c x (m + 1) / n)``). At least 1 for any factor >= 1."""
+    return math.ceil(factor * (in_flight_total + 1) / n)
+
+
 class ConsistentHash(_Policy):
     """A hash ring with virtual nodes and bounded loads (Mirrokni, Thorup, Zadimoghaddam 2016).
 
     Each endpoint owns ``VIRTUAL_NODES`` points on a 32-bit ring, placed by hashing its
     address, so adding or removing one endpoint moves only the keys it gains or loses
     (about 1/N of them). A key goes to the first point clockwise from its hash whose endpoint
-    is not excluded and holds fewer requests than ``ceil(factor x (in flight in total + 1) / N)``;
+    is not excluded and holds fewer requests than ``load_bound`` (``ceil(factor x (in_flight_total
+    + 1) / N)``);
     a hot key therefore overflows to the next endpoints on the ring instead of piling up on
     one. ``factor`` 0 switches the bound off. Requests without a key go round robin, like
     HAProxy's ``balance hdr()`` does when the header is missing.
@@ -328,9 +279,9 @@ class ConsistentHash(_Policy):
     needs_key = True
     __slots__ = ("_factor", "_fallback", "_kind", "_name", "_owners", "_points", "_ring_of")
 
-    def __init__(self, config: Config | None = None) -> None:
-        self._kind, self._name = parse_hash_on(getattr(config, "hash_on", DEFAULT_HASH_ON))
-        self._factor = float(getattr(config, "hash_balance_factor", DEFAULT_HASH_BALANCE_FACTOR))
+    def __init__(self, config: Config) -> None:
+        self._kind, self._name = parse_hash_on(config.hash_on)
+        self._factor = config.hash_balance_factor
         self._fallback = RoundRobin()
         self._ring_of: Sequence[Endpoint] | None = None
         self._points: list[int] = []
@@ -383,11 +334,11 @@ class ConsistentHash(_Policy):
         if first.in_flight == 0 or not factor:  # the bound is >= 1: an idle endpoint is always under it
             limit = 0
         else:
-            limit = math.ceil(factor * (sum(ep.in_flight for ep in endpoints) + 1) / n)
+            limit = load_bound(factor, sum(ep.in_flight for ep in endpoints), n)
         if (not limit or first.in_flight < limit) and not (exclude and first in exclude):
             return first
         if not limit and factor:  # computed lazily above; needed for the walk
-            limit = math.ceil(factor * (sum(ep.in_flight for ep in endpoints) + 1) / n)
+            limit = load_bound(factor, sum(ep.in_flight for ep in endpoints), n)
         # Slow path: walk clockwise over distinct endpoints; if every allowed one is at the bound
         # (only possible with exclusions), the first allowed one on the ring still gets it.
         checked: set[Endpoint] = set()
@@ -408,11 +359,11 @@ class ConsistentHash(_Policy):
 
 
 # Registry used by config validation, the server and the admin policy switch.
-POLICIES: dict[str, type[Balancer]] = {
+POLICIES: dict[str, Callable[[Config], Balancer]] = {
     cls.name: cls for cls in (RoundRobin, Random, LeastRequest, PowerOfTwo, PeakEwma, ConsistentHash)
 }
 
 
-def make_balancer(name: str, config: Config | None = None) -> Balancer:
-    """A fresh policy; ``config`` (a ``proxy.config.Config``) supplies hash and EWMA options."""
-    return POLICIES[name](config)  # type: ignore[call-arg]
+def make_balancer(name: str, config: Config) -> Balancer:
+    """A fresh policy ``name``; ``config`` supplies its options (``--hash-on``, ``--hash-balance-factor``)."""
+    return POLICIES[name](config)

@@ -17,13 +17,8 @@ from typing import Any
 
 from engine import options, trust
 from engine.options import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
-from proxy.balancer import (
-    DEFAULT_EWMA_DECAY,
-    DEFAULT_HASH_BALANCE_FACTOR,
-    DEFAULT_HASH_ON,
-    POLICIES,
-    parse_hash_on,
-)
+from proxy.balancer import POLICIES, parse_hash_on
+from proxy.retry import RETRY_ON_WORDS
 
 ENV_PREFIX = "PROXY_"
 MAX_WORKERS = 64
@@ -54,8 +49,20 @@ class Config:
     connect_slow_threshold: float = 0.25
     fail_timeout: float = 1.0
     upstream_timeout: float = 30.0
+    # Idle time allowed between two reads of an upstream response body (nginx's proxy_read_timeout;
+    # proxy/upstream.py): then the client connection is closed. 0 = off.
+    upstream_read_timeout: float = 60.0
+    # Per-try response-head deadline (Envoy's per_try_timeout; proxy/attempt.py): a slower try of a
+    # retriable request moves on to another endpoint. 0 = off; else below upstream_timeout.
+    attempt_timeout: float = 0.0
     client_header_timeout: float = 30.0
     client_body_timeout: float = 30.0
+    # A client that reads nothing of its response for this long is cut, and the upstream connection
+    # and buffers it held are released (engine.flow.SendWatch; nginx's send_timeout 60 s); 0 = off.
+    client_send_timeout: float = 60.0
+    # A WebSocket (Upgrade) tunnel with no byte either way for this long is closed on both sides
+    # (proxy/tunnel.py; HAProxy's timeout tunnel, 1 h in its docs); 0 = off.
+    websocket_idle_timeout: float = 3600.0
     drain_timeout: float = 10.0
     # Retries (proxy/retry.py).
     retry_methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -75,9 +82,13 @@ class Config:
     access_log: bool = True
     log_level: str = "INFO"
     policy: str = "round_robin"
-    hash_on: str = DEFAULT_HASH_ON  # consistent_hash key: header:NAME, cookie:NAME or client
-    hash_balance_factor: float = DEFAULT_HASH_BALANCE_FACTOR  # bounded load; 0 = unbounded
-    ewma_decay: float = DEFAULT_EWMA_DECAY  # seconds, peak-EWMA latency time constant
+    # consistent_hash (proxy/balancer.py): the key (header:NAME, cookie:NAME or client) and the
+    # bounded load's factor (Envoy's hash_balance_factor 125 %, the paper's c; 0 = unbounded).
+    hash_on: str = "client"
+    hash_balance_factor: float = 1.25
+    # Seconds a latency spike keeps counting in peak-EWMA's estimate (proxy/ewma.py; Finagle's and
+    # Linkerd's default decay time).
+    ewma_decay: float = 10.0
     # Discovery (proxy/discovery.py): "dns" re-resolves the upstream name, "docker" follows the
     # Compose service's containers through the Docker socket (project None = the proxy's own).
     discovery: str = "dns"
@@ -173,9 +184,9 @@ def _methods(flag: str, value: str) -> frozenset[str]:
 def _retry_on(flag: str, value: str) -> frozenset[str]:
     words = [w.lower() for w in _words(value)]
     for w in words:
-        if w not in ("connect-failure", "reset") and not (w.isdigit() and 500 <= int(w) <= 599):
+        if w not in RETRY_ON_WORDS and not (w.isdigit() and 500 <= int(w) <= 599):
             raise ConfigError(
-                f"{_both(flag)}: expected connect-failure, reset or a 5xx status code, got {w!r}"
+                f"{_both(flag)}: expected {', '.join(RETRY_ON_WORDS)} or a 5xx status code, got {w!r}"
             )
     return frozenset(words)
 
@@ -216,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds an endpoint gets no new requests after a failed connect (nginx's fail_timeout; 0 = off)",
     )
     opt("--upstream-timeout", d.upstream_timeout, "seconds to wait for upstream response headers (then 504)")
+    opt(
+        "--upstream-read-timeout",
+        d.upstream_read_timeout,
+        "seconds an upstream response body may send nothing (then the client connection is closed; 0 = off)",
+    )
+    opt(
+        "--attempt-timeout",
+        d.attempt_timeout,
+        "seconds one try may wait for response headers before a retriable request tries another "
+        "endpoint (0 = off; below --upstream-timeout)",
+    )
     opt("--client-header-timeout", d.client_header_timeout, "seconds to receive request headers (then 408)")
     opt(
         "--client-body-timeout",
@@ -267,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--queue-timeout", d.queue_timeout, "seconds a request may wait in that queue (then 503)")
     opt("--drain-timeout", d.drain_timeout, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
     opt(
+        "--client-send-timeout",
+        d.client_send_timeout,
+        "seconds a client may read nothing of its response before the connection is cut (0 = off)",
+    )
+    opt(
+        "--websocket-idle-timeout",
+        d.websocket_idle_timeout,
+        "seconds a WebSocket tunnel may carry no byte either way before both sides are closed (0 = off)",
+    )
+    opt(
         "--app",
         "none",
         "serve this ASGI app (module:attribute, e.g. backend.app:app) in-process instead of forwarding",
@@ -309,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt(
         "--hash-balance-factor",
         d.hash_balance_factor,
-        "consistent_hash bounded load: an endpoint above FACTOR x average in-flight is skipped "
-        "(>= 1; 0 = unbounded)",
+        "consistent_hash bounded load: an endpoint holding ceil(FACTOR x (in-flight total + 1) / "
+        "endpoints) requests is skipped (>= 1; 0 = unbounded)",
     )
     opt("--ewma-decay", d.ewma_decay, "seconds a latency spike keeps counting in peak_ewma's estimate")
     opt(
@@ -377,9 +409,13 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         ("--connect-slow-threshold", float, 0.0, False),
         ("--fail-timeout", float, 0.0, False),
         ("--upstream-timeout", float, 0.0, True),
+        ("--upstream-read-timeout", float, 0.0, False),
+        ("--attempt-timeout", float, 0.0, False),
         ("--client-header-timeout", float, 0.0, True),
         ("--client-body-timeout", float, 0.0, True),
         ("--drain-timeout", float, 0.0, False),
+        ("--client-send-timeout", float, 0.0, False),
+        ("--websocket-idle-timeout", float, 0.0, False),
         ("--max-retries", int, 0, False),
         ("--retry-budget-percent", float, 0.0, False),
         ("--retry-budget-min", float, 0.0, False),
@@ -397,6 +433,12 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
         kw["retry_methods"] = _methods("--retry-methods", v)
     if (v := get("--retry-on")) is not None:
         kw["retry_on"] = _retry_on("--retry-on", v)
+    attempt, upstream = kw.get("attempt_timeout", 0.0), kw.get("upstream_timeout", Config().upstream_timeout)
+    if attempt and attempt >= upstream:
+        raise ConfigError(
+            f"{_both('--attempt-timeout')}: must be below {_both('--upstream-timeout')} ({upstream:g}), "
+            f"got {attempt:g} (0 switches it off)"
+        )
     if (v := get("--access-log")) is not None:
         kw["access_log"] = options.parse_bool(_both("--access-log"), v, blank=False)
     if (v := get("--log-level")) is not None:

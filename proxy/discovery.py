@@ -48,6 +48,8 @@ class Discovery(Protocol):
 
     def start(self) -> None: ...  # follow changes from now on
 
+    def stale(self) -> None: ...  # a connect failed: the set may be out of date (group.on_connect_failure)
+
     async def stop(self) -> None: ...
 
 
@@ -90,6 +92,10 @@ class DnsDiscovery:
     right away (at most one per ``hint_gap`` seconds): a killed replica has usually left Docker's
     DNS already, and waiting up to a full interval lets requests pick an address that no longer
     exists, where a connect hangs until ``--connect-timeout`` instead of being refused.
+
+    Such an early resolution can overlap the periodic one. Answers are applied in the order the
+    resolutions *started*: one that finishes after a later-started one was applied is dropped,
+    since it may still list a replica that has gone (a slow answer must never bring it back).
     """
 
     hint_gap = 0.1
@@ -111,6 +117,8 @@ class DnsDiscovery:
         self._task: asyncio.Task[None] | None = None
         self._hinted: asyncio.Task[None] | None = None
         self._last = float("-inf")  # loop time of the last resolution started
+        self._started = 0  # resolutions started so far (the number of the newest)
+        self._applied = 0  # number of the newest resolution whose answer was applied
         self._warned = False
         # Look behind a single address for Swarm tasks, unless the name is already tasks.* or an IP.
         self._probe = not host.startswith("tasks.") and not _is_ip(host)
@@ -133,25 +141,40 @@ class DnsDiscovery:
     async def refresh(self) -> None:
         """Resolve once and apply the result (or the failure policy) to the group."""
         self._last = self.group.loop.time()
+        self._started += 1
+        number = self._started
         try:
             addresses = await self.resolver(self.host, self.port)
             if self._probe and len(addresses) == 1:
                 addresses = await self._behind_vip(addresses)
         except socket.gaierror as exc:
             if exc.errno in _NOT_FOUND:
-                if self.group.live:
-                    log.warning("upstream %s:%d not found in DNS: %s", self.host, self.port, exc)
-                self.group.update(())
+                if self._newest(number):
+                    if self.group.live:
+                        log.warning("upstream %s:%d not found in DNS: %s", self.host, self.port, exc)
+                    self.group.update(())
             else:
                 log.warning("resolving %s:%d failed, keeping last endpoints: %s", self.host, self.port, exc)
             return
         except OSError as exc:
             log.warning("resolving %s:%d failed, keeping last endpoints: %s", self.host, self.port, exc)
             return
+        if not self._newest(number):
+            return
         if not addresses and not self._warned:
             log.warning("upstream %s:%d resolved to no addresses", self.host, self.port)
             self._warned = True
         self.group.update(addresses)
+
+    def _newest(self, number: int) -> bool:
+        """Whether resolution ``number``'s answer may be applied: none started later was applied."""
+        if number < self._applied:
+            log.debug(
+                "dropping a DNS answer overtaken by a later resolution (%d < %d)", number, self._applied
+            )
+            return False
+        self._applied = number
+        return True
 
     async def _behind_vip(self, addresses: Sequence[Address]) -> Sequence[Address]:
         """One address may be a Swarm service's virtual IP: if ``tasks.<name>`` lists other
@@ -192,11 +215,8 @@ class DnsDiscovery:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-            self.group.on_connect_failure = self.stale
 
     async def stop(self) -> None:
-        if self.group.on_connect_failure == self.stale:
-            self.group.on_connect_failure = None
         for task in (self._task, self._hinted):
             if task is not None:
                 task.cancel()
@@ -474,6 +494,9 @@ class DockerDiscovery:
         if self.client is None or not (self.project or self.swarm_service):
             await loop.run_in_executor(None, self._connect)
         self._apply(await loop.run_in_executor(None, self.list_addresses))
+
+    def stale(self) -> None:
+        """Nothing to do: the engine's events already say when a container goes."""
 
     def start(self) -> None:
         if self._thread is None:

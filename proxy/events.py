@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from proxy.counters import FINE_LATENCY_BUCKETS
+from proxy.failure import ATTEMPT_FAILURES
 from proxy.metrics import CODE_CLASSES, client_in_flight, endpoints_of
-from proxy.pool import UNHEALTHY
 
 if TYPE_CHECKING:
     from proxy.pool import Endpoint
@@ -51,7 +51,6 @@ MAX_VIEWERS = 32  # SSE connections at once; more are answered 503
 VIEWER_BUFFER_LIMIT = 8 * 1024 * 1024  # unsent bytes after which a viewer that stopped reading is dropped
 # Replica states, most severe first: a replica the workers disagree about shows the most severe.
 STATES = ("draining", "ejected", "cooling", "unhealthy", "healthy")
-FAILURE_KINDS = ("connect", "timeout", "reset", "protocol")
 
 Sample = dict[str, Any]
 # Where worker 0 gets its siblings' samples from (siblings.py in the server; a list in tests).
@@ -71,7 +70,7 @@ def replica_state(ep: Endpoint) -> str:
         return "ejected"
     if ep.cooling:
         return "cooling"
-    if ep.health == UNHEALTHY:
+    if not ep.healthy:
         return "unhealthy"
     return "healthy"
 
@@ -88,10 +87,10 @@ def worker_sample(state: ProxyState, worker: int = 0) -> Sample:
             "responses": list(ep.responses),
             "failures": dict(ep.failures),
             "retries": ep.retries,
-            "ejections": ep.ejections,
+            "ejections": ep.outlier.ejections,
             "connects": ep.connects,
             "reused": ep.reused,
-            "ewma_s": ep.ewma,
+            "ewma_s": ep.ewma.value,
             "hist": list(ep.latency.counts),
         }
     return {
@@ -201,7 +200,7 @@ def _classes(counts: list[int], dt: float) -> dict[str, float]:
 
 def _errors(e: Mapping[str, Any]) -> dict[str, int]:
     failures = e["failures"]
-    out = {kind: failures.get(kind, 0) for kind in FAILURE_KINDS}
+    out: dict[str, int] = {kind: failures.get(kind, 0) for kind in ATTEMPT_FAILURES}
     out["5xx"] = e["responses"][5]
     return out
 

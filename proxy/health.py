@@ -26,35 +26,74 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from proxy.pool import HEALTHY, UNHEALTHY, UNKNOWN, Endpoint, UpstreamGroup
-
 if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.counters import Counters
+    from proxy.pool import Endpoint, UpstreamGroup
 
 log = logging.getLogger("proxy.health")
+
+# Active health states. A new endpoint is UNKNOWN and gets traffic at once, so a replica that
+# scaled up is used before its first check; only UNHEALTHY keeps picks away.
+UNKNOWN, HEALTHY, UNHEALTHY = "unknown", "healthy", "unhealthy"
+
+
+class HealthState:
+    """One endpoint's active-check record (``ep.health``), written by this module only."""
+
+    __slots__ = ("fails", "oks", "state")
+
+    def __init__(self) -> None:
+        self.state = UNKNOWN
+        self.oks = 0  # passes in a row
+        self.fails = 0  # failures in a row
+
+    def __repr__(self) -> str:
+        return f"<HealthState {self.state} oks={self.oks} fails={self.fails}>"
+
+
+def set_health(ep: Endpoint, state: str) -> None:
+    """Put ``ep`` in ``state`` (UNKNOWN, HEALTHY or UNHEALTHY) and tell its group if that changed."""
+    if ep.health.state != state:
+        ep.health.state = state
+        ep.group.availability_changed(back=state != UNHEALTHY)
 
 
 @dataclass(frozen=True, slots=True)
 class HealthPolicy:
-    """The knobs; ``interval`` 0 switches active checking off."""
+    """The knobs (defaults: ``Config``); ``interval`` 0 switches active checking off."""
 
-    path: str = "/health"
-    interval: float = 2.0
-    timeout: float = 1.0
-    unhealthy_threshold: int = 3
-    healthy_threshold: int = 2
+    path: str
+    interval: float
+    timeout: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> HealthPolicy:
+        return cls(
+            path=config.health_path,
+            interval=config.health_interval,
+            timeout=config.health_timeout,
+            unhealthy_threshold=config.unhealthy_threshold,
+            healthy_threshold=config.healthy_threshold,
+        )
 
     @property
     def enabled(self) -> bool:
         return self.interval > 0
 
 
+# A status line longer than this is not an HTTP response worth reading further (asyncio's stream
+# limit, which readline() would otherwise turn into an exception out of the probe).
+MAX_STATUS_LINE = 64 * 1024
+
+
 class HealthChecker:
     """One asyncio task per upstream group running rounds of concurrent probes."""
 
     def __init__(
-        self, group: UpstreamGroup, policy: HealthPolicy, host: str, counters: Counters | None = None
+        self, group: UpstreamGroup, policy: HealthPolicy, host: str, counters: Counters | None
     ) -> None:
         self.group = group
         self.policy = policy
@@ -65,14 +104,24 @@ class HealthChecker:
         ).encode("latin-1")
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def from_config(
+        cls, config: Config, group: UpstreamGroup, counters: Counters | None
+    ) -> HealthChecker | None:
+        """The checker the flags ask for, or None when --health-interval is 0."""
+        policy = HealthPolicy.from_config(config)
+        return cls(group, policy, config.upstream, counters) if policy.enabled else None
+
     async def probe(self, ep: Endpoint) -> str | None:
         """Check ``ep`` once; None when it passed, else why it failed (for the log line)."""
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.policy.timeout):
-                reader, writer = await asyncio.open_connection(ep.host, ep.port)
+                reader, writer = await asyncio.open_connection(ep.host, ep.port, limit=MAX_STATUS_LINE)
                 writer.write(self._request)
                 line = await reader.readline()
+        except ValueError:  # readline's LimitOverrunError: no line end within the limit
+            return f"status line over {MAX_STATUS_LINE // 1024} KiB"
         except TimeoutError:
             return f"no answer within {self.policy.timeout:g}s"
         except ConnectionRefusedError:
@@ -96,28 +145,30 @@ class HealthChecker:
         if self.counters is not None:
             # Event "health_checks", label "pass" or "fail": one active probe's result.
             self.counters.inc("health_checks", "fail" if failure else "pass")
+        health = ep.health
         if failure is None:
-            ep.health_fails = 0
-            ep.health_oks += 1
-            if ep.health == UNKNOWN or (ep.health == UNHEALTHY and ep.health_oks >= policy.healthy_threshold):
-                if ep.health == UNHEALTHY:
-                    log.info("endpoint %s healthy again after %d passed checks", ep.label, ep.health_oks)
+            health.fails = 0
+            health.oks += 1
+            was = health.state
+            if was == UNKNOWN or (was == UNHEALTHY and health.oks >= policy.healthy_threshold):
+                if was == UNHEALTHY:
+                    log.info("endpoint %s healthy again after %d passed checks", ep.label, health.oks)
                     self._changed(HEALTHY)
-                self.group.set_health(ep, HEALTHY)
+                set_health(ep, HEALTHY)
             return
-        ep.health_oks = 0
-        ep.health_fails += 1
-        if ep.health != UNHEALTHY and ep.health_fails >= policy.unhealthy_threshold:
+        health.oks = 0
+        health.fails += 1
+        if health.state != UNHEALTHY and health.fails >= policy.unhealthy_threshold:
             log.warning(
                 "endpoint %s unhealthy after %d failed checks of %s (%s)",
                 ep.label,
-                ep.health_fails,
+                health.fails,
                 policy.path,
                 failure,
             )
             self._changed(UNHEALTHY)
-            self.group.set_health(ep, UNHEALTHY)
-        elif ep.health != UNHEALTHY:
+            set_health(ep, UNHEALTHY)
+        elif health.state != UNHEALTHY:
             log.info("endpoint %s: health check failed (%s)", ep.label, failure)
 
     def _changed(self, state: str) -> None:
@@ -126,10 +177,21 @@ class HealthChecker:
             self.counters.inc("health_changes", state)
 
     async def check_all(self) -> None:
-        """One round: every live endpoint probed concurrently."""
+        """One round: every live endpoint probed concurrently.
+
+        A probe that raises anyway (a bug, or an error this module does not know) fails that
+        endpoint's check only: the other results of the round are recorded all the same.
+        """
         endpoints = list(self.group.live)
-        results = await asyncio.gather(*(self.probe(ep) for ep in endpoints))
-        for ep, failure in zip(endpoints, results, strict=True):
+        results = await asyncio.gather(*(self.probe(ep) for ep in endpoints), return_exceptions=True)
+        for ep, result in zip(endpoints, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled (stop()), or the process is exiting
+            if isinstance(result, Exception):
+                log.error("endpoint %s: health probe raised %r", ep.label, result)
+                failure: str | None = f"probe error: {type(result).__name__}"
+            else:
+                failure = result
             if ep.live:  # it may have left discovery while the probe ran
                 self.record(ep, failure)
 
@@ -155,15 +217,3 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def health_checker(config: Config, group: UpstreamGroup, counters: Counters | None) -> HealthChecker | None:
-    """The checker the flags ask for, or None when --health-interval is 0."""
-    policy = HealthPolicy(
-        path=config.health_path,
-        interval=config.health_interval,
-        timeout=config.health_timeout,
-        unhealthy_threshold=config.unhealthy_threshold,
-        healthy_threshold=config.healthy_threshold,
-    )
-    return HealthChecker(group, policy, config.upstream, counters) if policy.enabled else None

@@ -266,7 +266,7 @@ class ProxyCollector:
             opened.add_metric([up], ep.connects)
             reused.add_metric([up], ep.reused)
             ratio.add_metric([up], reuse_ratio(ep))
-            ejections.add_metric([up], ep.ejections)
+            ejections.add_metric([up], ep.outlier.ejections)
             current = health_state(ep)
             by_state[current] += 1
             for st in HEALTH_STATES:

@@ -5,6 +5,13 @@ counters balancers read. The ``UpstreamGroup`` owns the current set: discovery
 calls ``update`` with fresh addresses; endpoints that disappear are *drained*
 (no new picks, idle connections closed, in-flight requests left alone) rather
 than torn down, so scaling a service down never cuts a response in half.
+
+Each other concern of an endpoint keeps its state in a record owned by its module, and only that
+module writes it: ``ep.outlier`` (``outlier.OutlierState``: passive ejection), ``ep.health``
+(``health.HealthState``: active checks), ``ep.ewma`` (``ewma.LatencyEstimate``: peak-EWMA
+latency). This module owns the pool, the load counters the request path bumps (``in_flight``,
+``requests``, kept as plain attributes because every pick reads them), the failed-connect
+cool-down (``mark_failed``) and the set of endpoints new picks skip.
 """
 
 from __future__ import annotations
@@ -17,10 +24,16 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
-from proxy.balancer import DEFAULT_EWMA_DECAY, ewma_estimate, observe_latency
 from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
+from proxy.ewma import LatencyEstimate
+from proxy.failure import Failure
+from proxy.health import HEALTHY as HEALTHY
+from proxy.health import UNHEALTHY, HealthState
+from proxy.health import UNKNOWN as UNKNOWN
+from proxy.outlier import OutlierState
 
 if TYPE_CHECKING:
+    from proxy.config import Config
     from proxy.outlier import OutlierDetector
     from proxy.upstream import UpstreamConnection
 
@@ -28,42 +41,27 @@ log = logging.getLogger("proxy.pool")
 
 Address = tuple[str, int]
 
-# Active health states (health.py sets them). A new endpoint is UNKNOWN and gets traffic at once,
-# so a replica that scaled up is used before its first check; only UNHEALTHY keeps picks away.
-UNKNOWN, HEALTHY, UNHEALTHY = "unknown", "healthy", "unhealthy"
-
 
 class Endpoint:
-    """One backend address, its idle pool and load counters."""
+    """One backend address, its idle pool, load counters and its per-concern records."""
 
     __slots__ = (
         "address",
         "connects",
-        "consecutive_5xx",
-        "consecutive_failures",
         "cool_timer",
         "cooling",
         "drain",
-        "eject_timer",
-        "ejected",
-        "ejected_until",
-        "ejection_level",
-        "ejections",
         "ewma",
-        "ewma_stamp",
-        "failed_until",
         "failures",
         "group",
         "health",
-        "health_fails",
-        "health_oks",
         "host",
         "idle",
         "in_flight",
         "label",
         "latency",
         "live",
-        "over_cap_logged",
+        "outlier",
         "port",
         "requests",
         "responses",
@@ -77,41 +75,29 @@ class Endpoint:
         self.label = f"{self.host}:{self.port}"
         self.group = group
         self.idle: deque[UpstreamConnection] = deque()
+        # Load: requests counted against this endpoint now and ever (the request path writes them).
         self.in_flight = 0
         self.requests = 0
         self.live = True
         # Drained by an operator (admin POST /upstreams/{addr}/drain): no new picks, in-flight
         # requests finish. Kept by the group per address, so it survives discovery churn.
         self.drain = self.label in group.drains
-        self.failed_until = 0.0  # loop time until which a failed connect keeps new requests away
-        self.cooling = False  # within failed_until (mark_failed)
+        # A failed connect keeps new requests away for --fail-timeout (mark_failed).
+        self.cooling = False
         self.cool_timer: asyncio.TimerHandle | None = None
-        # Passive outlier detection (outlier.py): consecutive counts, ejection state and history.
-        self.consecutive_5xx = 0
-        self.consecutive_failures = 0
-        self.ejected = False
-        self.ejected_until = 0.0
-        self.ejection_level = 0  # multiplier of the next ejection time
-        self.ejections = 0  # times ejected, ever
-        self.over_cap_logged = False
-        self.eject_timer: asyncio.TimerHandle | None = None
-        # Active health checking (health.py): state and the current run of results.
-        self.health = UNKNOWN
-        self.health_oks = 0
-        self.health_fails = 0
+        # The records of the other concerns, each written by its own module.
+        self.outlier = OutlierState()
+        self.health = HealthState()
+        self.ewma = LatencyEstimate(group.ewma_decay)
         # Metrics, read by proxy/metrics.py at scrape time (plain increments on the request path):
         # attempts by status class (index 0 = no response head), failure reason counts, attempt
         # latency, upstream connections opened (upstream.py) and requests sent on a pooled one.
         self.responses = [0] * 6
-        self.failures: dict[str, int] = {}
+        self.failures: dict[Failure, int] = {}
         self.latency = Histogram(FINE_LATENCY_BUCKETS, LATENCY_BUCKETS)
         self.retries = 0  # attempts on this endpoint that were retried elsewhere (exchange.py)
         self.connects = 0
         self.reused = 0
-        # Peak-EWMA latency (seconds; 0.0 = no sample yet) and time.monotonic() of its last sample,
-        # read by the peak_ewma policy (balancer.py).
-        self.ewma = 0.0
-        self.ewma_stamp = 0.0
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} live={self.live} in_flight={self.in_flight}>"
@@ -119,7 +105,12 @@ class Endpoint:
     @property
     def healthy(self) -> bool:
         """False only when active health checks failed it (UNKNOWN counts as healthy)."""
-        return self.health != UNHEALTHY
+        return self.health.state != UNHEALTHY
+
+    @property
+    def ejected(self) -> bool:
+        """Out of new picks by passive outlier detection (outlier.py) right now."""
+        return self.outlier.ejected
 
     def take_idle(self) -> UpstreamConnection | None:
         """Most recently used first (LIFO) so surplus connections age out and get closed.
@@ -152,12 +143,12 @@ class Endpoint:
         while self.idle:
             self.idle.pop().close()
 
-    def observe(self, status: int, latency_s: float, failure: str | None) -> None:
+    def observe(self, status: int, latency_s: float, failure: Failure | None) -> None:
         """One attempt against this endpoint ended: a response head arrived, or it failed.
 
         ``status`` is the upstream's status code (0 when there was none); ``latency_s`` runs from
-        picking this endpoint to the response head or the failure; ``failure`` is None, "connect",
-        "reset", "timeout" or "protocol". Called once per attempt, so a retried request reports
+        picking this endpoint to the response head or the failure; ``failure`` is None or why it
+        failed (``proxy.failure``). Called once per attempt, so a retried request reports
         each endpoint it tried. Load-aware balancing (latency EWMA), passive outlier detection
         and per-upstream metrics all hang off this one call.
         """
@@ -166,9 +157,9 @@ class Endpoint:
         if failure is not None:
             self.failures[failure] = self.failures.get(failure, 0) + 1
         self.latency.observe(latency_s)
-        # Peak-EWMA latency for the peak_ewma policy (balancer.py), kept whatever the policy so a
+        # Peak-EWMA latency for the peak_ewma policy (ewma.py), kept whatever the policy so a
         # runtime switch to it starts warm; a failure without a response counts as a slow sample.
-        observe_latency(self, latency_s, failure is not None, time.monotonic(), self.group.ewma_decay)
+        self.ewma.observe(latency_s, failure is not None, time.monotonic())
         # Passive outlier detection (consecutive 5xx / gateway failures -> ejection).
         outlier = self.group.outlier
         if outlier is not None:
@@ -185,9 +176,10 @@ class UpstreamGroup:
     """The changing set of endpoints behind one upstream name.
 
     Three independent reasons keep new picks away from a live endpoint: a recent failed connect
-    (``mark_failed``, nginx's fail_timeout), a passive ejection (``eject``, outlier.py) and a
-    failing active health check (``set_health``, health.py). ``unavailable()`` is their union,
-    cached as a frozenset and rebuilt only when one of them changes, because it runs per request.
+    (``mark_failed``, nginx's fail_timeout), a passive ejection (``outlier.eject``) and a failing
+    active health check (``health.set_health``). ``unavailable()`` is their union, cached as a
+    frozenset and rebuilt only after one of them changed (``availability_changed``), because it
+    runs per request.
     A fourth, an operator's drain (``set_drain``, admin.py), is stronger: panic mode never
     brings a drained endpoint back.
     """
@@ -197,10 +189,10 @@ class UpstreamGroup:
         name: str,
         loop: asyncio.AbstractEventLoop,
         *,
-        max_idle: int = 128,
-        idle_timeout: float = 4.0,
-        fail_timeout: float = 1.0,
-        ewma_decay: float = DEFAULT_EWMA_DECAY,
+        max_idle: int,
+        idle_timeout: float,
+        fail_timeout: float,
+        ewma_decay: float,
     ) -> None:
         self.name = name
         self.loop = loop
@@ -225,6 +217,18 @@ class UpstreamGroup:
         self.panic = False  # every live endpoint is excluded: picks ignore the exclusions
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = max(0.01, min(1.0, idle_timeout / 4))
+
+    @classmethod
+    def from_config(cls, config: Config, loop: asyncio.AbstractEventLoop) -> UpstreamGroup:
+        """The group for ``config.upstream`` with the pool's and the estimator's flags."""
+        return cls(
+            config.upstream,
+            loop,
+            max_idle=config.pool_max_idle,
+            idle_timeout=config.pool_idle_timeout,
+            fail_timeout=config.fail_timeout,
+            ewma_decay=config.ewma_decay,
+        )
 
     def update(self, addresses: Iterable[Address]) -> bool:
         """Make ``addresses`` the live set; returns whether anything changed."""
@@ -257,19 +261,28 @@ class UpstreamGroup:
         if self.on_capacity is not None:
             self.on_capacity()
 
+    def availability_changed(self, *, back: bool) -> None:
+        """A reason to skip an endpoint started or ended (outlier.py, health.py, a cool-down).
+
+        The skip set is rebuilt at the next pick; ``back``: an endpoint may be pickable again,
+        so the in-flight cap's queue is told now.
+        """
+        self._dirty = True
+        if back:
+            self._capacity()
+
     def mark_failed(self, ep: Endpoint) -> None:
         """A connect to ``ep`` failed: send it no new requests for ``fail_timeout`` seconds.
 
         This bridges the gap between a replica dying and discovery dropping it (up to one DNS
         resolve interval), like nginx's ``max_fails=1 fail_timeout=...``. It is deliberately
-        separate from outlier ejection (``eject``): one refused connect is reason enough to look
+        separate from outlier ejection (``outlier.eject``): one refused connect is reason enough to look
         elsewhere for a second, but not to count as an incident with a growing penalty.
         """
         if self.on_connect_failure is not None:
             self.on_connect_failure()
         if self.fail_timeout <= 0:
             return
-        ep.failed_until = self.loop.time() + self.fail_timeout
         if ep.cool_timer is not None:
             ep.cool_timer.cancel()
         ep.cool_timer = self.loop.call_later(self.fail_timeout, self._cooled, ep)
@@ -281,33 +294,7 @@ class UpstreamGroup:
     def _cooled(self, ep: Endpoint) -> None:
         ep.cool_timer = None
         ep.cooling = False
-        self._dirty = True
-        self._capacity()
-
-    def eject(self, ep: Endpoint, seconds: float) -> None:
-        """Passive outlier detection decided ``ep`` is out for ``seconds`` (outlier.py)."""
-        ep.ejected = True
-        ep.ejected_until = self.loop.time() + seconds
-        if ep.eject_timer is not None:
-            ep.eject_timer.cancel()
-        ep.eject_timer = self.loop.call_later(seconds, self._uneject, ep)
-        self._dirty = True
-
-    def _uneject(self, ep: Endpoint) -> None:
-        ep.eject_timer = None
-        ep.ejected = False
-        self._dirty = True
-        if ep.live:
-            log.info("endpoint %s: ejection over, back in rotation", ep.label)
-            self._capacity()
-
-    def set_health(self, ep: Endpoint, health: str) -> None:
-        """Active health checking changed ``ep``'s state (health.py)."""
-        if ep.health != health:
-            ep.health = health
-            self._dirty = True
-            if health != UNHEALTHY:
-                self._capacity()
+        self.availability_changed(back=True)
 
     def set_drain(self, label: str, on: bool) -> Endpoint | None:
         """Drain (``on``) or undrain the endpoint ``label``; returns it, or None if unknown.
@@ -347,7 +334,9 @@ class UpstreamGroup:
         self._dirty = False
         live = self.live
         drained = frozenset(ep for ep in live if ep.drain)
-        out = drained | frozenset(ep for ep in live if ep.cooling or ep.ejected or ep.health == UNHEALTHY)
+        out = drained | frozenset(
+            ep for ep in live if ep.cooling or ep.outlier.ejected or ep.health.state == UNHEALTHY
+        )
         panic = len(live) > len(drained) and len(out) >= len(live)
         if panic != self.panic:
             self.panic = panic
@@ -387,30 +376,33 @@ class UpstreamGroup:
         """For the admin /upstreams view; draining endpoints are listed until their last request ends."""
         now = self.loop.time()
         mono = time.monotonic()
-        return [
-            {
-                "address": ep.label,
-                "in_flight": ep.in_flight,
-                "idle_connections": len(ep.idle),
-                "requests": ep.requests,
-                "draining": not ep.live,
-                "drained": ep.drain,
-                "failed_recently": ep.cooling,
-                "health": ep.health,
-                "ejected": ep.ejected,
-                "ejected_for": round(max(0.0, ep.ejected_until - now), 3) if ep.ejected else 0.0,
-                "ejections": ep.ejections,
-                "consecutive_5xx": ep.consecutive_5xx,
-                "consecutive_failures": ep.consecutive_failures,
-                # peak_ewma's latency estimate now (decayed since the last sample; 0 = none yet)
-                "latency_ewma_ms": round(ewma_estimate(ep, mono, self.ewma_decay) * 1000, 3),
-            }
-            for ep in [*self.live, *(e for e in self.endpoints.values() if not e.live)]
-        ]
+        rows: list[dict[str, object]] = []
+        for ep in [*self.live, *(e for e in self.endpoints.values() if not e.live)]:
+            out = ep.outlier
+            rows.append(
+                {
+                    "address": ep.label,
+                    "in_flight": ep.in_flight,
+                    "idle_connections": len(ep.idle),
+                    "requests": ep.requests,
+                    "draining": not ep.live,
+                    "drained": ep.drain,
+                    "failed_recently": ep.cooling,
+                    "health": ep.health.state,
+                    "ejected": out.ejected,
+                    "ejected_for": round(max(0.0, out.ejected_until - now), 3) if out.ejected else 0.0,
+                    "ejections": out.ejections,
+                    "consecutive_5xx": out.consecutive_5xx,
+                    "consecutive_failures": out.consecutive_failures,
+                    # peak_ewma's latency estimate now (decayed since the last sample; 0 = none yet)
+                    "latency_ewma_ms": round(ep.ewma.at(mono) * 1000, 3),
+                }
+            )
+        return rows
 
 
 def _cancel_timers(ep: Endpoint) -> None:
-    for timer in (ep.cool_timer, ep.eject_timer):
-        if timer is not None:
-            timer.cancel()
-    ep.cool_timer = ep.eject_timer = None
+    if ep.cool_timer is not None:
+        ep.cool_timer.cancel()
+        ep.cool_timer = None
+    ep.outlier.cancel()

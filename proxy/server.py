@@ -19,14 +19,12 @@ from engine.process import new_event_loop, setup_logging, until_signalled
 from engine.workers import supervise
 from proxy.accesslog import AccessLog
 from proxy.admin import AdminServer
-from proxy.balancer import make_balancer
 from proxy.config import Config, load_config
-from proxy.discovery import Discovery, Resolver, make_discovery
+from proxy.discovery import Discovery, Resolver
 from proxy.downstream import DownstreamProtocol, ProxySite, limits_from
-from proxy.health import HealthChecker, health_checker
-from proxy.outlier import outlier_detector
-from proxy.pool import Address, UpstreamGroup
-from proxy.state import ProxyState
+from proxy.health import HealthChecker
+from proxy.pool import Address
+from proxy.state import Feeds, ProxyState, start_feeds
 
 if TYPE_CHECKING:  # asgilab is imported only with --app
     from asgilab.lifespan import Lifespan
@@ -56,38 +54,19 @@ class ProxyServer:
         self.state: ProxyState | None = None
         self.site: ProxySite | None = None
         self.lifespan: Lifespan | None = None  # --app: the app's lifespan
-        self.discovery: Discovery | None = None
-        self.health: HealthChecker | None = None
+        self.feeds: Feeds | None = None  # discovery and health checks (state.start_feeds)
         self.server: asyncio.Server | None = None
         self.admin: AdminServer | None = None
 
     async def start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        group = UpstreamGroup(
-            cfg.upstream,
-            loop,
-            max_idle=cfg.pool_max_idle,
-            idle_timeout=cfg.pool_idle_timeout,
-            fail_timeout=cfg.fail_timeout,
-            ewma_decay=cfg.ewma_decay,
-        )
         access_log = AccessLog(self._access_log_stream, loop) if cfg.access_log else None
-        state = self.state = ProxyState(cfg, loop, group, make_balancer(cfg.policy, cfg), access_log)
+        state = self.state = ProxyState.from_config(cfg, loop, access_log)
         if cfg.app is not None:
             await self._listen(await self._app_site(state))
             return
-        if self._static is not None:
-            group.update(self._static)
-        else:
-            self.discovery = make_discovery(cfg, group, self._resolver)
-            await self.discovery.refresh()  # first answer before accepting, so early requests have targets
-            self.discovery.start()
-        group.outlier = outlier_detector(cfg, state.counters)
-        self.health = health_checker(cfg, group, state.counters)
-        if self.health is not None:
-            self.health.start()
-        group.start()
+        self.feeds = await start_feeds(state, resolver=self._resolver, endpoints=self._static)
         site = self.site = ProxySite(state)
         await self._listen(site)
 
@@ -155,9 +134,18 @@ class ProxyServer:
         )
 
     @property
+    def discovery(self) -> Discovery | None:
+        return self.feeds.discovery if self.feeds is not None else None
+
+    @property
+    def health(self) -> HealthChecker | None:
+        return self.feeds.health if self.feeds is not None else None
+
+    @property
     def port(self) -> int:
         assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def admin_port(self) -> int:
@@ -188,10 +176,8 @@ class ProxyServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        if self.discovery is not None:
-            await self.discovery.stop()
-        if self.health is not None:
-            await self.health.stop()
+        if self.feeds is not None:
+            await self.feeds.stop()
         if self.state is not None:
             for conn in list(self.state.connections):
                 conn.transport.abort()

@@ -6,28 +6,28 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from proxy.admin import AdminServer, Request
 from proxy.balancer import (
-    FAILURE_LATENCY_S,
     POLICIES,
-    UNMEASURED_PENALTY,
     ConsistentHash,
     LeastRequest,
     PeakEwma,
     PowerOfTwo,
     Random,
     RoundRobin,
-    ewma_cost,
+    load_bound,
     make_balancer,
-    observe_latency,
     parse_hash_on,
 )
 from proxy.config import Config, load_config
+from proxy.ewma import FAILURE_LATENCY_S, UNMEASURED_PENALTY, LatencyEstimate
 from proxy.pool import Endpoint, UpstreamGroup
 from proxy.state import ProxyState
 from tests.unit.harness import proxy
@@ -43,10 +43,10 @@ def _close_loops() -> Iterator[None]:
         _loops.pop().close()
 
 
-def group(n: int) -> UpstreamGroup:
+def group(n: int, **config: float) -> UpstreamGroup:
     loop = asyncio.new_event_loop()
     _loops.append(loop)
-    g = UpstreamGroup("svc:80", loop)
+    g = UpstreamGroup.from_config(Config(**config), loop)  # type: ignore[arg-type]
     g.update([(f"10.0.0.{i}", 80) for i in range(1, n + 1)])
     return g
 
@@ -202,32 +202,40 @@ def test_peak_ewma_avoids_a_slow_endpoint_after_observations() -> None:
 
 
 def test_peak_ewma_takes_peaks_at_once_and_forgets_them_with_time() -> None:
-    g = group(1)
-    (ep,) = g.live
-    observe_latency(ep, 0.010, False, now=100.0, decay=10.0)
-    observe_latency(ep, 0.200, False, now=100.1, decay=10.0)
-    assert ep.ewma == 0.200, "a slower sample replaces the estimate at once"
-    observe_latency(ep, 0.010, False, now=100.2, decay=10.0)
-    assert ep.ewma > 0.19, "one fast answer 0.1 s later barely moves it"
-    observe_latency(ep, 0.010, False, now=130.2, decay=10.0)
-    assert ep.ewma < 0.020, "after 3 decay times a fast answer dominates"
+    est = LatencyEstimate(decay=10.0)
+    est.observe(0.010, False, now=100.0)
+    est.observe(0.200, False, now=100.1)
+    assert est.value == 0.200, "a slower sample replaces the estimate at once"
+    est.observe(0.010, False, now=100.2)
+    # Blended with weight 1 - e^(-0.1/10): 0.2 x 0.99005 + 0.01 x 0.00995, by hand.
+    assert est.value == pytest.approx(0.198110, abs=1e-6), "one fast answer 0.1 s later barely moves it"
+    est.observe(0.010, False, now=130.2)
+    assert est.value < 0.020, "after 3 decay times a fast answer dominates"
     # Read-time decay towards 0: an endpoint that got no samples for a while looks cheaper.
-    assert ewma_cost(ep, 130.2, 10.0) == pytest.approx(ep.ewma)
-    assert ewma_cost(ep, 140.2, 10.0) == pytest.approx(ep.ewma * math.exp(-1))
-    ep.in_flight = 3
-    assert ewma_cost(ep, 130.2, 10.0) == pytest.approx(ep.ewma * 4)
+    assert est.cost(130.2, 0) == pytest.approx(est.value)
+    assert est.at(140.2) == pytest.approx(est.value * math.exp(-1))
+    assert est.cost(140.2, 0) == pytest.approx(est.value * math.exp(-1))
+    assert est.cost(130.2, 3) == pytest.approx(est.value * 4)
+
+
+def test_endpoints_estimate_with_the_groups_decay_from_config() -> None:
+    g = group(1, ewma_decay=2.0)
+    (ep,) = g.live
+    assert ep.ewma.decay == 2.0, "--ewma-decay reaches every endpoint's estimator"
+    ep.observe(200, 0.050, None)
+    assert ep.ewma.value == 0.050
 
 
 def test_peak_ewma_retries_a_slow_endpoint_once_its_estimate_decays() -> None:
-    g = group(2)
+    g = group(2, ewma_decay=10.0)
     fast, slow = g.live
     now = [1000.0]
-    observe_latency(fast, 0.005, False, now[0], 10.0)
-    observe_latency(slow, 0.500, False, now[0], 10.0)
-    pe = PeakEwma(Config(ewma_decay=10.0), seed=2, clock=lambda: now[0])
+    fast.ewma.observe(0.005, False, now[0])
+    slow.ewma.observe(0.500, False, now[0])
+    pe = PeakEwma(Config(), seed=2, clock=lambda: now[0])
     assert {pe.pick(g.live) for _ in range(20)} == {fast}
     fast.in_flight = 1
-    observe_latency(fast, 0.005, False, now[0] + 60, 10.0)  # fast kept answering
+    fast.ewma.observe(0.005, False, now[0] + 60)  # fast kept answering
     now[0] += 60  # slow: 0.5 x e^-6 = 1.2 ms < fast's 5 ms x 2
     assert pe.pick(g.live) is slow
 
@@ -237,11 +245,9 @@ def test_peak_ewma_failures_count_as_slow_and_new_endpoints_get_probed() -> None
     good, failing, new = g.live
     good.observe(200, 0.005, None)
     failing.observe(0, 0.0003, "connect")  # refused at once: must not look fast
-    assert failing.ewma >= FAILURE_LATENCY_S
-    assert new.ewma == 0.0 and ewma_cost(new, 0.0, 10.0) == 0.0, "unmeasured and idle: try it"
-    new.in_flight = 1
-    assert ewma_cost(new, 0.0, 10.0) == UNMEASURED_PENALTY, "one probe at a time until it answers"
-    new.in_flight = 0
+    assert failing.ewma.value == FAILURE_LATENCY_S
+    assert new.ewma.value == 0.0 and new.ewma.cost(0.0, 0) == 0.0, "unmeasured and idle: try it"
+    assert new.ewma.cost(0.0, 1) == UNMEASURED_PENALTY, "one probe at a time until it answers"
     counts = spread(PeakEwma(Config(), seed=9), g.live, 600)
     assert counts[failing.label] == 0 and counts[new.label] > 0, counts
 
@@ -317,6 +323,38 @@ def test_hash_bounded_load_spills_a_hot_key_over() -> None:
         assert ep is not None
         ep.in_flight += 1
     assert sorted(ep.in_flight for ep in g.live) == [0, 0, 30]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+_BOUND = re.compile(re.escape("`ceil(factor \u00d7 (in_flight_total + 1) / N)`"))  # \u00d7: the sign docs use
+
+
+def _docs_bound(factor: float, in_flight_total: int, n: int) -> int:
+    """The bound as docs/proxy.md and README.md write it, evaluated by hand (not by the code)."""
+    return math.ceil(factor * (in_flight_total + 1) / n)
+
+
+def test_the_documented_bound_is_the_one_the_policy_applies() -> None:
+    """Drift check (#12): the formula in docs/proxy.md and README's flag table is what pick() does.
+
+    For every placement of load over 3 endpoints the key's home endpoint is kept exactly while it
+    holds fewer requests than the documented bound, and skipped from then on.
+    """
+    for doc in ("docs/proxy.md", "README.md"):
+        assert _BOUND.search((ROOT / doc).read_text()), f"{doc} no longer states the bound as the code has it"
+    g = group(3)
+    ch = hashed(Config(hash_balance_factor=1.25))
+    home = ch.pick(g.live, (), b"k")
+    assert home is not None
+    others = [ep for ep in g.live if ep is not home]
+    for mine in range(0, 9):
+        for theirs in range(0, 9):
+            home.in_flight = mine
+            others[0].in_flight, others[1].in_flight = theirs, 0
+            bound = _docs_bound(1.25, mine + theirs, 3)
+            assert load_bound(1.25, mine + theirs, 3) == bound
+            kept = ch.pick(g.live, (), b"k") is home
+            assert kept == (mine < bound), (mine, theirs, bound)
 
 
 def test_hash_requests_without_key_fall_back_to_round_robin() -> None:

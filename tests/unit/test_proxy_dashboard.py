@@ -17,7 +17,8 @@ from proxy.balancer import make_balancer
 from proxy.config import Config
 from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
 from proxy.events import LiveView, merge, percentile, worker_sample
-from proxy.pool import UNHEALTHY, UpstreamGroup
+from proxy.health import HEALTHY, UNHEALTHY, set_health
+from proxy.outlier import eject, uneject
 from proxy.state import ProxyState
 
 
@@ -43,10 +44,9 @@ def state_with(n: int) -> ProxyState:
     """A proxy's state over ``n`` endpoints (a loop for the group's timers, never run)."""
     loop = asyncio.new_event_loop()
     _loops.append(loop)
-    group = UpstreamGroup("backend:8001", loop)
-    group.update([(f"10.0.0.{i + 1}", 8001) for i in range(n)])
-    cfg = Config()
-    return ProxyState(cfg, loop, group, make_balancer("round_robin", cfg), None)
+    state = ProxyState.from_config(Config(), loop, None)
+    state.group.update([(f"10.0.0.{i + 1}", 8001) for i in range(n)])
+    return state
 
 
 def exact_quantile(values: list[float], q: float) -> float:
@@ -99,7 +99,7 @@ def test_merge_adds_counts_and_histograms_and_keeps_the_worst_state() -> None:
             for _ in range(10):
                 ep.observe(200, latency, None)
     b.group.live[0].observe(0, 0.002, "connect")
-    b.group.set_health(b.group.live[1], UNHEALTHY)
+    set_health(b.group.live[1], UNHEALTHY)
     merged = merge([worker_sample(a, 0), worker_sample(b, 1)])
     first, second = (merged["endpoints"][ep.label] for ep in a.group.live)
     assert first["responses"][2] == 20 and first["responses"][0] == 1
@@ -152,8 +152,8 @@ def test_tick_reports_state_changes_as_events_with_time_in_state() -> None:
     assert first["events"] == []  # the endpoints the proxy started with did not "join"
     a, b = st.group.live
     clock.now += 1
-    st.group.eject(a, 30)
-    st.group.set_health(b, UNHEALTHY)
+    eject(a, 30)
+    set_health(b, UNHEALTHY)
     kinds = {(e["kind"], e["addr"]) for e in view.tick([worker_sample(st)])["events"]}
     assert kinds == {("ejected", a.label), ("health_down", b.label)}
     clock.now += 5
@@ -161,8 +161,8 @@ def test_tick_reports_state_changes_as_events_with_time_in_state() -> None:
     row = next(r for r in snap["replicas"] if r["addr"] == a.label)
     assert row["state"] == "ejected" and snap["t"] - row["since"] == 5
     clock.now += 1
-    st.group._uneject(a)
-    st.group.set_health(b, "healthy")
+    uneject(a)
+    set_health(b, HEALTHY)
     st.group.set_drain(a.label, True)
     st.group.update([b.address, ("10.0.0.9", 8001)])  # a leaves discovery, a new one joins
     st.balancer = make_balancer("p2c", st.config)

@@ -9,6 +9,7 @@ import json
 import socket
 
 from proxy.admin import AdminServer, Request
+from proxy.outlier import eject
 from tests.unit.test_proxy_metrics import get_many, http, proxy, read_response, run
 from tests.unit.upstreams import StatusServer
 
@@ -152,7 +153,7 @@ def test_draining_every_replica_leaves_nothing_to_pick_even_in_panic_mode() -> N
     async def main() -> None:
         async with StatusServer() as a, StatusServer() as b, proxy([a.address, b.address]) as srv:
             assert srv.state is not None
-            srv.state.group.eject(srv.state.group.live[1], 30)  # b ejected, a drained: panic would pick both
+            eject(srv.state.group.live[1], 30)  # b ejected, a drained: panic would pick both
             await http(srv.admin_port, post(f"/upstreams/{label(a.address)}/drain"))
             assert await get_many(srv.port, ["/"] * 3) == [200] * 3
             assert a.paths["/"] == 0

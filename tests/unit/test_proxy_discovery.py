@@ -16,6 +16,7 @@ from proxy.accesslog import AccessLog
 from proxy.config import Config
 from proxy.discovery import DiscoveryError, DnsDiscovery, DockerDiscovery, make_discovery, make_resolver
 from proxy.pool import UpstreamGroup
+from proxy.state import ProxyState, start_feeds
 
 
 class FakeDns:
@@ -39,7 +40,7 @@ class FakeDns:
 
 def test_discovery_follows_dns_and_failure_policy() -> None:
     async def main() -> None:
-        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        g = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         dns = FakeDns()
         d = DnsDiscovery(g, "backend", 8001, 0.01, dns)
         dns.answer = [("10.0.0.1", 8001), ("10.0.0.2", 8001)]
@@ -202,7 +203,7 @@ def test_docker_discovery_lists_running_healthy_replicas_on_the_shared_network()
             FakeContainer("x1", "172.20.0.21", service="loadgen"),
         ]
         engine.all[-1].status = "exited"
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
         await d.refresh()
         assert d.project == PROJECT, "the project comes from the proxy's own container labels"
@@ -214,7 +215,7 @@ def test_docker_discovery_lists_running_healthy_replicas_on_the_shared_network()
 def test_docker_discovery_without_a_project_refuses_to_start() -> None:
     async def main() -> None:
         engine = FakeEngine()
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="not-a-container")
         with pytest.raises(DiscoveryError, match="PROXY_DOCKER_PROJECT"):
             await d.refresh()
@@ -230,7 +231,7 @@ def test_docker_discovery_follows_events_and_drops_a_stopping_replica_at_once() 
         engine = FakeEngine()
         b1, b2 = FakeContainer("b1", "172.20.0.11"), FakeContainer("b2", "172.20.0.12")
         engine.all += [b1, b2]
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
         await d.refresh()
         d.start()
@@ -278,7 +279,7 @@ def test_docker_discovery_reconnects_after_stream_errors_and_resyncs(
     async def main() -> None:
         engine = FakeEngine()
         engine.all.append(FakeContainer("b1", "172.20.0.11"))
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", max_backoff=0.05)
         await d.refresh()
         d.start()
@@ -299,7 +300,7 @@ def test_docker_discovery_reconnects_after_stream_errors_and_resyncs(
 
 def test_make_discovery_picks_the_source_from_config() -> None:
     async def main() -> None:
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         assert isinstance(make_discovery(Config(), group), DnsDiscovery)
         d = make_discovery(Config(discovery="docker", upstream_host="api", docker_project="p"), group)
         assert isinstance(d, DockerDiscovery) and d.service == "api" and d.project == "p"
@@ -317,7 +318,7 @@ def test_docker_discovery_looks_again_when_the_listing_lags_behind_an_unpause_ev
         b1 = FakeContainer("b1", "172.20.0.11")
         b1.status = "paused"
         engine.all.append(b1)
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
         await d.refresh()
         d.start()
@@ -334,12 +335,12 @@ def test_docker_discovery_looks_again_when_the_listing_lags_behind_an_unpause_ev
 
 def test_a_failed_connect_makes_dns_discovery_resolve_at_once_but_not_in_a_storm() -> None:
     async def main() -> None:
-        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
         dns = FakeDns()
         dns.answer = [("10.0.0.1", 8001), ("10.0.0.2", 8001)]
-        d = DnsDiscovery(g, "backend", 8001, 60.0, dns)  # the interval alone would take a minute
-        await d.refresh()
-        d.start()
+        cfg = Config(resolve_interval=60.0, health_interval=0)  # the interval alone would take a minute
+        state = ProxyState.from_config(cfg, asyncio.get_running_loop(), None)
+        feeds = await start_feeds(state, resolver=dns)  # the wiring the server uses
+        g = state.group
         dns.answer = [("10.0.0.2", 8001)]  # 10.0.0.1 was killed and already left DNS
         await asyncio.sleep(DnsDiscovery.hint_gap)
         calls = dns.calls
@@ -348,11 +349,77 @@ def test_a_failed_connect_makes_dns_discovery_resolve_at_once_but_not_in_a_storm
         await asyncio.sleep(0.01)
         assert [e.label for e in g.live] == ["10.0.0.2:8001"], "dropped without waiting for the interval"
         assert dns.calls == calls + 1, "twenty failures in a burst give one resolution"
-        await d.stop()
-        assert g.on_connect_failure is None
+        await feeds.stop()
+        await asyncio.sleep(DnsDiscovery.hint_gap)
         g.mark_failed(g.live[0])
         await asyncio.sleep(0.01)
-        assert dns.calls == calls + 1
+        assert dns.calls == calls + 1, "a stopped discovery resolves nothing"
+        g.close()
+
+    asyncio.run(main())
+
+
+def test_an_older_dns_answer_that_arrives_late_never_brings_a_dead_replica_back() -> None:
+    """#12: an early (hinted) resolution overlapping the periodic one; the periodic one started
+    first but its answer, still listing the killed replica, arrives last."""
+
+    async def main() -> None:
+        g = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
+        old, new = [("10.0.0.1", 8001), ("10.0.0.2", 8001)], [("10.0.0.2", 8001)]
+        g.update(old)
+        gate = asyncio.Event()
+        answers = [old, new, socket.gaierror(socket.EAI_NONAME, "not known")]
+        order: list[str] = []
+
+        async def dns(host: str, port: int) -> list[tuple[str, int]]:
+            if host.startswith("tasks."):  # the Swarm probe behind a single address: not Swarm
+                raise socket.gaierror(socket.EAI_NONAME, "not known")
+            answer = answers.pop(0)
+            if answer is old:
+                await gate.wait()  # the first (periodic) resolution is slow
+            order.append("old" if answer is old else "new" if answer is new else "nxdomain")
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        d = DnsDiscovery(g, "backend", 8001, 60.0, dns)
+        periodic = asyncio.create_task(d.refresh())
+        await asyncio.sleep(0)
+        await d.refresh()  # the early one, started second, answers first
+        assert labels(g) == ["10.0.0.2:8001"]
+        gate.set()
+        await periodic
+        assert order == ["new", "old"]
+        assert labels(g) == ["10.0.0.2:8001"], "the older answer must not win"
+        await d.refresh()  # a later NXDOMAIN still applies: it started after the applied answer
+        assert labels(g) == []
+
+    asyncio.run(main())
+
+
+def test_a_late_nxdomain_from_an_older_resolution_does_not_empty_a_newer_set() -> None:
+    async def main() -> None:
+        g = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
+        gate = asyncio.Event()
+        first = True
+
+        async def dns(host: str, port: int) -> list[tuple[str, int]]:
+            nonlocal first
+            if host.startswith("tasks."):
+                raise socket.gaierror(socket.EAI_NONAME, "not known")
+            if first:
+                first = False
+                await gate.wait()
+                raise socket.gaierror(socket.EAI_NONAME, "not known")
+            return [("10.0.0.3", 8001)]
+
+        d = DnsDiscovery(g, "backend", 8001, 60.0, dns)
+        older = asyncio.create_task(d.refresh())
+        await asyncio.sleep(0)
+        await d.refresh()
+        gate.set()
+        await older
+        assert labels(g) == ["10.0.0.3:8001"]
 
     asyncio.run(main())
 
@@ -362,7 +429,7 @@ def test_dns_discovery_follows_tasks_when_the_name_is_a_swarm_virtual_ip() -> No
     the proxy must balance the tasks behind it, which ``tasks.<name>`` lists."""
 
     async def main() -> None:
-        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        g = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         dns = FakeDns()
         d = DnsDiscovery(g, "backend", 8001, 60.0, dns)
         dns.answer = [("10.0.1.2", 8001)]  # the VIP; no task healthy yet: tasks.backend is NXDOMAIN
@@ -383,7 +450,7 @@ def test_dns_discovery_follows_tasks_when_the_name_is_a_swarm_virtual_ip() -> No
 
 def test_dns_discovery_keeps_a_name_that_already_lists_its_tasks() -> None:
     async def main() -> None:
-        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        g = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         dns = FakeDns()
         # dnsrr with one task: backend and tasks.backend give the same address; Compose: NXDOMAIN.
         dns.answer = dns.tasks = [("10.0.1.5", 8001)]
@@ -405,7 +472,7 @@ def test_dns_discovery_keeps_a_name_that_already_lists_its_tasks() -> None:
 
 def test_dns_discovery_stops_probing_a_dns_that_stalls_on_tasks_names() -> None:
     async def main() -> None:
-        g = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        g = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         dns = FakeDns()
         dns.answer = [("172.20.0.2", 8001)]
 
@@ -489,7 +556,7 @@ def test_swarm_discovery_lists_the_running_tasks_of_the_stacks_service_on_the_sh
             task("t4", "10.0.1.8", desired="shutdown"),  # Swarm is stopping it (scale down, update)
             task("t5", "10.0.1.9", state="failed"),
         ]
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
         await d.refresh()
         assert d.swarm_service == "lab_backend", "the stack comes from the proxy's own labels"
@@ -501,7 +568,7 @@ def test_swarm_discovery_lists_the_running_tasks_of_the_stacks_service_on_the_sh
 
 def test_swarm_discovery_refuses_a_worker_node() -> None:
     async def main() -> None:
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=FakeSwarmEngine(manager=False), self_id="proxy1")
         with pytest.raises(DiscoveryError, match=r"node\.role == manager"):
             await d.refresh()
@@ -513,7 +580,7 @@ def test_swarm_discovery_follows_tasks_of_other_nodes_by_listing_and_local_kills
     async def main() -> None:
         engine = FakeSwarmEngine()
         engine.tasks = [task("t1", "10.0.1.5"), task("t2", "10.0.1.6")]
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", interval=0.02)
         await d.refresh()
         d.start()
@@ -543,7 +610,7 @@ def test_swarm_discovery_waits_for_a_task_that_turns_healthy() -> None:
         engine = FakeSwarmEngine()
         t1 = task("t1", "10.0.1.5", state="starting")
         engine.tasks = [t1]
-        group = UpstreamGroup("backend:8001", asyncio.get_running_loop())
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
         d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", interval=60)
         await d.refresh()
         d.start()

@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Config
 from proxy.counters import LATENCY_BUCKETS, Counters, Histogram
+from proxy.health import UNHEALTHY, set_health
+from proxy.outlier import eject, uneject
 from proxy.server import ProxyServer
 from tests.unit.harness import free_port
 from tests.unit.upstreams import StatusServer
@@ -285,9 +287,9 @@ def test_health_states_exported() -> None:
             assert srv.state is not None
             group = srv.state.group
             ea, eb, ec = group.live
-            eb.ejected = True
-            eb.ejections += 1
-            ec.health = "unhealthy"
+            eject(eb, 30)  # as outlier detection does it, minus the decision (ejections counts decisions)
+            eb.outlier.ejections += 1
+            set_health(ec, UNHEALTHY)
             m = await scrape(srv)
             assert value(m, "upstream_health", upstream=ea.label, state="healthy") == 1
             assert value(m, "upstream_health", upstream=eb.label, state="ejected") == 1
@@ -295,7 +297,7 @@ def test_health_states_exported() -> None:
             assert value(m, "upstream_ejections_total", upstream=eb.label) == 1
             assert value(m, "upstream_health", upstream=ec.label, state="unhealthy") == 1
             assert value(m, "endpoints", state="healthy") == 1
-            eb.ejected = False
+            uneject(eb)
             # An endpoint discovery dropped while a request is on it is draining until it ends.
             ea.in_flight += 1
             group.update([b.address, c.address])

@@ -10,17 +10,19 @@ import pytest
 
 from proxy.config import Config
 from proxy.counters import Counters
-from proxy.outlier import OutlierDetector, OutlierPolicy, outlier_detector
+from proxy.outlier import OutlierDetector, OutlierPolicy
 from proxy.pool import UpstreamGroup
 from proxy.server import ProxyServer
 from tests.unit.upstreams import StatusServer
 
 
 def setup(n: int = 3, **policy: float) -> tuple[UpstreamGroup, OutlierDetector, Counters]:
-    group = UpstreamGroup("test", asyncio.get_running_loop())
+    """A group of ``n`` with a detector whose knobs are Config's, but for ``policy``'s."""
+    cfg = Config(**{f"outlier_{k}": v for k, v in policy.items()})  # type: ignore[arg-type]
+    group = UpstreamGroup.from_config(cfg, asyncio.get_running_loop())
     group.update([(f"10.0.0.{i}", 8001) for i in range(1, n + 1)])
     counters = Counters()
-    detector = OutlierDetector(OutlierPolicy(**policy), counters)  # type: ignore[arg-type]
+    detector = OutlierDetector(OutlierPolicy.from_config(cfg), counters)
     group.outlier = detector
     return group, detector, counters
 
@@ -32,7 +34,7 @@ def test_consecutive_5xx_eject_and_a_success_resets_the_count(caplog: pytest.Log
         for status in (500, 502, 200, 503, 500):
             ep.observe(status, 0.01, None)
         assert not ep.ejected, "the 200 broke the run: only two in a row since"
-        assert ep.consecutive_5xx == 2
+        assert ep.outlier.consecutive_5xx == 2
         ep.observe(404, 0.01, None)  # a client error is not the upstream failing
         for _ in range(3):
             ep.observe(500, 0.01, None)
@@ -54,7 +56,7 @@ def test_gateway_failures_count_separately_and_protocol_errors_count_as_5xx() ->
         assert a.ejected and counters.count("ejections", "gateway") == 1
         b.observe(0, 0.0, "protocol")
         b.observe(0, 0.0, "protocol")
-        assert not b.ejected and b.consecutive_5xx == 2 and b.consecutive_failures == 0
+        assert not b.ejected and b.outlier.consecutive_5xx == 2 and b.outlier.consecutive_failures == 0
 
     asyncio.run(main())
 
@@ -68,14 +70,14 @@ def test_ejection_time_grows_with_each_ejection_up_to_the_max_and_ends_on_time()
         for _ in range(4):
             ep.observe(500, 0.0, None)
             assert ep.ejected
-            lengths.append(round(ep.ejected_until - loop.time(), 2))
+            lengths.append(round(ep.outlier.ejected_until - loop.time(), 2))
             while ep.ejected:
                 await asyncio.sleep(0.005)
             assert ep not in group.unavailable(), "back in rotation once the time is up"
         assert lengths == [0.05, 0.1, 0.12, 0.12]
-        assert ep.ejections == 4
+        assert ep.outlier.ejections == 4
         # Clear of trouble for longer than max_ejection: the next ejection starts from base again.
-        ep.ejected_until = loop.time() - 1.0
+        ep.outlier.ejected_until = loop.time() - 1.0
         assert detector.ejection_time(ep, loop.time()) == 0.05
 
     asyncio.run(main())
@@ -104,9 +106,37 @@ def test_max_ejection_percent_keeps_most_replicas_in(caplog: pytest.LogCaptureFi
 
 
 def test_config_builds_the_policy_and_zero_switches_it_off() -> None:
-    assert outlier_detector(Config(outlier_consecutive_5xx=0, outlier_consecutive_failures=0), None) is None
-    det = outlier_detector(Config(outlier_consecutive_5xx=7, outlier_base_ejection=2.5), None)
+    off = Config(outlier_consecutive_5xx=0, outlier_consecutive_failures=0)
+    assert OutlierDetector.from_config(off, None) is None
+    det = OutlierDetector.from_config(Config(outlier_consecutive_5xx=7, outlier_base_ejection=2.5), None)
     assert det is not None and det.policy.consecutive_5xx == 7 and det.policy.base_ejection == 2.5
+    assert det.policy.consecutive_failures == Config().outlier_consecutive_failures, "the rest: Config's"
+
+
+def test_the_failure_vocabulary_decides_which_count_grows() -> None:
+    """connect/reset/timeout (no answer) are gateway failures; protocol (a broken answer) is a 5xx."""
+
+    async def main() -> None:
+        group, _, _ = setup(n=4, consecutive_5xx=100, consecutive_failures=100)
+        for ep, failure in zip(group.live, ("connect", "reset", "timeout", "protocol"), strict=True):
+            ep.observe(0, 0.01, failure)  # type: ignore[arg-type]
+        counts = [(ep.outlier.consecutive_failures, ep.outlier.consecutive_5xx) for ep in group.live]
+        assert counts == [(1, 0), (1, 0), (1, 0), (0, 1)]
+
+    asyncio.run(main())
+
+
+def test_an_endpoint_that_left_discovery_is_never_ejected() -> None:
+    async def main() -> None:
+        group, _, counters = setup(n=2, consecutive_5xx=1, max_ejection_percent=50)
+        a, b = group.live
+        a.in_flight = 1
+        group.update([b.address])  # a leaves discovery while a request runs: draining, not live
+        a.observe(500, 0.0, None)
+        assert not a.ejected and counters.count("ejections") == 0, "nothing to eject: it gets no picks"
+        a.release()
+
+    asyncio.run(main())
 
 
 async def _get(port: int) -> int:

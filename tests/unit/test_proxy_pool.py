@@ -8,9 +8,16 @@ import logging
 import pytest
 
 from proxy.balancer import RoundRobin
-from proxy.pool import UNHEALTHY, UpstreamGroup
+from proxy.config import Config
+from proxy.health import HEALTHY, UNHEALTHY, set_health
+from proxy.outlier import eject
+from proxy.pool import UpstreamGroup
 
 A, B, C = ("10.0.0.1", 8001), ("10.0.0.2", 8001), ("10.0.0.3", 8001)
+
+
+def new_group(**config: float) -> UpstreamGroup:
+    return UpstreamGroup.from_config(Config(**config), asyncio.get_running_loop())  # type: ignore[arg-type]
 
 
 class FakeConn:
@@ -27,7 +34,7 @@ class FakeConn:
 
 def test_removed_endpoint_drains_in_flight_then_disappears() -> None:
     async def main() -> None:
-        group = UpstreamGroup("t", asyncio.get_running_loop())
+        group = new_group()
         group.update([A, B])
         a = group.endpoints[A]
         conn = FakeConn()
@@ -50,7 +57,7 @@ def test_removed_endpoint_drains_in_flight_then_disappears() -> None:
 
 def test_endpoint_coming_back_while_draining_is_revived_with_its_state() -> None:
     async def main() -> None:
-        group = UpstreamGroup("t", asyncio.get_running_loop())
+        group = new_group()
         group.update([A, B])
         a = group.endpoints[A]
         a.in_flight = 1
@@ -63,13 +70,13 @@ def test_endpoint_coming_back_while_draining_is_revived_with_its_state() -> None
 
 def test_unavailable_is_the_union_cached_until_something_changes() -> None:
     async def main() -> None:
-        group = UpstreamGroup("t", asyncio.get_running_loop(), fail_timeout=0.05)
+        group = new_group(fail_timeout=0.05)
         group.update([A, B, C])
         a, b, c = group.live
         empty = group.unavailable()
         assert not empty and group.unavailable() is empty, "cached: no rebuild per request"
         group.mark_failed(a)
-        group.eject(b, 10)
+        eject(b, 10)
         assert group.unavailable() == {a, b}
         cached = group.unavailable()
         assert group.unavailable() is cached
@@ -77,7 +84,7 @@ def test_unavailable_is_the_union_cached_until_something_changes() -> None:
         assert {rr.pick(group.live, group.unavailable()) for _ in range(6)} == {c}
         await asyncio.sleep(0.08)
         assert group.unavailable() == {b}, "the connect cool-down ends on its own"
-        group.set_health(c, UNHEALTHY)
+        set_health(c, UNHEALTHY)
         assert group.unavailable() == {b, c}
         view = {v["address"]: v for v in group.snapshot()}
         assert view["10.0.0.3:8001"]["health"] == "unhealthy"
@@ -93,14 +100,14 @@ def test_every_endpoint_excluded_means_panic_and_a_log_line(caplog: pytest.LogCa
     caplog.set_level(logging.INFO, "proxy.pool")
 
     async def main() -> None:
-        group = UpstreamGroup("t", asyncio.get_running_loop())
+        group = new_group()
         group.update([A, B])
         a, b = group.live
-        group.eject(a, 10)
-        group.set_health(b, UNHEALTHY)
+        eject(a, 10)
+        set_health(b, UNHEALTHY)
         assert not group.unavailable() and group.panic, "try them all rather than refuse every request"
         assert RoundRobin().pick(group.live, group.unavailable()) is not None
-        group.set_health(b, "healthy")
+        set_health(b, HEALTHY)
         assert group.unavailable() == {a} and not group.panic
 
     asyncio.run(main())
@@ -110,14 +117,38 @@ def test_every_endpoint_excluded_means_panic_and_a_log_line(caplog: pytest.LogCa
 
 def test_fail_timeout_zero_never_cools_and_close_cancels_timers() -> None:
     async def main() -> None:
-        group = UpstreamGroup("t", asyncio.get_running_loop(), fail_timeout=0)
+        group = new_group(fail_timeout=0)
         group.update([A, B])
         group.mark_failed(group.live[0])
         assert not group.unavailable()
-        group.eject(group.live[1], 60)
-        timer = group.live[1].eject_timer
+        eject(group.live[1], 60)
+        timer = group.live[1].outlier.timer
         assert timer is not None
         group.close()
         assert timer.cancelled()
+
+    asyncio.run(main())
+
+
+def test_a_drained_endpoint_leaves_no_timer_behind_and_changes_wake_the_queue() -> None:
+    async def main() -> None:
+        group = new_group(fail_timeout=30)
+        woken: list[int] = []
+        group.on_capacity = lambda: woken.append(1)
+        group.update([A, B])
+        a = group.endpoints[A]
+        group.mark_failed(a)
+        eject(a, 60)
+        cool, ejection = a.cool_timer, a.outlier.timer
+        assert cool is not None and ejection is not None
+        group.update([B])  # A leaves discovery with nothing in flight: removed at once
+        assert A not in group.endpoints
+        woken.clear()
+        assert cool.cancelled() and ejection.cancelled(), "a removed endpoint's timers must not fire later"
+        b = group.endpoints[B]
+        set_health(b, UNHEALTHY)
+        assert woken == [], "an endpoint going out frees no capacity"
+        set_health(b, HEALTHY)
+        assert woken == [1], "one coming back may take a queued request now"
 
     asyncio.run(main())
