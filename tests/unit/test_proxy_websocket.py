@@ -169,6 +169,92 @@ def test_backend_ws_endpoint_echoes_text_and_bytes_and_is_counted() -> None:
             assert await ws.recv() == "ping"
             await ws.send(b"\x00\xff" * 1000)
             assert await ws.recv() == b"\x00\xff" * 1000
-        assert REQUEST_COUNTS["/ws"] == before + 1
+        assert REQUEST_COUNTS.by_path["/ws"] == before + 1
+
+    run(main)
+
+
+def test_an_idle_tunnel_is_closed_on_both_sides_and_an_active_one_is_not() -> None:
+    backend_saw_eof = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        while data := await reader.read(65536):  # echo until the proxy closes its side
+            writer.write(data)
+        backend_saw_eof.set()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with proxy(port, websocket_idle_timeout=2.0) as srv:
+            state = srv.state
+            assert state is not None
+            r, w = await connect(srv.port)
+            w.write(HANDSHAKE)
+            line, _ = await read_head(r)
+            assert line.startswith("HTTP/1.1 101")
+            for i in range(10):  # traffic well inside the idle timeout keeps the tunnel (3 s in all)
+                w.write(b"%d" % i)
+                assert await asyncio.wait_for(r.readexactly(1), 10) == b"%d" % i
+                await asyncio.sleep(0.3)
+            assert state.tunnels_open == 1
+            # Now silence both ways: the proxy closes the client and the backend connection.
+            assert await asyncio.wait_for(r.read(), 30) == b""
+            await asyncio.wait_for(backend_saw_eof.wait(), 30)
+            assert state.counters.count("websocket_idle_timeouts") == 1
+            assert state.tunnels_open == 0
+            w.close()
+        server.close()
+
+    run(main)
+
+
+def test_a_client_that_stops_reading_a_tunnel_is_cut_and_the_backend_released() -> None:
+    import socket
+
+    backend_lost = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        try:
+            while True:  # a backend that streams to the client without end
+                writer.write(b"z" * 65536)
+                await writer.drain()
+                if reader.at_eof():
+                    break
+        except ConnectionError:
+            pass
+        backend_lost.set()
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with proxy(port, client_send_timeout=0.2, websocket_idle_timeout=0) as srv:
+            state = srv.state
+            assert state is not None
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            await loop.sock_connect(client, ("127.0.0.1", srv.port))
+            await loop.sock_sendall(client, HANDSHAKE)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await loop.sock_recv(client, 1)
+            assert head.startswith(b"HTTP/1.1 101")
+            # ... and the client reads nothing more: the proxy's buffers to it fill and stay full.
+            await asyncio.wait_for(backend_lost.wait(), 30)
+            for _ in range(500):
+                if state.tunnels_open == 0 and not state.connections:
+                    break
+                await asyncio.sleep(0.02)
+            assert state.tunnels_open == 0 and not state.connections
+            assert state.counters.count("send_timeouts") == 1
+            client.close()
+        server.close()
 
     run(main)
