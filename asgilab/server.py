@@ -125,7 +125,7 @@ class AsgiServer:
             if site.tasks:
                 await asyncio.wait(list(site.tasks), timeout=1.0)
             if site.access_log is not None:
-                site.access_log.flush()
+                site.access_log.close()  # the queued lines reach stdout before the process exits
         if self.lifespan is not None:
             await self.lifespan.shutdown(self.config.graceful_timeout)
             self.lifespan = None

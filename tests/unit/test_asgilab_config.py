@@ -45,6 +45,11 @@ def test_env_twins_and_flags_win() -> None:
             "--header-timeout / ASGILAB_HEADER_TIMEOUT: must be > 0",
         ),
         (["m:app", "--forwarded-allow-ips", "not-an-ip"], {}, "not an address or network"),
+        (
+            ["m:app"],
+            {"ASGILAB_CLIENT_SEND_TIMEOUT": "-1"},
+            "--client-send-timeout / ASGILAB_CLIENT_SEND_TIMEOUT: must be >= 0",
+        ),
         (["m:app", "--workers", "2", "--port", "0"], {}, "needs a fixed --port"),
         (["m:app", "--root-path", "api/"], {}, "--root-path"),
         (["no-colon"], {}, "expected module:attribute"),

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from asgilab.config import Config
 from asgilab.site import AppSite
 from engine.accesslog import AccessLog
@@ -219,3 +221,20 @@ def test_bytes_left_unsent_behind_a_close_are_cut_after_the_timeout() -> None:
         assert quiet.send_watch is None
 
     asyncio.run(main())
+
+
+def test_the_timeouts_are_flags_with_env_twins_validated_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    from asgilab.config import load_config as asgilab_config
+    from proxy.config import load_config as proxy_config
+
+    assert proxy_config([], {}).client_send_timeout == 60.0
+    assert proxy_config([], {"PROXY_CLIENT_SEND_TIMEOUT": "0"}).client_send_timeout == 0.0  # off
+    assert proxy_config(["--websocket-idle-timeout", "5"], {}).websocket_idle_timeout == 5.0
+    assert asgilab_config(["m:app"], {"ASGILAB_CLIENT_SEND_TIMEOUT": "2.5"}).client_send_timeout == 2.5
+    for argv, env, needle in [
+        ([], {"PROXY_CLIENT_SEND_TIMEOUT": "soon"}, "--client-send-timeout / PROXY_CLIENT_SEND_TIMEOUT"),
+        (["--websocket-idle-timeout", "-1"], {}, "--websocket-idle-timeout / PROXY_WEBSOCKET_IDLE_TIMEOUT"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            proxy_config(argv, env)
+        assert exc.value.code == 2 and needle in capsys.readouterr().err
