@@ -227,6 +227,60 @@ class DnsDiscovery:
 
 # --- Docker ---------------------------------------------------------------------------------------
 
+# Docker's JSON (container attrs, events, tasks) as the SDK hands it over. Its shape is the
+# engine's, not ours: every read below goes through ``.get`` with a fallback, nothing assumes a key.
+Json = Mapping[str, Any]
+
+
+class DockerContainer(Protocol):
+    """What discovery reads of a ``docker.models.containers.Container``."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+    @property
+    def attrs(self) -> Json: ...
+
+
+class DockerContainers(Protocol):
+    def get(self, container_id: str) -> DockerContainer: ...
+
+    def list(self, *, filters: Mapping[str, object]) -> Sequence[DockerContainer]: ...
+
+
+class DockerEvents(Protocol):
+    """The SDK's event stream (``CancellableStream``): decoded events; ``close`` unblocks a read."""
+
+    def __iter__(self) -> Iterator[Json]: ...
+
+    def close(self) -> None: ...
+
+
+class DockerApi(Protocol):
+    def tasks(self, *, filters: Mapping[str, object]) -> Sequence[Json]: ...
+
+
+class DockerClient(Protocol):
+    """The part of ``docker.DockerClient`` discovery uses (tests pass a fake engine of this shape)."""
+
+    @property
+    def containers(self) -> DockerContainers: ...
+
+    @property
+    def api(self) -> DockerApi: ...
+
+    def ping(self) -> object: ...
+
+    def info(self) -> Json: ...
+
+    def events(self, *, decode: bool, filters: Mapping[str, object]) -> DockerEvents: ...
+
+
+MAX_BACKOFF_S = 10.0  # longest wait before resubscribing to a broken event stream
+
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
 # Labels Swarm puts on a task's container: the proxy finds out from its own that it runs on Swarm.
@@ -262,8 +316,8 @@ class DockerDiscovery:
     Swarm is about to stop (its desired state is no longer ``running``: scale down, rolling
     update) leaves the set at the next listing, before its container gets the signal.
 
-    ``client`` is a ``docker.DockerClient`` or anything with the same ``containers.get``,
-    ``containers.list``, ``events``, ``info`` and ``api.tasks`` (tests pass a fake).
+    ``client`` is a ``docker.DockerClient`` or anything of the ``DockerClient`` shape (tests pass
+    a fake); None connects to the engine ``DOCKER_HOST`` or the socket names at the first refresh.
     """
 
     def __init__(
@@ -272,11 +326,11 @@ class DockerDiscovery:
         service: str,
         port: int,
         *,
+        interval: float,
         project: str | None = None,
-        client: Any = None,
+        client: DockerClient | None = None,
         self_id: str | None = None,
-        max_backoff: float = 10.0,
-        interval: float = 1.0,
+        max_backoff: float = MAX_BACKOFF_S,
     ) -> None:
         self.group = group
         self.service = service
@@ -289,21 +343,27 @@ class DockerDiscovery:
         self.swarm_service: str | None = None  # set when the proxy runs as a Swarm task
         self.networks: set[str] = set()  # the proxy's own networks (to pick the address it can reach)
         self._stopping: set[str] = set()  # containers sent a signal: on their way out
-        self._stream: Any = None
+        self._stream: DockerEvents | None = None
         self._thread: threading.Thread | None = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._last: list[Address] | None = None
 
     # -- blocking parts, run outside the loop -----------------------------------------------------
+    @property
+    def _engine(self) -> DockerClient:
+        assert self.client is not None, "refresh() connects first"
+        return self.client
+
     def _connect(self) -> None:
         """Client, project and own networks: once, at the first refresh."""
         if self.client is None:
             try:
                 import docker  # the SDK is only needed when this source is chosen
 
-                self.client = docker.from_env()
-                self.client.ping()
+                client: DockerClient = docker.from_env()
+                client.ping()
+                self.client = client
             except Exception as exc:
                 raise DiscoveryError(
                     f"docker discovery: cannot reach the Docker engine ({exc}); mount "
@@ -311,7 +371,7 @@ class DockerDiscovery:
                 ) from exc
         own = None
         try:
-            own = self.client.containers.get(self.self_id)
+            own = self._engine.containers.get(self.self_id)
         except Exception:
             log.info("docker discovery: not running in a container known to Docker (%s)", self.self_id)
         if own is not None:
@@ -340,7 +400,7 @@ class DockerDiscovery:
         if self.project is None:
             self.project = labels.get(LABEL_STACK)
         self.swarm_service = f"{self.project}_{self.service}" if self.project else self.service
-        swarm = (self.client.info() or {}).get("Swarm") or {}
+        swarm = (self._engine.info() or {}).get("Swarm") or {}
         if not swarm.get("ControlAvailable"):
             raise DiscoveryError(
                 "docker discovery: the proxy runs as a Swarm task on a node that is not a manager, "
@@ -374,14 +434,14 @@ class DockerDiscovery:
         containers = self._running()
         return {c.id for c in containers}, self.addresses_of(containers)
 
-    def _running(self) -> list[Any]:
-        return self.client.containers.list(filters={"label": self._labels, "status": "running"})
+    def _running(self) -> Sequence[DockerContainer]:
+        return self._engine.containers.list(filters={"label": self._labels, "status": "running"})
 
-    def _tasks(self) -> list[Mapping[str, Any]]:
+    def _tasks(self) -> list[Json]:
         filters = {"service": self.swarm_service, "desired-state": "running"}
-        return list(self.client.api.tasks(filters=filters))
+        return list(self._engine.api.tasks(filters=filters))
 
-    def addresses_of_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> list[Address]:
+    def addresses_of_tasks(self, tasks: Iterable[Json]) -> list[Address]:
         """Addresses of the tasks Swarm wants running and reports running (healthy, if checked)."""
         out = set()
         for task in tasks:
@@ -410,7 +470,7 @@ class DockerDiscovery:
             ids, addresses = self._snapshot()
         return addresses
 
-    def addresses_of(self, containers: Iterable[Any]) -> list[Address]:
+    def addresses_of(self, containers: Iterable[DockerContainer]) -> list[Address]:
         out = set()
         for c in containers:
             if c.id in self._stopping:
@@ -428,7 +488,7 @@ class DockerDiscovery:
                 out.add((ip, self.port))
         return sorted(out, key=_sort_key)
 
-    def on_event(self, event: Mapping[str, Any]) -> tuple[str, str] | None:
+    def on_event(self, event: Json) -> tuple[str, str] | None:
         """Apply one engine event to the stopping set; (action, container id) when it matters."""
         action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
         if action not in _RELEVANT:
@@ -450,7 +510,9 @@ class DockerDiscovery:
         while not self._stop.is_set():
             try:
                 # Subscribe before listing, so nothing that happens in between is missed.
-                stream = self.client.events(decode=True, filters={"type": "container", "label": self._labels})
+                stream = self._engine.events(
+                    decode=True, filters={"type": "container", "label": self._labels}
+                )
                 self._stream = stream
                 self._publish(self.list_addresses())
                 backoff = 0.5
@@ -519,29 +581,29 @@ class DockerDiscovery:
         self._thread = self._poller = None
 
 
-def _iterate(stream: Any) -> Iterator[Mapping[str, Any]]:
+def _iterate(stream: DockerEvents) -> Iterator[Json]:
     yield from stream
 
 
-def _pick_ip(networks: Mapping[str, Any], preferred: set[str]) -> str | None:
+def _pick_ip(networks: Json, preferred: set[str]) -> str | None:
     """The container's address on a network the proxy shares, else on its first network."""
     names = sorted(networks)
     for name in [n for n in names if n in preferred] + names:
         ip = (networks[name] or {}).get("IPAddress")
         if ip:
-            return ip
+            return str(ip)
     return None
 
 
-def _task_running(task: Mapping[str, Any]) -> bool:
+def _task_running(task: Json) -> bool:
     return ((task.get("Status") or {}).get("State")) == "running"
 
 
-def _task_container(task: Mapping[str, Any]) -> str:
+def _task_container(task: Json) -> str:
     return str(((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or "")
 
 
-def _pick_task_ip(attachments: Iterable[Mapping[str, Any]], preferred: set[str]) -> str | None:
+def _pick_task_ip(attachments: Iterable[Json], preferred: set[str]) -> str | None:
     """The task's address on a network the proxy shares, else on its first non-ingress one."""
     found: list[tuple[str, str]] = []
     for attachment in attachments:

@@ -183,7 +183,7 @@ class ProxyServer:
                 conn.transport.abort()
             self.state.group.close()
             if self.state.access_log is not None:
-                self.state.access_log.flush()
+                self.state.access_log.close()  # flushed, and its writer thread done
         if self.lifespan is not None:
             lifespan, self.lifespan = self.lifespan, None
             await lifespan.shutdown(self.config.drain_timeout)

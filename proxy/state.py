@@ -10,6 +10,7 @@ collaborators are hooked to it:
 
 - ``group.on_capacity`` -> the in-flight cap's queue (``Admission.wake``);
 - ``group.outlier`` -> passive outlier detection (``OutlierDetector``, fed by ``Endpoint.observe``);
+- the access log's drop counter -> the proxy's ``Counters``;
 - ``group.on_connect_failure`` -> DNS discovery's early re-resolution (``Discovery.stale``);
 - the group's endpoints themselves <- discovery (``update``) and the active health checker.
 """
@@ -54,6 +55,8 @@ class ProxyState:
         self.connections: set[HTTPConnection] = set()  # DownstreamProtocols (or --app connections)
         self.draining = False
         self.counters = Counters()
+        if access_log is not None:
+            access_log.counters = self.counters  # its drops: access_log_dropped_total on /metrics
         self.no_endpoints = f"502 Bad Gateway: no upstream endpoints for {config.upstream}\n".encode()
         # Retries (retry.py) and admission control (admission.py; None when the in-flight cap is off).
         self.retry_policy = RetryPolicy.from_config(config)

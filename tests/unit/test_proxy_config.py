@@ -161,3 +161,55 @@ def test_compose_passes_the_proxy_knobs_with_the_flags_defaults_and_readme_lists
     ]
     missing = [v for v in variables if not any(pattern.fullmatch(v) for pattern in documented)]
     assert missing == [], "Compose variables of the proxy service missing from README's table"
+
+
+def test_policy_objects_have_no_defaults_of_their_own_and_are_built_from_config() -> None:
+    """One source of each default: Config. The knob records take every value as a required
+    argument, so a default changed in Config is the default the running proxy uses."""
+    import asyncio
+    import dataclasses
+    import inspect
+
+    from proxy.health import HealthPolicy
+    from proxy.outlier import OutlierPolicy
+    from proxy.pool import UpstreamGroup
+    from proxy.state import ProxyState
+
+    for record in (HealthPolicy, OutlierPolicy):
+        defaulted = [
+            f.name
+            for f in dataclasses.fields(record)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        ]
+        assert defaulted == [], f"{record.__name__} declares defaults of its own: {defaulted}"
+    group_params = inspect.signature(UpstreamGroup).parameters.values()
+    assert all(p.default is inspect.Parameter.empty for p in group_params), "UpstreamGroup: knobs required"
+    odd = Config(
+        pool_max_idle=7,
+        pool_idle_timeout=3.5,
+        fail_timeout=0.5,
+        ewma_decay=4.0,
+        health_path="/ready",
+        health_interval=9.0,
+        unhealthy_threshold=4,
+        outlier_consecutive_5xx=11,
+        outlier_max_ejection_percent=30.0,
+        max_in_flight_per_upstream=3,
+    )
+    expected = HealthPolicy("/ready", 9.0, odd.health_timeout, 4, odd.healthy_threshold)
+    assert HealthPolicy.from_config(odd) == expected
+    assert OutlierPolicy.from_config(odd).consecutive_5xx == 11
+    loop = asyncio.new_event_loop()
+    try:
+        state = ProxyState.from_config(odd, loop, None)
+        group = state.group
+        knobs = (group.max_idle, group.idle_timeout, group.fail_timeout, group.ewma_decay)
+        assert knobs == (7, 3.5, 0.5, 4.0)
+        assert group.outlier is not None and group.outlier.policy == OutlierPolicy.from_config(odd)
+        assert state.admission is not None and group.on_capacity == state.admission.wake, "wired in state.py"
+        assert state.balancer.name == odd.policy
+        quiet = Config(outlier_consecutive_5xx=0, outlier_consecutive_failures=0)
+        off = ProxyState.from_config(quiet, loop, None)
+        assert off.group.outlier is None and off.admission is None and off.group.on_capacity is None
+    finally:
+        loop.close()

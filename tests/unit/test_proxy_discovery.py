@@ -98,6 +98,9 @@ def test_access_log_line_format() -> None:
 PROJECT, SERVICE = "lab", "backend"
 
 
+RESOLVE = Config().resolve_interval  # Swarm task listing interval: --resolve-interval's default
+
+
 class FakeContainer:
     def __init__(self, cid: str, ip: str, *, service: str = SERVICE, health: str | None = None) -> None:
         self.id = cid
@@ -204,7 +207,7 @@ def test_docker_discovery_lists_running_healthy_replicas_on_the_shared_network()
         ]
         engine.all[-1].status = "exited"
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        d = DockerDiscovery(group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="proxy1")
         await d.refresh()
         assert d.project == PROJECT, "the project comes from the proxy's own container labels"
         assert labels(group) == ["172.20.0.11:8001", "172.20.0.12:8001"]
@@ -216,10 +219,12 @@ def test_docker_discovery_without_a_project_refuses_to_start() -> None:
     async def main() -> None:
         engine = FakeEngine()
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="not-a-container")
+        d = DockerDiscovery(group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="not-a-container")
         with pytest.raises(DiscoveryError, match="PROXY_DOCKER_PROJECT"):
             await d.refresh()
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="nope", project=PROJECT)
+        d = DockerDiscovery(
+            group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="nope", project=PROJECT
+        )
         await d.refresh()  # an explicit project works from outside a container too
         assert labels(group) == []
 
@@ -232,7 +237,7 @@ def test_docker_discovery_follows_events_and_drops_a_stopping_replica_at_once() 
         b1, b2 = FakeContainer("b1", "172.20.0.11"), FakeContainer("b2", "172.20.0.12")
         engine.all += [b1, b2]
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        d = DockerDiscovery(group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="proxy1")
         await d.refresh()
         d.start()
         await wait_for(lambda: len(engine.streams) == 1)
@@ -280,7 +285,9 @@ def test_docker_discovery_reconnects_after_stream_errors_and_resyncs(
         engine = FakeEngine()
         engine.all.append(FakeContainer("b1", "172.20.0.11"))
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", max_backoff=0.05)
+        d = DockerDiscovery(
+            group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="proxy1", max_backoff=0.05
+        )
         await d.refresh()
         d.start()
         await wait_for(lambda: len(engine.streams) == 1)
@@ -319,7 +326,7 @@ def test_docker_discovery_looks_again_when_the_listing_lags_behind_an_unpause_ev
         b1.status = "paused"
         engine.all.append(b1)
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        d = DockerDiscovery(group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="proxy1")
         await d.refresh()
         d.start()
         await wait_for(lambda: len(engine.streams) == 1)
@@ -557,7 +564,7 @@ def test_swarm_discovery_lists_the_running_tasks_of_the_stacks_service_on_the_sh
             task("t5", "10.0.1.9", state="failed"),
         ]
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1")
+        d = DockerDiscovery(group, SERVICE, 8001, interval=RESOLVE, client=engine, self_id="proxy1")
         await d.refresh()
         assert d.swarm_service == "lab_backend", "the stack comes from the proxy's own labels"
         assert engine.task_lists[-1] == {"service": "lab_backend", "desired-state": "running"}
@@ -569,7 +576,9 @@ def test_swarm_discovery_lists_the_running_tasks_of_the_stacks_service_on_the_sh
 def test_swarm_discovery_refuses_a_worker_node() -> None:
     async def main() -> None:
         group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
-        d = DockerDiscovery(group, SERVICE, 8001, client=FakeSwarmEngine(manager=False), self_id="proxy1")
+        d = DockerDiscovery(
+            group, SERVICE, 8001, interval=RESOLVE, client=FakeSwarmEngine(manager=False), self_id="proxy1"
+        )
         with pytest.raises(DiscoveryError, match=r"node\.role == manager"):
             await d.refresh()
 

@@ -152,3 +152,28 @@ def test_a_drained_endpoint_leaves_no_timer_behind_and_changes_wake_the_queue() 
         assert woken == [1], "one coming back may take a queued request now"
 
     asyncio.run(main())
+
+
+def test_docs_list_each_endpoint_record_with_the_class_and_module_that_own_it() -> None:
+    """Drift check: docs/proxy.md's table of an endpoint's records is what an Endpoint holds."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "proxy.md").read_text()
+    rows = re.findall(r"^\| `ep\.(\w+)` \(`(\w+)`\) \| `(\w+)\.py` \|", text, re.M)
+    assert rows, "the records table is gone from docs/proxy.md"
+    loop = asyncio.new_event_loop()
+    try:
+        group = UpstreamGroup.from_config(Config(), loop)
+        group.update([A])
+        ep = group.live[0]
+        documented = {attr: (cls, f"proxy.{module}") for attr, cls, module in rows}
+        actual = {
+            name: (type(value).__name__, type(value).__module__)
+            for name in type(ep).__slots__
+            if type(value := getattr(ep, name)).__module__.startswith("proxy.")
+            and type(value).__module__ not in ("proxy.pool", "proxy.counters")
+        }
+        assert documented == actual
+    finally:
+        loop.close()
