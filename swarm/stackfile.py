@@ -29,7 +29,8 @@ PROFILES = ("observe",)
 # Keys that mean the same to a Swarm service as to a Compose container. Everything else is dropped:
 # build (stack deploy ignores it: build first), attach, depends_on (Swarm has no start order; the
 # proxy waits for endpoints itself), ports and networks (swarm/stack.yml sets them), restart
-# (Swarm's restart_policy), container_name (tasks are named by Swarm), profiles.
+# (Swarm's restart_policy), container_name (tasks are named by Swarm), profiles, security_opt
+# (Swarm services have none: no-new-privileges is Compose-only, docs/security.md).
 KEEP = (
     "image",
     "command",
@@ -40,6 +41,7 @@ KEEP = (
     "stop_grace_period",
     "stop_signal",
     "user",
+    "read_only",
     "working_dir",
     "labels",
     "ulimits",
@@ -91,6 +93,13 @@ def service(spec: Mapping[str, Any], core: bool = False) -> dict[str, Any]:
         out["volumes"] = [
             {k: v for k, v in volume.items() if k != "bind"} if isinstance(volume, dict) else volume
             for volume in out["volumes"]
+        ]
+    if "tmpfs" in out:
+        # A Swarm service has no tmpfs list, only mounts: each becomes a tmpfs mount.
+        paths = [out.pop("tmpfs")] if isinstance(spec["tmpfs"], str) else out.pop("tmpfs")
+        out["volumes"] = [
+            *out.get("volumes", []),
+            *({"type": "tmpfs", "target": str(path).split(":", 1)[0]} for path in paths),
         ]
     return out
 

@@ -304,6 +304,8 @@ def lab_stack(
     this stack, and the extra files see that tag as ``${LAB_IMAGE_TAG}``
     (``image: asgi-lab/loadgen:${LAB_IMAGE_TAG:-dev}``).
     """
+    if build and "docker-actions" not in build:
+        build = (*build, "docker-actions")  # the socket filter's image (swarm/stack.yml: docker-reads)
     with one_node_swarm():
         remove_stale_stacks()
         stack = f"{STACK_PREFIX}{os.getpid()}-{name}-{uuid.uuid4().hex[:6]}"

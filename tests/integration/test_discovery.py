@@ -1,7 +1,7 @@
 """Discovery against real containers: Docker discovery follows scale and stop; removed replicas drain.
 
-The Docker-discovery stack is its own Compose project (``PROXY_DISCOVERY=docker``, the engine's
-socket mounted read-only as in docker-compose.yml); the DNS case uses the session ``lab``.
+The Docker-discovery stack is its own Compose project (compose/docker-discovery.yml: the proxy
+reads the engine's API through the docker-reads socket filter); the DNS case uses the session ``lab``.
 In both, a replica stopped with ``docker stop`` while it serves a slow request finishes that
 request (Uvicorn's graceful shutdown, the proxy's drain) and clients see no error, while new
 requests go to the other replicas. Figures are printed; run with ``-s`` to see them.
@@ -29,8 +29,14 @@ FOLLOW_S = 1.5
 
 @pytest.fixture(scope="module")
 def docker_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    env = {"PROXY_DISCOVERY": "docker", "PROXY_ACCESS_LOG": "false"}
-    with own_lab(tmp_path_factory, "dockerdisc", env=env) as lab:
+    env = {"PROXY_ACCESS_LOG": "false"}
+    with own_lab(
+        tmp_path_factory,
+        "dockerdisc",
+        env=env,
+        compose_files=["compose/docker-discovery.yml"],
+        build=("backend", "proxy", "docker-reads"),
+    ) as lab:
         yield lab
 
 

@@ -25,6 +25,8 @@ from .conftest import Lab, own_lab
 SLOW_MS = 100
 CONCURRENCY = 8
 PHASE_S = 4.0
+ADMIN_TOKEN = "policy-test-token"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 POLICIES = ("round_robin", "random", "least_request", "p2c", "peak_ewma", "consistent_hash")
 
 
@@ -39,6 +41,7 @@ def slow_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> It
             "PROXY_POLICY": "round_robin",
             "PROXY_HASH_ON": "header:X-User",
             "PROXY_ACCESS_LOG": "false",
+            "PROXY_ADMIN_TOKEN": ADMIN_TOKEN,  # PUT /policy from the host is an admin write
         },
         compose_files=["compose/slow-replica.yml"],
         up=("--scale", "backend=2", "proxy", "backend", "backend-slow"),
@@ -78,7 +81,7 @@ class Phase:
 
 
 def switch(lab: Lab, policy: str) -> None:
-    r = httpx.put(f"{lab.admin_url}/policy", content=policy, timeout=5)
+    r = httpx.put(f"{lab.admin_url}/policy", content=policy, headers=AUTH, timeout=5)
     assert r.status_code == 200, r.text
     assert r.json()["policy"] == policy
     shown = httpx.get(f"{lab.admin_url}/upstreams", timeout=5).json()["policy"]
@@ -189,6 +192,6 @@ def test_consistent_hash_pins_each_user_to_one_replica(slow_lab: Lab) -> None:
 
 def test_unknown_policy_is_refused_and_nothing_changes(slow_lab: Lab) -> None:
     switch(slow_lab, "p2c")
-    r = httpx.put(f"{slow_lab.admin_url}/policy", content="fastest", timeout=5)
+    r = httpx.put(f"{slow_lab.admin_url}/policy", content="fastest", headers=AUTH, timeout=5)
     assert r.status_code == 400 and "unknown policy 'fastest'" in r.text and "peak_ewma" in r.text
     assert httpx.get(f"{slow_lab.admin_url}/upstreams", timeout=5).json()["policy"] == "p2c"

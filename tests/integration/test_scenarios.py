@@ -33,8 +33,17 @@ KILL_AT_S = 3
 def scen_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # Its own project: these tests kill, clone and remove replicas and switch the proxy's policy.
     results = tmp_path_factory.mktemp("scen-results")  # the loadgen service's /results, not ./results
-    env = {"PROXY_ACCESS_LOG": "false", "LOADGEN_RESULTS": str(results)}
-    with own_lab(tmp_path_factory, "scen", env=env) as lab:
+    # The policy action is an admin write: it sends this token (read from the proxy's container).
+    env = {
+        "PROXY_ACCESS_LOG": "false",
+        "LOADGEN_RESULTS": str(results),
+        "PROXY_ADMIN_TOKEN": "scen-token-123",
+    }
+    # docker-actions: the socket filter `docker compose run loadgen` sends its actions through.
+    up = ("--scale", "backend=3", "proxy", "backend", "docker-actions")
+    with own_lab(
+        tmp_path_factory, "scen", env=env, up=up, build=("backend", "proxy", "docker-actions")
+    ) as lab:
         lab.run("build", "loadgen", timeout=900)  # the container test runs this tree's loadgen
         yield lab
 
@@ -160,7 +169,8 @@ def test_policy_action_switches_the_proxy_through_its_admin_api(scen_lab: Lab) -
 def test_the_compose_service_runs_a_scenario_and_acts_on_its_own_project(
     scen_lab: Lab, tmp_path: Path
 ) -> None:
-    """`docker compose run loadgen --scenario ...`: the socket mount and the project from its labels.
+    """`docker compose run loadgen --scenario ...`: actions through the docker-actions socket
+    filter, and the project from the container's own labels.
 
     Pausing a replica freezes it without closing anything: requests sent to it wait for the
     unpause instead of failing, which the report shows as latency, not errors.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,52 @@ def test_refuses_a_config_without_the_core_services(
     assert stackfile.main([]) == 2
     assert "error: docker-compose.yml has no backend, proxy service" in capsys.readouterr().err
     assert stackfile.main(["--profile"]) == 2
+
+
+def test_hardening_reaches_the_stack_tmpfs_as_mounts() -> None:
+    """read_only, user and dropped capabilities stay; a tmpfs list becomes tmpfs mounts (a Swarm
+    service has no tmpfs list); security_opt, which Swarm services lack, is left out."""
+    spec = {
+        "image": "asgi-lab/backend:dev",
+        "read_only": True,
+        "user": "10001:10001",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "tmpfs": ["/tmp", "/run:size=1m"],
+    }
+    out = stackfile.service(spec, core=True)
+    assert out["read_only"] is True and out["user"] == "10001:10001" and out["cap_drop"] == ["ALL"]
+    assert "security_opt" not in out and "tmpfs" not in out
+    assert out["volumes"] == [{"type": "tmpfs", "target": "/tmp"}, {"type": "tmpfs", "target": "/run"}]
+
+
+def test_the_real_compose_file_gives_no_service_the_docker_socket() -> None:
+    """docker-compose.yml as `docker compose config` renders it: the socket is mounted into the
+    socket filter alone, and every other service is read-only, capability-free, no-new-privileges."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI to render docker-compose.yml")
+    repo = Path(__file__).resolve().parents[2]
+    # The file's own defaults: none of the lab's variables from this shell.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LOADGEN_", "BACKEND_"))}
+    profiles = ["--profile", "observe", "--profile", "distributed"]
+    done = subprocess.run(
+        ["docker", "compose", *profiles, "config", "--format", "json"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0 and "not a docker command" in done.stderr + done.stdout:
+        pytest.skip("no `docker compose` plugin")
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    for name, svc in services.items():
+        mounts = [v.get("source") for v in svc.get("volumes") or ()]
+        holds_socket = any(str(m).endswith("docker.sock") for m in mounts)
+        assert holds_socket == (name == "docker-actions"), (name, mounts)
+        assert svc.get("read_only") is True and svc.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in (svc.get("security_opt") or ()), name
+        assert not set(svc.get("cap_add") or ()) - {"SETUID", "SETGID"}, name
+    admin = [p for p in services["proxy"]["ports"] if p["target"] == 8080]
+    assert admin and all(p["host_ip"] == "127.0.0.1" for p in admin), "admin published on loopback only"
+    assert services["proxy"]["environment"]["PROXY_HEALTH_PATH"] == "/health"
