@@ -113,8 +113,9 @@ def test_hardening_reaches_the_stack_tmpfs_as_mounts() -> None:
 
 
 def test_the_real_compose_file_gives_no_service_the_docker_socket() -> None:
-    """docker-compose.yml as `docker compose config` renders it: the socket is mounted into the
-    socket filter alone, and every other service is read-only, capability-free, no-new-privileges."""
+    """docker-compose.yml with every override in compose/, as `docker compose config` renders it:
+    the socket is mounted into the two socket filters alone, and every service is read-only,
+    capability-free (the filters keep SETUID/SETGID to switch users) and no-new-privileges."""
     import shutil
     import subprocess
 
@@ -124,8 +125,10 @@ def test_the_real_compose_file_gives_no_service_the_docker_socket() -> None:
     # The file's own defaults: none of the lab's variables from this shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "LOADGEN_", "BACKEND_"))}
     profiles = ["--profile", "observe", "--profile", "distributed"]
+    files = [arg for f in ["docker-compose.yml", *sorted(p.name for p in (repo / "compose").glob("*.yml"))]
+             for arg in ("-f", f if f == "docker-compose.yml" else f"compose/{f}")]  # fmt: skip
     done = subprocess.run(
-        ["docker", "compose", *profiles, "config", "--format", "json"],
+        ["docker", "compose", *files, *profiles, "config", "--format", "json"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     if done.returncode != 0 and "not a docker command" in done.stderr + done.stdout:
@@ -135,10 +138,11 @@ def test_the_real_compose_file_gives_no_service_the_docker_socket() -> None:
     for name, svc in services.items():
         mounts = [v.get("source") for v in svc.get("volumes") or ()]
         holds_socket = any(str(m).endswith("docker.sock") for m in mounts)
-        assert holds_socket == (name == "docker-actions"), (name, mounts)
+        assert holds_socket == (name in ("docker-actions", "docker-reads")), (name, mounts)
         assert svc.get("read_only") is True and svc.get("cap_drop") == ["ALL"], name
         assert "no-new-privileges:true" in (svc.get("security_opt") or ()), name
         assert not set(svc.get("cap_add") or ()) - {"SETUID", "SETGID"}, name
     admin = [p for p in services["proxy"]["ports"] if p["target"] == 8080]
     assert admin and all(p["host_ip"] == "127.0.0.1" for p in admin), "admin published on loopback only"
     assert services["proxy"]["environment"]["PROXY_HEALTH_PATH"] == "/health"
+    assert len(services) >= 12, sorted(services)  # the base file's 7, docker-reads, 5 replicas
