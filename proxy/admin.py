@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.balancer import POLICIES, make_balancer
-from proxy.events import LiveView, Sample, worker_sample
+from proxy.events import LiveView, Sample, sample_from_json, worker_sample
 from proxy.headers import status_line
 from proxy.metrics import Metrics, endpoint_counters
 from proxy.siblings import Siblings
@@ -199,9 +199,9 @@ class AdminServer:
         out = []
         for r in replies:
             with contextlib.suppress(ValueError):
-                doc = r.json()
-                if isinstance(doc, dict):
-                    out.append(doc)
+                sample = sample_from_json(r.json())
+                if sample is not None:
+                    out.append(sample)
         return out
 
     def dashboard(self, req: Request) -> Reply:

@@ -31,8 +31,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from proxy.counters import FINE_LATENCY_BUCKETS
 from proxy.failure import ATTEMPT_FAILURES
@@ -52,9 +52,89 @@ VIEWER_BUFFER_LIMIT = 8 * 1024 * 1024  # unsent bytes after which a viewer that 
 # Replica states, most severe first: a replica the workers disagree about shows the most severe.
 STATES = ("draining", "ejected", "cooling", "unhealthy", "healthy")
 
-Sample = dict[str, Any]
+
+class EndpointSample(TypedDict):
+    """One endpoint as one worker counted it (cumulative since the worker started)."""
+
+    state: str  # one of STATES
+    drained: bool
+    in_flight: int
+    responses: list[int]  # attempts by status class, index 0 = no response head
+    failures: dict[str, int]  # by proxy.failure name
+    retries: int
+    ejections: int
+    connects: int
+    reused: int
+    ewma_s: float
+    hist: list[int]  # attempt latency, per FINE_LATENCY_BUCKETS bucket
+
+
+class Sample(TypedDict):
+    """One worker's cumulative figures: what ``worker_sample`` makes and GET /events/sample answers."""
+
+    worker: int
+    policy: str
+    connections: int
+    in_flight: int
+    queued: int
+    responses: list[int]  # client responses by status class, index 0 = none sent
+    endpoints: dict[str, EndpointSample]
+
+
+class MergedEndpoint(TypedDict):
+    """One endpoint over every worker: counts summed; the most severe state and how many workers see it."""
+
+    state: str
+    state_workers: int
+    drained: bool
+    in_flight: int
+    responses: list[int]
+    failures: dict[str, int]
+    retries: int
+    ejections: int
+    connects: int
+    reused: int
+    ewma_s: float  # the highest of the workers' estimates
+    hist: list[int]
+
+
+class Merged(TypedDict):
+    """The whole proxy from its workers' samples (``merge``)."""
+
+    workers: int
+    policy: str  # "mixed" while workers disagree (a switch that reached some of them)
+    policies: list[str]
+    connections: int
+    in_flight: int
+    queued: int
+    responses: list[int]
+    endpoints: dict[str, MergedEndpoint]
+
+
 # Where worker 0 gets its siblings' samples from (siblings.py in the server; a list in tests).
 SampleSource = Callable[[], Awaitable[list[Sample]]]
+
+
+def sample_from_json(doc: Any) -> Sample | None:
+    """A sibling's decoded answer to GET /events/sample, or None if it is not a sample.
+
+    Siblings run this same code, so a well-formed answer is the rule; the check keeps one broken
+    answer (a worker mid-restart, a proxy in front of it) from failing the whole tick.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("endpoints"), dict):
+        return None
+    for key in ("worker", "connections", "in_flight", "queued"):
+        if not isinstance(doc.get(key), int):
+            return None
+    if not isinstance(doc.get("policy"), str) or not isinstance(doc.get("responses"), list):
+        return None
+    for e in doc["endpoints"].values():
+        if not isinstance(e, dict) or not e.keys() >= _ENDPOINT_KEYS:
+            return None
+    return cast(Sample, doc)  # checked above, as far as merge() relies on it
+
+
+_ENDPOINT_KEYS = frozenset(EndpointSample.__annotations__)
 
 
 def replica_state(ep: Endpoint) -> str:
@@ -78,14 +158,14 @@ def replica_state(ep: Endpoint) -> str:
 def worker_sample(state: ProxyState, worker: int = 0) -> Sample:
     """This worker's cumulative figures, JSON-ready (also what GET /events/sample answers)."""
     admission = state.admission
-    endpoints = {}
+    endpoints: dict[str, EndpointSample] = {}
     for ep in endpoints_of(state):
         endpoints[ep.label] = {
             "state": replica_state(ep),
             "drained": ep.drain,
             "in_flight": ep.in_flight,
             "responses": list(ep.responses),
-            "failures": dict(ep.failures),
+            "failures": {str(reason): n for reason, n in ep.failures.items()},
             "retries": ep.retries,
             "ejections": ep.outlier.ejections,
             "connects": ep.connects,
@@ -109,20 +189,21 @@ def _add(into: list[int], more: Iterable[int]) -> None:
         into[i] += n
 
 
-def merge(samples: list[Sample]) -> Sample:
+def merge(samples: list[Sample]) -> Merged:
     """The whole proxy from its workers' samples: counts and histograms summed, states combined."""
-    out: Sample = {
+    policies = sorted({s["policy"] for s in samples})
+    out: Merged = {
         "workers": len(samples),
-        "policy": "",
-        "policies": sorted({s["policy"] for s in samples}),
+        "policy": policies[0] if len(policies) == 1 else "mixed",
+        "policies": policies,
         "connections": 0,
         "in_flight": 0,
         "queued": 0,
         "responses": [0] * 6,
         "endpoints": {},
     }
-    out["policy"] = out["policies"][0] if len(out["policies"]) == 1 else "mixed"
-    eps: dict[str, Any] = out["endpoints"]
+    eps = out["endpoints"]
+    states: dict[str, list[str]] = {}
     for s in samples:
         out["connections"] += s["connections"]
         out["in_flight"] += s["in_flight"]
@@ -132,7 +213,8 @@ def merge(samples: list[Sample]) -> Sample:
             m = eps.get(label)
             if m is None:
                 m = eps[label] = {
-                    "states": [],
+                    "state": "",
+                    "state_workers": 0,
                     "drained": False,
                     "in_flight": 0,
                     "responses": [0] * 6,
@@ -144,19 +226,22 @@ def merge(samples: list[Sample]) -> Sample:
                     "ewma_s": 0.0,
                     "hist": [0] * len(e["hist"]),
                 }
-            m["states"].append(e["state"])
+            states.setdefault(label, []).append(e["state"])
             m["drained"] = m["drained"] or e["drained"]
-            for key in ("in_flight", "retries", "ejections", "connects", "reused"):
-                m[key] += e[key]
+            m["in_flight"] += e["in_flight"]
+            m["retries"] += e["retries"]
+            m["ejections"] += e["ejections"]
+            m["connects"] += e["connects"]
+            m["reused"] += e["reused"]
             _add(m["responses"], e["responses"])
             _add(m["hist"], e["hist"])
             for reason, n in e["failures"].items():
                 m["failures"][reason] = m["failures"].get(reason, 0) + n
             m["ewma_s"] = max(m["ewma_s"], e["ewma_s"])
-    for m in eps.values():
-        states = m.pop("states")
-        m["state"] = min(states, key=STATES.index)
-        m["state_workers"] = states.count(m["state"])
+    for label, m in eps.items():
+        seen = states[label]
+        m["state"] = min(seen, key=STATES.index)
+        m["state_workers"] = seen.count(m["state"])
     return out
 
 
@@ -198,7 +283,7 @@ def _classes(counts: list[int], dt: float) -> dict[str, float]:
     return out
 
 
-def _errors(e: Mapping[str, Any]) -> dict[str, int]:
+def _errors(e: MergedEndpoint) -> dict[str, int]:
     failures = e["failures"]
     out: dict[str, int] = {kind: failures.get(kind, 0) for kind in ATTEMPT_FAILURES}
     out["5xx"] = e["responses"][5]
@@ -226,7 +311,7 @@ class LiveView:
         self.ring: deque[bytes] = deque(maxlen=max(1, int(history_s / INTERVAL_S)))
         self.latest: dict[str, Any] | None = None
         self.viewers: set[asyncio.StreamWriter] = set()
-        self._prev: Sample | None = None
+        self._prev: Merged | None = None
         self._prev_t = 0.0
         self._since: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -258,7 +343,7 @@ class LiveView:
         cur = merge(samples)
         prev = self._prev
         dt = max(1e-3, now - self._prev_t) if prev is not None else INTERVAL_S
-        prev_eps: dict[str, Any] = prev["endpoints"] if prev is not None else {}
+        prev_eps: dict[str, MergedEndpoint] = prev["endpoints"] if prev is not None else {}
         events: list[dict[str, Any]] = []
 
         def event(kind: str, text: str, addr: str | None = None) -> None:
@@ -344,7 +429,7 @@ class LiveView:
         return snap
 
     def _transition(
-        self, label: str, p: Mapping[str, Any], e: Mapping[str, Any], now: float, event: Callable[..., None]
+        self, label: str, p: MergedEndpoint, e: MergedEndpoint, now: float, event: Callable[..., None]
     ) -> None:
         before, after = p["state"], e["state"]
         if p["drained"] != e["drained"]:

@@ -16,7 +16,7 @@ import pytest
 from proxy.balancer import make_balancer
 from proxy.config import Config
 from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
-from proxy.events import LiveView, merge, percentile, worker_sample
+from proxy.events import LiveView, merge, percentile, sample_from_json, worker_sample
 from proxy.health import HEALTHY, UNHEALTHY, set_health
 from proxy.outlier import eject, uneject
 from proxy.state import ProxyState
@@ -214,3 +214,18 @@ def test_a_sibling_that_misses_a_tick_counts_with_its_last_sample_then_drops_out
         assert snap["workers"] == 1
     finally:
         loop.close()
+
+
+def test_a_sibling_answer_is_used_only_if_it_is_a_sample() -> None:
+    """Worker 0 reads its siblings' samples as JSON: a broken answer is skipped, not a failed tick."""
+    st = state_with(2)
+    st.group.live[0].observe(503, 0.01, None)
+    good = json.loads(json.dumps(worker_sample(st, 1)))
+    assert sample_from_json(good) == good
+    sibling = sample_from_json(good)
+    assert sibling is not None
+    assert merge([worker_sample(st), sibling])["endpoints"]["10.0.0.1:8001"]["responses"][5] == 2
+    no_hist = json.loads(json.dumps(good))
+    del no_hist["endpoints"]["10.0.0.2:8001"]["hist"]
+    for broken in ([], "ok", {"worker": 1}, {**good, "worker": "1"}, {**good, "endpoints": []}, no_hist):
+        assert sample_from_json(broken) is None, broken
