@@ -13,7 +13,7 @@ import argparse
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from engine import options, trust
 from engine.options import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
@@ -21,6 +21,7 @@ from proxy.balancer import POLICIES, parse_hash_on
 from proxy.retry import RETRY_ON_WORDS
 
 ENV_PREFIX = "PROXY_"
+_N = TypeVar("_N", int, float)
 MAX_WORKERS = 64
 
 
@@ -141,7 +142,7 @@ def parse_hostport(flag: str, value: str, *, allow_off: bool = False) -> tuple[s
     return host or "0.0.0.0", port
 
 
-def _number(flag: str, value: str, kind: type, minimum: float, *, strict: bool) -> Any:
+def _number(flag: str, value: str, kind: type[_N], minimum: float, *, strict: bool) -> _N:
     try:
         num = kind(value)
     except (TypeError, ValueError):
@@ -154,7 +155,9 @@ def _number(flag: str, value: str, kind: type, minimum: float, *, strict: bool) 
     return num
 
 
-def _numbers(get: options.Reader, kw: dict[str, Any], *table: tuple[str, type, float, bool]) -> None:
+def _numbers(
+    get: options.Reader, kw: dict[str, Any], *table: tuple[str, type[int] | type[float], float, bool]
+) -> None:
     """Validate the numeric flags of ``table`` (flag, int or float, minimum, strict) into ``kw``."""
     for flag, kind, minimum, strict in table:
         if (v := get(flag)) is not None:
@@ -200,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable PROXY_<FLAG_NAME> (e.g. PROXY_UPSTREAM); flags win over env.",
     )
 
-    def opt(flag: str, default: Any, help_: str) -> None:
+    def opt(flag: str, default: object, help_: str) -> None:
         p.add_argument(
             flag, default=None, metavar="VALUE", help=f"{help_} [env {_env_name(flag)}; default {default}]"
         )
@@ -389,7 +392,7 @@ def config_from(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     """Merge flags over env and validate; raises ConfigError on the first bad value."""
 
     get = _NAMES.reader(ns, env)
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {}  # Config's keyword arguments, each checked by its parser before it goes in
     if (v := get("--upstream")) is not None:
         host, port = parse_hostport("--upstream", v)
         if not v.strip().rpartition(":")[0]:
