@@ -117,7 +117,11 @@ class ActionRunner:
                 ) from None
         self.client = client
         self.project = project or detect_project(client)
-        self._in_container = _own_container(client) is not None
+        me = _own_container(client)
+        self._in_container = me is not None
+        # Our own networks: a container on several (the proxy on docker-reads too) is reached on
+        # one we share with it.
+        self._networks = set(((me.attrs.get("NetworkSettings") or {}).get("Networks") or {}) if me else ())
         self._rng = rng or random.Random()
         self._token = admin_token if admin_token is not None else os.environ.get(TOKEN_ENV, "").strip()
         self._clock = clock
@@ -275,9 +279,11 @@ class ActionRunner:
                 host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
                 host = f"[{host}]" if ":" in host else host
                 return f"http://{host}:{binding['HostPort']}"
-        for net in (settings.get("Networks") or {}).values():
-            if net.get("IPAddress"):
-                return f"http://{net['IPAddress']}:{port}"
+        networks = settings.get("Networks") or {}
+        shared = [name for name in networks if name in self._networks]
+        for name in [*shared, *(n for n in networks if n not in shared)]:
+            if networks[name].get("IPAddress"):
+                return f"http://{networks[name]['IPAddress']}:{port}"
         raise RuntimeError(f"{_label(container)} has neither a published port {port} nor a network address")
 
     def _do_scale(self, action: Action) -> tuple[bool, str]:
