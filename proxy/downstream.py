@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from engine.connection import HTTPConnection
-from engine.handler import Headers, Prepared
+from engine.handler import EventCounter, Headers, Prepared
 from engine.limits import Limits
 from engine.trust import TrustedProxies
 from proxy.exchange import Exchange
@@ -37,6 +37,7 @@ def limits_from(cfg: Config) -> Limits:
         max_connections=cfg.max_connections,
         header_timeout=cfg.client_header_timeout,
         body_timeout=cfg.client_body_timeout,
+        send_timeout=cfg.client_send_timeout,
     )
 
 
@@ -48,6 +49,8 @@ class ProxySite:
         self.loop = state.loop
         self.limits = limits_from(state.config)
         self.connections = state.connections
+        self.refused: set[HTTPConnection] = set()  # refused over --max-connections, 503 still lingering
+        self.counters: EventCounter | None = state.counters  # send_timeouts, connections_refused
         if state.config.forwarded_allow_ips:  # trusted proxies in front: keep their X-Forwarded-For
             self.prepare = functools.partial(
                 rewrite_request, trusted=TrustedProxies(state.config.forwarded_allow_ips)

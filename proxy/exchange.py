@@ -1,48 +1,39 @@
-"""One proxied request: endpoint choice, upstream attach/retry, streaming, errors, access log.
+"""One proxied request, client side: the request's body in, the response out, errors, access log.
 
-Everything is driven by callbacks from the two protocols (no Task per request
-except while a brand-new upstream connection is being opened), so a request on
-a pooled connection costs a handful of method calls.
+Envoy's router in small: the ``Exchange`` is what the engine's connection sees
+(``engine.handler.RequestHandler``). It picks the first endpoint (or asks admission control,
+``proxy/admission.py``, for a slot), makes an ``Attempt`` (``proxy/attempt.py``) per endpoint it
+sends the request to, and when a try ends without a usable answer asks its ``RetryState``
+(``proxy/retry.py``: every retry rule lives there) where to go next. It holds the request body
+until a connection is attached (and keeps a copy for a replay when the request may be sent
+again), frames the response towards the client, and writes one access-log line.
 
-Retries (what may be retried is ``proxy/retry.py``'s business; this is where it happens):
-- A failed connect means the request never left the proxy (its body, if any, is
-  still held here), so any request moves on to the next endpoint it has not tried
-  yet, until every live endpoint was tried (``connect-failure``; not budgeted). The
-  failed endpoint also gets no new requests for ``--fail-timeout``. A connect still pending
-  after ``--connect-slow-threshold`` counts as failed the same way, without waiting for
-  ``--connect-timeout`` (``_connect_slow``): a vanished replica's address drops SYNs.
-- An upstream connection that fails after the request was written but before any
-  response byte (``reset``) may or may not have reached the application: only a
-  method from ``--retry-methods`` whose body (if any) was kept is sent again, on
-  another endpoint if there is one, else on a fresh connection to the same one.
-- A retriable status (``503`` by default) is not forwarded when another endpoint can
-  be tried: its body is read and discarded, the connection goes back to the pool and
-  the request is sent to a different replica. With no other replica it is forwarded.
-  Only a short body announced by Content-Length, arriving in time, is read that way; any
-  other costs the connection instead (retry.DISCARD_LIMIT). With the in-flight cap on,
-  the retry must find a replica under the cap, else the client gets the cap's 503.
-Every retry after the request was sent takes one unit from the retry budget and one
-from ``--max-retries``; when either is spent the client gets the failure.
+Everything is driven by callbacks from the two protocols (no Task per request except while a
+brand-new upstream connection is being opened), so a request on a pooled connection costs a
+handful of method calls and two small objects (this one and its attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 from proxy.admission import with_retry_after
+from proxy.attempt import OVER, Attempt, reason_of
+from proxy.failure import CONNECT, RESET, TIMEOUT, Failure
 from proxy.flow import CLIENT_BUSY, UPSTREAM_BUSY, WAITING_UPSTREAM
 from proxy.headers import CHUNKED, LENGTH, NO_BODY, UpstreamRequest, rewrite_response, simple_response
-from proxy.retry import CONNECT_FAILURE, DISCARD_LIMIT, DISCARD_TIMEOUT_S, KEEP_BODY_LIMIT, RESET
+from proxy.retry import RetryState, Trigger
 from proxy.tunnel import Tunnel
-from proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
     from proxy.pool import Endpoint
     from proxy.state import ProxyState
+    from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("proxy.exchange")
 
@@ -53,60 +44,37 @@ LAST_CHUNK = b"0\r\n\r\n"
 R_NONE, R_LENGTH, R_CHUNKED, R_CLOSE = 0, 1, 2, 3
 
 
-def _close_late(fut: asyncio.Future) -> None:
-    """An abandoned connect that completed anyway: close the connection nobody will use."""
-    if not fut.cancelled() and fut.exception() is None:
-        fut.result()[0].close()
-
-
-def _reason(exc: BaseException | None) -> str:
-    if exc is None:
-        return "connection closed"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 class Exchange:
     """State of one request from parsed headers to the last response byte."""
 
     __slots__ = (
+        "attempt",
         "body",
         "body_done",
         "client_close",
         "client_http11",
         "client_keep_alive",
         "close_delimited",
-        "conn",
-        "connect_timer",
-        "connecting",
         "continue_sent",
         "down",
-        "endpoint",
+        "error",
         "finished",
         "has_body",
         "hash_key",
         "head_request",
         "head_sent",
-        "kept",
-        "kept_bytes",
         "method",
         "nbytes",
         "out",
-        "queued",
         "req",
         "resp_mode",
-        "retries_left",
-        "retry_to",
+        "retry",
         "started",
         "state",
         "status",
         "t0",
-        "t_attempt",
         "t_upstream",
         "target",
-        "timer",
-        "tried",
         "upgrade",
         "upstream_close",
         "upstream_label",
@@ -134,32 +102,22 @@ class Exchange:
         self.body: list[bytes] | None = []  # buffered until an upstream connection is attached
         self.body_done = False
         self.head_request = method == b"HEAD"
-        self.has_body = not (req.framing == NO_BODY or (req.framing == LENGTH and req.content_length == 0))
-        policy = state.retry_policy
-        self.retries_left = policy.max_retries if method in policy.methods else 0
-        # A copy of the body as sent, so a retriable request can be sent again; None = not kept
-        # (not retriable, or larger than KEEP_BODY_LIMIT), which rules out any retry once sent.
-        self.kept: list[bytes] | None = (
-            []
-            if self.has_body
-            and self.retries_left
-            and (req.framing == CHUNKED or req.content_length <= KEEP_BODY_LIMIT)
-            else None
+        self.has_body = has_body = not (
+            req.framing == NO_BODY or (req.framing == LENGTH and req.content_length == 0)
         )
-        self.kept_bytes = 0
-        self.endpoint: Endpoint | None = None
-        self.tried: list[Endpoint] = []
-        self.conn: UpstreamConnection | None = None
-        self.connecting: asyncio.Future | None = None
-        self.connect_timer: asyncio.TimerHandle | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        # The retry state exists once there is something to remember: here when the body must be
+        # kept for a replay, else at the first failed try (a GET answered at once never has one).
+        self.retry: RetryState | None = None
+        if has_body:
+            policy = state.retry_policy
+            if RetryState.keeps_body(policy, method, req.framing == CHUNKED, req.content_length):
+                self.retry = RetryState(policy, state.retry_budget, state.counters, method, True, True)
+        self.attempt: Attempt | None = None  # the current try
         self.upstream_label: str | None = None
         self.started = False
         self.finished = False
         self.head_sent = False
         self.continue_sent = False
-        self.queued = False  # waiting in admission.Admission's queue for a free endpoint slot
-        self.retry_to: Endpoint | None = None  # set while a retriable status's body is discarded
         self.upgrade: bytes | None = None  # the Upgrade protocol asked for (WebSocket), if any
         self.status = 0
         self.nbytes = 0
@@ -168,214 +126,84 @@ class Exchange:
         self.upstream_close = False
         self.close_delimited = False
         self.client_close = False
+        self.error: str | None = None  # why the exchange was cut short (the access log's "error")
         self.t_upstream: float | None = None
-        self.t_attempt = t0
         # Request key for hashing policies (header, cookie or client address); set by the balancer's
         # ``key_for`` when the policy needs one, else None.
         self.hash_key: bytes | None = None
 
-    # -- choosing and attaching an upstream ------------------------------------------------------
+    @property
+    def request_id(self) -> bytes:
+        return self.req.request_id
+
+    # -- choosing an endpoint, starting tries ----------------------------------------------------
     def start(self) -> None:
         self.started = True
         state = self.state
-        state.retry_budget.deposit(state.loop.time())
+        # The budget's clock is perf_counter, as the request's arrival time ``t0``: no clock read here.
+        state.retry_budget.deposit(self.t0)
         if state.admission is not None:
-            state.admission.admit(self)
+            state.admission.acquire(self, state.no_endpoints)
             return
         group = state.group
         ep = state.balancer.pick(group.live, group.unavailable(), self.hash_key)
         if ep is None:
             self.fail(502, state.no_endpoints)
             return
-        self._use(ep, pooled=True)
+        self._try(ep, True)
 
-    def use(self, ep: Endpoint) -> None:
-        """Send the request to ``ep`` (called by admission.Admission once a slot is free)."""
+    def admitted(self, ep: Endpoint) -> None:
+        """Admission control gave this request a slot on ``ep`` (``admission.Waiter``)."""
         if not self.finished:
-            self._use(ep, pooled=True)
+            self._try(ep, True)
 
-    def _use(self, ep: Endpoint, pooled: bool) -> None:
-        self.endpoint = ep
+    def _try(self, ep: Endpoint, pooled: bool) -> None:
         self.upstream_label = ep.label
-        self.tried.append(ep)
-        self.t_attempt = perf_counter()
-        ep.in_flight += 1
-        ep.requests += 1
-        if pooled:
-            conn = ep.take_idle()
-            if conn is not None:
-                self._attach(conn)
-                return
-        self._connect(ep)
+        att = self.attempt = Attempt(self, self.state, ep)
+        att.start(pooled)
 
-    def _release(self, ep: Endpoint) -> None:
-        ep.release()
-        adm = self.state.admission
-        if adm is not None and adm.waiting:
-            adm.wake(self.state.group)
+    def pick_excluding(self, exclude: Collection[Endpoint]) -> Endpoint | None:
+        """The balancer's pick among endpoints that can take a request now, minus ``exclude``
+        (``retry.Picker``: what a retry may go to)."""
+        state = self.state
+        group = state.group
+        adm = state.admission
+        skip = adm.exclude(exclude) if adm is not None else {*group.unavailable(), *exclude}
+        return state.balancer.pick(group.live, skip, self.hash_key)
 
-    def _connect(self, ep: Endpoint) -> None:
+    def _where_next(self, trigger: Trigger, att: Attempt) -> Endpoint | None:
+        """Ask the retry rules (``RetryState.next``) where this request goes after ``att``."""
+        rs = self.retry
+        if rs is None:
+            state = self.state
+            rs = self.retry = RetryState(
+                state.retry_policy, state.retry_budget, state.counters, self.method, self.has_body, False
+            )
+        return rs.next(trigger, att.endpoint, self, perf_counter(), self.req.request_id)
+
+    def _again(self, nxt: Endpoint, failure: Trigger) -> None:
+        """Send the request to ``nxt``: a replay of the kept body, unless nothing was sent yet."""
+        if failure != CONNECT:
+            rs = self.retry
+            self.body = rs.replay() if rs is not None else []
+        self._try(nxt, failure != RESET)  # after a reset: a fresh connection, never another pooled one
+
+    # -- what the current try reports (attempt.Owner) ----------------------------------------------
+    def connecting(self) -> None:
         if not self.body_done and self.has_body:
             # Hold the body in the kernel while connecting; a body-less request keeps reading so a
             # client that hangs up is noticed.
             self.down.gate.pause(WAITING_UPSTREAM)
-        loop = self.state.loop
-        fut = asyncio.ensure_future(
-            loop.create_connection(lambda: UpstreamConnection(ep), ep.host, ep.port), loop=loop
-        )
-        self.connecting = fut
-        cfg = self.state.config
-        if 0 < cfg.connect_slow_threshold < cfg.connect_timeout:
-            # Still one timer per connect: it fires first at the threshold (_connect_slow), which
-            # re-arms it for the rest of --connect-timeout if the request keeps waiting.
-            self.connect_timer = loop.call_later(cfg.connect_slow_threshold, self._connect_slow)
-        else:
-            self.connect_timer = loop.call_later(cfg.connect_timeout, fut.cancel)
-        fut.add_done_callback(self._connected)
 
-    def _connect_slow(self) -> None:
-        """The connect is still pending after --connect-slow-threshold: stop sending to that endpoint.
-
-        A LAN connect takes well under a millisecond, so one this slow is almost always to an
-        address nobody answers any more (a removed container drops SYNs; nothing refuses them),
-        which would otherwise hold this request, and every other one that picks the address
-        before the next DNS answer, for the whole --connect-timeout. The endpoint cools off as
-        after a failed connect (``mark_failed``, which also asks DNS discovery to re-resolve),
-        and the request moves on to an endpoint it has not tried when there is one: nothing was
-        sent yet, so any request may. With no other endpoint it keeps waiting for this connect.
-        """
-        self.connect_timer = None
-        fut = self.connecting
-        ep = self.endpoint
-        if fut is None or fut.done() or ep is None or self.finished:
-            return  # completed in the same loop iteration: _connected is already scheduled
-        state = self.state
-        cfg = state.config
-        state.group.mark_failed(ep)
-        nxt = self._retry_target(CONNECT_FAILURE, None)
-        if nxt is None:
-            state.counters.inc("connect_slow", "waited")  # slow connect, no other endpoint: kept waiting
-            remaining = cfg.connect_timeout - cfg.connect_slow_threshold
-            self.connect_timer = state.loop.call_later(remaining, fut.cancel)
-            return
-        state.counters.inc("connect_slow", "moved")  # slow connect abandoned for another endpoint
-        log.warning(
-            "connect to %s not done after %gs; trying request %s on %s",
-            ep.label,
-            cfg.connect_slow_threshold,
-            self.req.request_id.decode("latin-1"),
-            nxt.label,
-        )
-        fut.remove_done_callback(self._connected)
-        fut.add_done_callback(_close_late)
-        fut.cancel()
-        self.connecting = None
-        self._observe(ep, 0, "connect")
-        self._release(ep)
-        self.endpoint = None
-        self._use(nxt, pooled=True)
-
-    def _connected(self, fut: asyncio.Future) -> None:
-        if self.connect_timer is not None:
-            self.connect_timer.cancel()
-            self.connect_timer = None
-        self.connecting = None
-        if self.finished:  # client went away while we were connecting
-            if not fut.cancelled() and fut.exception() is None:
-                fut.result()[0].close()
-            return
-        ep = self.endpoint
-        assert ep is not None
-        if fut.cancelled():
-            reason = f"connect to {ep.label} timed out after {self.state.config.connect_timeout:g}s"
-        elif (exc := fut.exception()) is not None:
-            reason = f"connect to {ep.label} failed: {_reason(exc)}"
-        else:
-            self._attach(fut.result()[1])
-            return
-        log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
-        self._observe(ep, 0, "connect")
-        self.state.group.mark_failed(ep)
-        self._retry_or_fail(ep, CONNECT_FAILURE, reason, pooled=True)
-
-    def _retry_or_fail(self, ep: Endpoint, kind: str, reason: str, pooled: bool) -> None:
-        """Send the request again if the retry policy and budget allow (module docstring), else 502."""
-        self._release(ep)
-        self.endpoint = None
-        nxt = self._retry_target(kind, ep)
-        if nxt is not None:
-            if kind != CONNECT_FAILURE:
-                log.info(
-                    "%s; retrying request %s on %s", reason, self.req.request_id.decode("latin-1"), nxt.label
-                )
-                self.body = list(self.kept) if self.kept else []
-            self._use(nxt, pooled)
-            return
-        self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
-
-    def _retry_target(self, kind: str, failed: Endpoint | None) -> Endpoint | None:
-        """Where to send this request again after a ``kind`` failure, or None (do not retry).
-
-        ``failed`` is the endpoint to fall back to when no other is left (only after a reset:
-        a stale pooled connection is retried on a fresh connection to the same endpoint).
-        """
-        state = self.state
-        policy = state.retry_policy
-        counters = state.counters
-        if kind == CONNECT_FAILURE:
-            if not policy.on_connect_failure:
-                return None
-        else:
-            if not (policy.on_reset if kind == RESET else int(kind) in policy.statuses):
-                return None
-            if self.has_body and self.kept is None:
-                return None  # the body was streamed and not kept: it cannot be sent twice
-            if self.retries_left <= 0:
-                if self.method in policy.methods:
-                    counters.inc("retries_exhausted", kind)  # --max-retries reached, by failure
-                return None
-        group = state.group
-        exclude = {*self.tried, *group.unavailable()}
-        adm = state.admission
-        if adm is not None:
-            exclude.update(adm.full(group))
-        nxt = state.balancer.pick(group.live, exclude, self.hash_key)
-        if nxt is None and kind == RESET and failed is not None and failed.live:
-            nxt = failed
-        if nxt is None:
-            return None
-        if kind != CONNECT_FAILURE:
-            if not state.retry_budget.try_withdraw(state.loop.time()):
-                counters.inc("retry_budget_exhausted", kind)  # a retry refused by the budget, by failure
-                log.warning(
-                    "retry budget spent: not retrying request %s after %s",
-                    self.req.request_id.decode("latin-1"),
-                    kind,
-                )
-                return None
-            self.retries_left -= 1
-        counters.inc("retries", kind)  # attempts sent again: connect-failure, reset, or the status
-        if self.tried:
-            self.tried[-1].retries += 1  # per endpoint, for the dashboard: the attempt that was retried
-        return nxt
-
-    def _observe(self, ep: Endpoint, status: int, failure: str | None) -> None:
-        """Report one attempt's outcome to the endpoint (the seam for EWMA, outlier detection, metrics)."""
-        ep.observe(status, perf_counter() - self.t_attempt, failure)
-
-    def _attach(self, conn: UpstreamConnection) -> None:
-        self.conn = conn
-        conn.attach(self, self.head_request)
+    def send_request(self, conn: UpstreamConnection) -> None:
         if self.down.write_paused:
             conn.gate.pause(CLIENT_BUSY)
         transport = conn.transport
         body = self.body
         self.body = None
+        transport.write(self.req.head)
         if body:
-            transport.write(self.req.head)
             self._write_body(transport, body)
-        else:
-            transport.write(self.req.head)
         self.down.gate.resume(WAITING_UPSTREAM)
         if self.body_done:
             if self.req.framing == CHUNKED:
@@ -383,7 +211,58 @@ class Exchange:
         elif self.req.expect_continue and self.client_http11 and not self.continue_sent:
             self.continue_sent = True
             self.down.write(CONTINUE_100)
-        conn.expect_head(self.state.config.upstream_timeout)  # calls upstream_timed_out (no TimerHandle)
+
+    def move_on(self, att: Attempt, failure: Failure, reason: str) -> bool:
+        nxt = self._where_next(failure, att)
+        if nxt is None:
+            return False
+        log.warning("%s; trying request %s on %s", reason, self.req.request_id.decode("latin-1"), nxt.label)
+        self.attempt = None
+        att.abandon(failure)
+        self._again(nxt, failure)
+        return True
+
+    def attempt_failed(self, att: Attempt, failure: Failure, reason: str, retriable: bool) -> None:
+        self.attempt = None
+        if retriable:
+            nxt = self._where_next(failure, att)
+            if nxt is not None:
+                if failure != CONNECT:  # a connect failure was logged as a warning already
+                    log.info(
+                        "%s; retrying request %s on %s",
+                        reason,
+                        self.req.request_id.decode("latin-1"),
+                        nxt.label,
+                    )
+                self._again(nxt, failure)
+                return
+        if failure == TIMEOUT:
+            msg = f"504 Gateway Timeout: {reason}\n"
+            log.warning("%s (request %s)", msg.strip(), self.req.request_id.decode("latin-1"))
+            self.fail(504, msg.encode())
+            return
+        if failure != CONNECT:
+            log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
+        self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
+
+    def retry_after_discard(self, att: Attempt, nxt: Endpoint) -> None:
+        self.attempt = None
+        adm = self.state.admission
+        if adm is not None:
+            rs = self.retry
+            slot = adm.retry_slot(nxt, rs.tried if rs is not None else (), self)
+            if slot is None:
+                adm.reject(self, "retry", f"every other endpoint has {adm.cap} requests in flight")
+                return
+            nxt = slot
+        log.info(
+            "upstream %s answered %d; retrying request %s on %s",
+            att.endpoint.label,
+            att.status,
+            self.req.request_id.decode("latin-1"),
+            nxt.label,
+        )
+        self._again(nxt, att.status)
 
     def _write_body(self, transport: asyncio.Transport, chunks: list[bytes]) -> None:
         if self.req.framing == CHUNKED:
@@ -396,20 +275,15 @@ class Exchange:
     def on_body(self, chunk: bytes) -> None:
         if self.finished or not chunk:
             return
-        kept = self.kept
-        if kept is not None:
-            n = self.kept_bytes + len(chunk)
-            if n > KEEP_BODY_LIMIT:
-                self.kept = None  # too big to keep: this request can no longer be retried once sent
-            else:
-                self.kept_bytes = n
-                kept.append(chunk)
+        if self.retry is not None:
+            self.retry.keep(chunk)
         if self.body is not None:
             self.body.append(chunk)
             if self.started:
                 self.down.gate.pause(WAITING_UPSTREAM)
             return
-        conn = self.conn
+        att = self.attempt
+        conn = att.conn if att is not None else None
         if conn is None:
             return  # between a failed attempt and the error response: the body is dropped
         if self.req.framing == CHUNKED:
@@ -421,8 +295,9 @@ class Exchange:
         self.body_done = True
         if self.finished:
             return
-        if self.body is None and self.conn is not None and self.req.framing == CHUNKED:
-            self.conn.transport.write(LAST_CHUNK)
+        att = self.attempt
+        if self.body is None and att is not None and att.conn is not None and self.req.framing == CHUNKED:
+            att.conn.transport.write(LAST_CHUNK)
 
     # -- flow control ----------------------------------------------------------------------------
     def upstream_write_paused(self) -> None:
@@ -432,42 +307,32 @@ class Exchange:
         self.down.gate.resume(UPSTREAM_BUSY)
 
     def client_write_paused(self) -> None:
-        if self.conn is not None:
-            self.conn.gate.pause(CLIENT_BUSY)
+        att = self.attempt
+        if att is not None and att.conn is not None:
+            att.conn.gate.pause(CLIENT_BUSY)
 
     def client_write_resumed(self) -> None:
-        if self.conn is not None:
-            self.conn.gate.resume(CLIENT_BUSY)
+        att = self.attempt
+        if att is not None and att.conn is not None:
+            att.conn.gate.resume(CLIENT_BUSY)
 
     # -- response from the upstream --------------------------------------------------------------
     def on_response_head(
-        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]], http11: bool
+        self,
+        att: Attempt,
+        conn: UpstreamConnection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        http11: bool,
     ) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.endpoint is not None:
-            self._observe(self.endpoint, status, None)
         resp = rewrite_response(status, headers, self.req.request_id, http11)
+        if status >= 500 and self.body_done and status in self.state.retry_policy.statuses:
+            nxt = self._where_next(status, att)
+            if nxt is not None:
+                att.discard(conn, nxt, status, resp.content_length, not resp.close)
+                return
         self.status = status
         self.upstream_close = resp.close
-        if status >= 500 and self.body_done and status in self.state.retry_policy.statuses:
-            nxt = self._retry_target(str(status), None)
-            if nxt is not None:
-                # Read and drop this response, then send the request to ``nxt`` (on_response_end),
-                # if its body is small and announced; else give up the connection (retry.py).
-                self.retry_to = nxt
-                self.resp_mode = R_NONE
-                n = resp.content_length
-                if self.head_request or n == 0:
-                    return  # no body: on_response_end follows at once
-                if 0 < n <= DISCARD_LIMIT:
-                    limit = min(DISCARD_TIMEOUT_S, self.state.config.upstream_timeout)
-                    self.timer = self.state.loop.call_later(limit, self._discard_timed_out)
-                    return
-                self.upstream_close = True
-                self._retry_after_status(conn)
-                return
         keep = self.client_keep_alive and self.body_done and not self.state.draining
         parts = resp.parts
         if self.head_request or status == 204 or status == 304:
@@ -521,132 +386,34 @@ class Exchange:
 
     def on_response_end(self, conn: UpstreamConnection) -> None:
         """Upstream response complete: parser said so, HEAD headers arrived, or close-delimited EOF."""
-        if self.retry_to is not None:
-            self._retry_after_status(conn)
-            return
         if self.resp_mode == R_CHUNKED:
             self.out.append(LAST_CHUNK)
         self.flush()
         self.t_upstream = perf_counter()
-        self.conn = None
-        conn.detach()
-        ep = self.endpoint
-        if ep is not None and not self.upstream_close and self.body_done and conn.reusable():
-            ep.put_idle(conn)
+        att = self.attempt
+        if att is not None:
+            self.attempt = None
+            att.response_done(conn, not self.upstream_close and self.body_done)
         else:
             conn.close()
         self._finish()
 
-    def _discard_timed_out(self) -> None:
-        """The retriable response's body did not arrive in time: drop its connection, retry now."""
-        self.timer = None
-        conn = self.conn
-        if self.finished or self.retry_to is None or conn is None:
-            return
-        self.upstream_close = True
-        self._retry_after_status(conn)
-
-    def _retry_after_status(self, conn: UpstreamConnection) -> None:
-        """The discarded retriable response is over (or given up): pool or close its connection, retry."""
-        nxt, self.retry_to = self.retry_to, None
-        assert nxt is not None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.conn = None
-        conn.detach()
-        ep = self.endpoint
-        if ep is not None and not self.upstream_close and conn.reusable():
-            ep.put_idle(conn)
-        else:
-            conn.close()
-        if ep is not None:
-            self._release(ep)
-            self.endpoint = None
-        state = self.state
-        adm = state.admission
-        if adm is not None and (nxt.in_flight >= adm.cap or not nxt.live):
-            # The slot seen when the status arrived was taken while its body was read: the retry
-            # passes the in-flight cap like a first attempt, on another untried endpoint with
-            # room; with none, the client gets a 503 rather than a replica going over its cap
-            # (Envoy's retry overflow). It is not queued: a retry behind fresh requests, or one
-            # blocking the queue's head, would only add to the overload the cap is there to shed.
-            group = state.group
-            nxt = state.balancer.pick(group.live, adm.exclude(group, self.tried), self.hash_key)
-            if nxt is None or nxt.in_flight >= adm.cap:
-                adm.reject(self, "retry", f"every other endpoint has {adm.cap} requests in flight")
-                return
-        log.info(
-            "upstream %s answered %d; retrying request %s on %s",
-            self.upstream_label,
-            self.status,
-            self.req.request_id.decode("latin-1"),
-            nxt.label,
-        )
-        self.status = 0
-        self.upstream_close = self.close_delimited = False
-        self.body = list(self.kept) if self.kept else []
-        self._use(nxt, pooled=True)
-
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        """The upstream connection closed while this exchange owned it."""
-        if self.finished:
-            return
-        self.conn = None
-        if self.retry_to is not None:  # the discarded response ended (or broke): retry anyway
-            self._retry_after_status(conn)
-            return
-        if self.head_sent:
-            if self.close_delimited and exc is None:
-                self.on_response_end(conn)  # EOF is how a close-delimited body ends
-                return
-            self._abort_midstream(f"upstream {conn.endpoint.label} closed mid-response: {_reason(exc)}")
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        reason = f"upstream {conn.endpoint.label} closed the connection before responding ({_reason(exc)})"
-        self._observe(conn.endpoint, 0, "reset")
-        if not conn.received and self.endpoint is not None:
-            self._retry_or_fail(self.endpoint, RESET, reason, pooled=False)
-            return
-        log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
-        self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
-
-    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
-        """The upstream sent something unparsable; the connection is already aborted."""
-        if self.finished:
-            return
-        self.conn = None
-        log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
-        if not self.head_sent:
-            self._observe(conn.endpoint, 0, "protocol")
-        if self.head_sent:
-            self._abort_midstream(reason)
-        else:
-            self.fail(502, f"502 Bad Gateway: {reason}\n".encode())
-
-    def upstream_timed_out(self) -> None:
-        """No response head within --upstream-timeout (the attached connection's deadline fired)."""
-        self.timer = None
-        if self.finished or self.head_sent:
+    def response_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.close_delimited and exc is None:
+            self.on_response_end(conn)  # EOF is how a close-delimited body ends
             return
         label = self.upstream_label
-        if self.endpoint is not None:
-            self._observe(self.endpoint, 0, "timeout")
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            conn.exchange = None
-            conn.abort()
-        limit = self.state.config.upstream_timeout
-        msg = f"504 Gateway Timeout: upstream {label} sent no response within {limit:g}s\n"
-        log.warning("%s (request %s)", msg.strip(), self.req.request_id.decode("latin-1"))
-        self.fail(504, msg.encode())
+        self._abort_midstream(f"upstream {label} closed mid-response: {reason_of(exc)}", RESET)
 
-    def _abort_midstream(self, reason: str) -> None:
+    def response_cut(self, reason: str, failure: Failure) -> None:
+        self._abort_midstream(reason, failure)
+
+    def _abort_midstream(self, reason: str, failure: Failure) -> None:
         # The status line is already out: the only honest signal left is closing the client.
         self.flush()
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))
+        self.state.counters.inc("responses_cut", failure)  # responses cut after their head, by failure
+        self.error = f"upstream {failure}"
         self.client_close = True
         self._finish()
 
@@ -655,11 +422,6 @@ class Exchange:
         """The upstream answered 101: forward it if this request asked to switch protocols."""
         if self.upgrade is None or self.finished:
             return False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.endpoint is not None:
-            self._observe(self.endpoint, 101, None)
         resp = rewrite_response(101, headers, self.req.request_id, True)
         proto = next((v for n, v in headers if n.lower() == b"upgrade"), self.upgrade)
         resp.parts += (b"Connection: Upgrade\r\nUpgrade: ", proto, b"\r\n\r\n")
@@ -672,8 +434,7 @@ class Exchange:
         """After the 101: hand both connections to a Tunnel; this exchange ends here (logged as 101)."""
         self.flush()
         self.t_upstream = perf_counter()
-        self.conn = None
-        conn.exchange = None
+        self.attempt = None
         down = self.down
         label = (self.upgrade or b"").decode("latin-1").lower()
         tunnel = Tunnel(self.state, down, down.transport, conn.transport, label)
@@ -702,43 +463,35 @@ class Exchange:
         self._finish()
 
     def abort(self) -> None:
-        """The client connection is gone."""
+        """The client connection is gone (or the engine cut it: ``abort_reason`` says why)."""
         if self.finished:
             return
         if not self.head_sent:
             self.status = 499  # nginx's "client closed request"
+        self.error = getattr(self.down, "abort_reason", None)
         self._drop_upstream()
         self.client_close = True
         self._finish(notify=False)
 
     def _drop_upstream(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.connecting is not None:
-            self.connecting.cancel()  # _connected sees finished and closes any late connection
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            conn.exchange = None
-            conn.abort()
+        att = self.attempt
+        if att is not None:
+            self.attempt = None
+            att.abandon()
 
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
-        if self.queued and self.state.admission is not None:
-            self.state.admission.forget(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            conn.exchange = None
-            conn.abort()
-        if self.endpoint is not None:
-            ep, self.endpoint = self.endpoint, None
-            self._release(ep)
+        state = self.state
+        adm = state.admission
+        if adm is not None:
+            adm.cancel(self)  # still queued for a slot: leave the queue
+        att = self.attempt
+        if att is not None:
+            self.attempt = None
+            if att.phase != OVER:
+                att.abandon()
         down = self.down
         down.gate.resume(UPSTREAM_BUSY | WAITING_UPSTREAM)
-        state = self.state
         now = perf_counter()
         state.counters.response(self.status, now - self.t0)  # /metrics requests_total and duration
         if state.access_log is not None:
@@ -751,6 +504,7 @@ class Exchange:
                 self.upstream_label,
                 None if self.t_upstream is None else self.t_upstream - self.t0,
                 now - self.t0,
+                self.error,
             )
         if notify:
             down.exchange_finished(self)

@@ -1,63 +1,121 @@
 """Backend-side protocol: one persistent connection to one endpoint.
 
-The connection outlives requests (it is pooled between them) so it knows
-nothing about clients; while leased it forwards parser events to the current
-``Exchange`` and otherwise only watches for the backend closing it, which is
-what lets the pool refuse stale connections instead of failing a request.
+The connection outlives requests (it is pooled between them) so it knows nothing about
+clients. While leased it reports to the current try (``proxy.attempt.Attempt``, through
+``AttemptEvents``: the response head, failures, deadlines) and streams the response body into
+a ``ResponseSink`` (the client-facing ``Exchange``, or the attempt itself while it discards a
+retriable error's body). The body goes to the sink directly, not through the attempt, because
+it is the hot path: one call per parser event, no relay. Idle, the connection only watches for
+the backend closing it, which is what lets the pool refuse stale connections instead of
+failing a request.
+
+Two deadlines share one lazily re-armed timer (a request costs a clock read, not a
+TimerHandle allocated, started and cancelled): the response head's (``expect_head``, the
+attempt's ``--upstream-timeout`` / ``--attempt-timeout``) and, once the head is in, the idle
+time between two reads of the body (``--upstream-read-timeout``, nginx's
+``proxy_read_timeout``). They never run at once: the body's starts when the head arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
 from proxy.flow import CLIENT_BUSY, ReadGate
 
 if TYPE_CHECKING:
-    from proxy.exchange import Exchange
     from proxy.pool import Endpoint
 
 
+class AttemptEvents(Protocol):
+    """What a leased connection tells the try it serves (``proxy.attempt.Attempt``)."""
+
+    @property
+    def over(self) -> bool:
+        """The try ended (answered, failed or abandoned): later events are not its business."""
+
+    def on_response_head(
+        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]], http11: bool
+    ) -> None: ...
+
+    def accept_upgrade(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> bool:
+        """A 101 arrived: True if the request asked to switch protocols (else it is invalid)."""
+
+    def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """After an accepted 101: ``rest`` is the first tunnel bytes; the connection is the tunnel's."""
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
+        """Unparsable response bytes; the connection is already aborted."""
+
+    def head_timed_out(self) -> None:
+        """No response head by the deadline ``expect_head`` set."""
+
+    def read_timed_out(self) -> None:
+        """The body stalled: nothing read for ``read_timeout`` seconds (not while paused for the client)."""
+
+    def upstream_write_paused(self) -> None: ...
+
+    def upstream_write_resumed(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    """Where a response's body goes, parser event by parser event."""
+
+    def on_response_body(self, chunk: bytes) -> None: ...
+
+    def flush(self) -> None:
+        """One upstream read was parsed: write out what it produced."""
+
+    def on_response_end(self, conn: UpstreamConnection) -> None:
+        """The response is complete; the connection was detached from its try already."""
+
+
 class UpstreamConnection(asyncio.Protocol):
-    """Parses responses with httptools; callbacks do nothing but hand data to the exchange."""
+    """Parses responses with httptools; callbacks do nothing but hand data on."""
 
     __slots__ = (
+        "attempt",
         "closed",
+        "deadline",
         "endpoint",
         "eof",
-        "exchange",
         "gate",
-        "head_deadline",
         "head_only",
-        "head_timer",
         "headers",
         "idle_since",
         "interim",
         "parser",
+        "read_timeout",
+        "reading",
         "received",
+        "sink",
+        "timer",
         "transport",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, read_timeout: float) -> None:
         self.endpoint = endpoint
+        self.read_timeout = read_timeout  # --upstream-read-timeout (0 = off)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.gate: ReadGate = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.attempt: AttemptEvents | None = None
+        self.sink: ResponseSink | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.eof = False
         self.received = False  # any byte of the current response seen (decides retry safety)
         self.head_only = False
         self.interim = False
+        self.reading = False  # the head is in, the body is not complete: the read deadline runs
         self.idle_since = 0.0
-        # Response-head deadline of the attached exchange (loop time; 0.0 = none pending). One timer
-        # per connection, re-armed only when it fires: a request costs a clock read, not a
-        # TimerHandle allocated, started and cancelled (which was ~5% of the proxy's CPU per request).
-        self.head_deadline = 0.0
-        self.head_timer: asyncio.TimerHandle | None = None
+        # The pending deadline (loop time; 0.0 = none): the head's, or the next body read's.
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,51 +126,64 @@ class UpstreamConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not (self.closed or self.eof or self.transport.is_closing())
 
-    def attach(self, exchange: Exchange, head_only: bool) -> None:
-        self.exchange = exchange
+    def attach(self, attempt: AttemptEvents, sink: ResponseSink, head_only: bool) -> None:
+        self.attempt = attempt
+        self.sink = sink
         self.received = False
         self.head_only = head_only
 
     def expect_head(self, timeout: float) -> None:
-        """The request is written: the exchange's ``upstream_timed_out`` runs if no head arrives in time."""
+        """The request is written: the attempt's ``head_timed_out`` runs if no head arrives in time."""
         loop = self.endpoint.group.loop
-        self.head_deadline = deadline = loop.time() + timeout
-        if self.head_timer is None:
-            self.head_timer = loop.call_at(deadline, self._check_head)
+        self.deadline = deadline = loop.time() + timeout
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self._check_deadline)
 
-    def _check_head(self) -> None:
-        self.head_timer = None
-        ex = self.exchange
-        if ex is None or not self.head_deadline:
+    def _check_deadline(self) -> None:
+        self.timer = None
+        att = self.attempt
+        if att is None or not self.deadline:
             return  # answered (or idle): the next expect_head arms a new timer
         loop = self.endpoint.group.loop
-        if loop.time() < self.head_deadline:
-            self.head_timer = loop.call_at(self.head_deadline, self._check_head)
+        now = loop.time()
+        if now < self.deadline:
+            self.timer = loop.call_at(self.deadline, self._check_deadline)
             return
-        self.head_deadline = 0.0
-        ex.upstream_timed_out()
+        if not self.reading:
+            self.deadline = 0.0
+            att.head_timed_out()
+        elif self.gate.reasons & CLIENT_BUSY:
+            # Not reading because the client is slow: that stall is the client send timeout's.
+            self.deadline = now + self.read_timeout
+            self.timer = loop.call_at(self.deadline, self._check_deadline)
+        else:
+            self.deadline = 0.0
+            att.read_timed_out()
 
-    def _stop_head_timer(self) -> None:
-        self.head_deadline = 0.0
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+    def _stop_timer(self) -> None:
+        self.deadline = 0.0
+        self.reading = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def detach(self) -> None:
-        self.exchange = None
-        self.head_deadline = 0.0
+        self.attempt = None
+        self.sink = None
+        self.deadline = 0.0
+        self.reading = False
         if self.gate.reasons:
             self.gate.resume(CLIENT_BUSY)  # an idle connection must keep reading to notice EOF
 
     def close(self) -> None:
         self.closed = True
-        self._stop_head_timer()
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self.closed = True
-        self._stop_head_timer()
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -122,45 +193,53 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._stop_head_timer()
-        ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            ex.upstream_lost(self, exc)
+        self._stop_timer()
+        att = self.attempt
+        if att is not None:
+            self.attempt = None
+            att.upstream_lost(self, exc)
         else:
             self.endpoint.forget(self)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_write_paused()
+        if self.attempt is not None:
+            self.attempt.upstream_write_paused()
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_write_resumed()
+        if self.attempt is not None:
+            self.attempt.upstream_write_resumed()
 
     # -- data ----------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self.exchange is None:
+        att = self.attempt
+        if att is None:
             # Bytes while idle mean the backend broke framing: the connection cannot be trusted.
             self.abort()
             self.endpoint.forget(self)
             return
-        ex = self.exchange
+        sink = self.sink
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Only raised after a 101 the exchange accepted: what follows belongs to the tunnel.
-            self.exchange = None
-            ex.upgraded(self, data[exc.args[0] :])
+            # Only raised after a 101 the attempt accepted: what follows belongs to the tunnel.
+            self.attempt = self.sink = None
+            att.upgraded(self, data[exc.args[0] :])
             return
         except httptools.HttpParserError as exc:
-            self.exchange = None
+            self.attempt = self.sink = None
             self.abort()
-            if not ex.finished:
-                ex.upstream_failed(self, f"invalid response from {self.endpoint.label}: {exc}")
+            if not att.over:
+                att.upstream_failed(self, f"invalid response from {self.endpoint.label}: {exc}")
             return
-        ex.flush()
+        if sink is not None:
+            sink.flush()
+        if self.reading and self.read_timeout:
+            # The body is not complete after this read: the next one is due within the timeout.
+            loop = self.endpoint.group.loop
+            self.deadline = deadline = loop.time() + self.read_timeout
+            if self.timer is None:
+                self.timer = loop.call_at(deadline, self._check_deadline)
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -175,36 +254,40 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100/103) are swallowed: the proxy answers Expect itself.
             # 101 is only valid as the answer to an Upgrade request (WebSocket, see tunnel.py).
             if status == 101:
-                ex = self.exchange
-                if ex is None or not ex.accept_upgrade(self, self.headers):
+                att = self.attempt
+                if att is None or not att.accept_upgrade(self, self.headers):
                     raise httptools.HttpParserError("unexpected 101 Switching Protocols")
-                self.head_deadline = 0.0
+                self.deadline = 0.0
             self.interim = True
             return
-        self.head_deadline = 0.0
-        ex = self.exchange
-        if ex is None:
+        self.deadline = 0.0
+        att = self.attempt
+        if att is None:
             return
-        ex.on_response_head(self, status, self.headers, self.parser.get_http_version() == "1.1")
         if self.head_only:
+            att.on_response_head(self, status, self.headers, self.parser.get_http_version() == "1.1")
             # llhttp does not know the request was HEAD and would wait for a body that never
             # comes; finish the message here and give the connection a fresh parser.
             self.parser = httptools.HttpResponseParser(self)
-            ex = self.exchange
-            if ex is not None:
-                self.exchange = None
-                ex.on_response_end(self)
+            sink = self.sink
+            if self.attempt is not None and sink is not None:
+                self.attempt = self.sink = None
+                sink.on_response_end(self)
+            return
+        self.reading = True
+        att.on_response_head(self, status, self.headers, self.parser.get_http_version() == "1.1")
 
     def on_body(self, body: bytes) -> None:
-        ex = self.exchange
-        if ex is not None and not self.interim:
-            ex.on_response_body(body)
+        sink = self.sink
+        if sink is not None and not self.interim:
+            sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
             return
-        ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            ex.on_response_end(self)
+        self.reading = False
+        sink = self.sink
+        if sink is not None:
+            self.attempt = self.sink = None
+            sink.on_response_end(self)

@@ -8,8 +8,11 @@ from time import perf_counter
 import pytest
 
 from proxy.admission import Admission
-from proxy.config import ConfigError, build_parser, config_from
-from proxy.pool import HEALTHY, UNHEALTHY, UpstreamGroup
+from proxy.balancer import make_balancer
+from proxy.config import Config, ConfigError, build_parser, config_from
+from proxy.counters import Counters
+from proxy.health import HEALTHY, UNHEALTHY, set_health
+from proxy.pool import Endpoint, UpstreamGroup
 from tests.unit.harness import (
     LOOPS,
     FakeUpstream,
@@ -271,19 +274,47 @@ def test_retry_settings_from_the_environment() -> None:
     assert config_from(build_parser().parse_args(["--retry-on", "none"]), {}).retry_on == frozenset()
 
 
+class _Waiter:
+    """A request as admission control sees it (``admission.Waiter``), without a client."""
+
+    hash_key = None
+    request_id = b"test"
+
+    def __init__(self) -> None:
+        self.got: list[Endpoint] = []
+        self.failed: list[int] = []
+
+    def admitted(self, ep: Endpoint) -> None:
+        self.got.append(ep)
+
+    def fail(self, status: int, body: bytes, retry_after: int = 0) -> None:
+        self.failed.append(status)
+
+
 def test_admission_skips_full_and_unavailable_endpoints_and_reuses_the_cached_set_if_none_is_full() -> None:
     async def main() -> None:
-        group = UpstreamGroup("t", asyncio.get_running_loop(), fail_timeout=5)
+        loop = asyncio.get_running_loop()
+        cfg = Config(fail_timeout=5, max_in_flight_per_upstream=2, queue_size=10, queue_timeout=1)
+        group = UpstreamGroup.from_config(cfg, loop)
         group.update([("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)])
         a, b, c = group.live
-        adm = Admission(cap=2, queue_size=10, queue_timeout=1)
+        adm = Admission.from_config(cfg, group, make_balancer(cfg.policy, cfg), Counters(), loop)
+        assert adm is not None and adm.cap == 2
         # Per request while the cap is on: nothing full, nothing tried -> the group's cached set.
-        assert adm.exclude(group) is group.unavailable()
+        assert adm.exclude() is group.unavailable()
         group.mark_failed(c)
-        assert adm.exclude(group) is group.unavailable() and set(adm.exclude(group)) == {c}
+        assert adm.exclude() is group.unavailable() and set(adm.exclude()) == {c}
         a.in_flight = 2
-        assert set(adm.exclude(group)) == {a, c}
-        assert set(adm.exclude(group, also=[b])) == {a, b, c}
+        assert set(adm.exclude()) == {a, c}
+        assert set(adm.exclude(also=[b])) == {a, b, c}
+        # A retry keeps the endpoint chosen for it while it has room, else takes an untried one.
+        assert adm.retry_slot(b, [a], _Waiter()) is b
+        b.in_flight = 2
+        assert adm.retry_slot(b, [b], _Waiter()) is None  # c is cooling, a and b are full
+        assert (
+            Admission.from_config(Config(), group, make_balancer("round_robin", cfg), Counters(), loop)
+            is None
+        )
         group.close()
 
     run(main)
@@ -305,7 +336,7 @@ def test_queued_requests_are_dispatched_as_soon_as_an_endpoint_becomes_available
                     assert srv.state is not None
                     group = srv.state.group
                     if how == "healthy":
-                        group.set_health(group.live[1], UNHEALTHY)
+                        set_health(group.live[1], UNHEALTHY)
                     elif how == "cooled":
                         group.mark_failed(group.live[1])  # cooling for --fail-timeout (0.3 s)
                     slow = asyncio.ensure_future(fetch(srv.port, get("/slow?2")))
@@ -317,7 +348,7 @@ def test_queued_requests_are_dispatched_as_soon_as_an_endpoint_becomes_available
                     if how == "discovered":
                         group.update([addr(busy), addr(other)])
                     elif how == "healthy":
-                        group.set_health(group.live[1], HEALTHY)
+                        set_health(group.live[1], HEALTHY)
                     resp = await queued
                     elapsed = perf_counter() - t0
                     assert resp.status == 200 and resp.body == f"ok GET /{how}".encode(), how

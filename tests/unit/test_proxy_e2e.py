@@ -504,7 +504,7 @@ def test_flow_control_both_directions() -> None:
             await asyncio.sleep(0.3)
             (down,) = _downstreams(srv)
             assert down.write_paused
-            assert down.active.conn.gate.reasons & CLIENT_BUSY
+            assert down.active.attempt.conn.gate.reasons & CLIENT_BUSY
             resp = await read_response(r)
             assert len(resp.body) == n
             w.close()
