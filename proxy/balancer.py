@@ -156,8 +156,8 @@ class LeastRequest(_Policy):
         best_load = 0
         for i in range(n):
             ep = endpoints[(start + i) % n]
-            if (best is None or ep.in_flight < best_load) and not (exclude and ep in exclude):
-                best, best_load = ep, ep.in_flight
+            if (best is None or ep.load.in_flight < best_load) and not (exclude and ep in exclude):
+                best, best_load = ep, ep.load.in_flight
                 if best_load == 0:
                     break
         return best
@@ -189,7 +189,7 @@ class PowerOfTwo(_Policy):
 
     def _cheaper(self, b: Endpoint, a: Endpoint) -> bool:
         """Whether the second choice ``b`` beats the first ``a`` (a tie goes to ``a``)."""
-        return b.in_flight < a.in_flight
+        return b.load.in_flight < a.load.in_flight
 
 
 class PeakEwma(PowerOfTwo):
@@ -216,7 +216,7 @@ class PeakEwma(PowerOfTwo):
 
     def _cheaper(self, b: Endpoint, a: Endpoint) -> bool:
         now = self._clock()
-        return b.ewma.cost(now, b.in_flight) < a.ewma.cost(now, a.in_flight)
+        return b.load.cost(now) < a.load.cost(now)
 
 
 # -- consistent hashing ------------------------------------------------------------------------
@@ -331,14 +331,14 @@ class ConsistentHash(_Policy):
         start = bisect.bisect_left(points, _key_hash(key))
         first = owners[start % size]
         factor = self._factor
-        if first.in_flight == 0 or not factor:  # the bound is >= 1: an idle endpoint is always under it
+        if first.load.in_flight == 0 or not factor:  # the bound is >= 1: an idle endpoint is always under it
             limit = 0
         else:
-            limit = load_bound(factor, sum(ep.in_flight for ep in endpoints), n)
-        if (not limit or first.in_flight < limit) and not (exclude and first in exclude):
+            limit = load_bound(factor, sum(ep.load.in_flight for ep in endpoints), n)
+        if (not limit or first.load.in_flight < limit) and not (exclude and first in exclude):
             return first
         if not limit and factor:  # computed lazily above; needed for the walk
-            limit = load_bound(factor, sum(ep.in_flight for ep in endpoints), n)
+            limit = load_bound(factor, sum(ep.load.in_flight for ep in endpoints), n)
         # Slow path: walk clockwise over distinct endpoints; if every allowed one is at the bound
         # (only possible with exclusions), the first allowed one on the ring still gets it.
         checked: set[Endpoint] = set()
@@ -349,7 +349,7 @@ class ConsistentHash(_Policy):
                 continue
             checked.add(ep)
             if not (exclude and ep in exclude):
-                if not limit or ep.in_flight < limit:
+                if not limit or ep.load.in_flight < limit:
                     return ep
                 if fallback is None:
                     fallback = ep

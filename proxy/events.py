@@ -170,7 +170,7 @@ def worker_sample(state: ProxyState, worker: int = 0) -> Sample:
             "ejections": ep.outlier.ejections,
             "connects": ep.connects,
             "reused": ep.reused,
-            "ewma_s": ep.ewma.value,
+            "ewma_s": ep.load.value,
             "hist": list(ep.latency.counts),
         }
     return {

@@ -1,9 +1,10 @@
-"""Peak-EWMA latency: each endpoint's estimate of how long its next answer takes.
+"""An endpoint's load: its requests in flight and its peak-EWMA latency, what load-aware picks read.
 
-``Endpoint.observe`` feeds it after every attempt (whatever the policy, so a runtime switch to
-``peak_ewma`` starts warm); the ``peak_ewma`` policy (balancer.py) reads ``cost``; ``GET
-/upstreams`` and the dashboard read ``at``. The estimator is Finagle's ``PeakEwma`` (tower's
-``RttEstimate`` in Linkerd):
+``Load`` is the endpoint's record for it (``ep.load``). The request path counts requests in and
+out (``Endpoint.acquire`` / ``release``); ``Endpoint.observe`` feeds the latency estimate after
+every attempt (whatever the policy, so a runtime switch to ``peak_ewma`` starts warm); the
+policies in balancer.py read ``in_flight`` and ``cost``; ``GET /upstreams`` and the dashboard read
+``at``. The estimator is Finagle's ``PeakEwma`` (tower's ``RttEstimate`` in Linkerd):
 
 - a sample above the estimate replaces it at once (the *peak*: one slow answer is enough to steer
   traffic away);
@@ -27,22 +28,25 @@ UNMEASURED_PENALTY = 1e9
 _exp = math.exp
 
 
-class LatencyEstimate:
-    """One endpoint's peak-EWMA latency in seconds (0.0 = no sample yet) and when it was last fed.
+class Load:
+    """One endpoint's load: requests in flight now and sent ever, and its peak-EWMA latency.
 
-    ``decay`` (seconds, ``--ewma-decay``) is the time constant: how long a latency spike keeps
-    counting. Times are ``time.monotonic()`` seconds, passed in so tests choose them.
+    ``value`` is the estimate in seconds (0.0 = no sample yet), ``stamp`` the time of its last
+    sample; ``decay`` (seconds, ``--ewma-decay``) the time constant: how long a latency spike
+    keeps counting. Times are ``time.monotonic()`` seconds, passed in so tests choose them.
     """
 
-    __slots__ = ("decay", "stamp", "value")
+    __slots__ = ("decay", "in_flight", "requests", "stamp", "value")
 
     def __init__(self, decay: float) -> None:
+        self.in_flight = 0
+        self.requests = 0
         self.decay = decay
         self.value = 0.0
         self.stamp = 0.0
 
     def __repr__(self) -> str:
-        return f"<LatencyEstimate {self.value * 1000:.3f} ms at {self.stamp:.3f}>"
+        return f"<Load in_flight={self.in_flight} ewma={self.value * 1000:.3f} ms>"
 
     def observe(self, latency_s: float, failed: bool, now: float) -> None:
         """Fold one attempt's latency in; ``failed``: it ended without a response head."""
@@ -62,16 +66,16 @@ class LatencyEstimate:
         elapsed = now - self.stamp
         return self.value * _exp(-elapsed / self.decay) if elapsed > 0 else self.value
 
-    def cost(self, now: float, in_flight: int) -> float:
-        """Peak-EWMA cost of one more request: the estimate at ``now`` x (``in_flight`` + 1).
+    def cost(self, now: float) -> float:
+        """Peak-EWMA cost of one more request: the estimate at ``now`` x (in flight + 1).
 
         Latency alone would herd everything onto the fastest replica, in-flight counts alone miss
         one that is slow but not yet backed up; their product estimates the wait.
         """
         est = self.value
         if est == 0.0:
-            return UNMEASURED_PENALTY if in_flight else 0.0
+            return UNMEASURED_PENALTY if self.in_flight else 0.0
         elapsed = now - self.stamp
         if elapsed > 0:
             est *= _exp(-elapsed / self.decay)
-        return est * (in_flight + 1)
+        return est * (self.in_flight + 1)

@@ -8,9 +8,8 @@ than torn down, so scaling a service down never cuts a response in half.
 
 Each other concern of an endpoint keeps its state in a record owned by its module, and only that
 module writes it: ``ep.outlier`` (``outlier.OutlierState``: passive ejection), ``ep.health``
-(``health.HealthState``: active checks), ``ep.ewma`` (``ewma.LatencyEstimate``: peak-EWMA
-latency). This module owns the pool, the load counters the request path bumps (``in_flight``,
-``requests``, kept as plain attributes because every pick reads them), the failed-connect
+(``health.HealthState``: active checks), ``ep.load`` (``ewma.Load``: requests in flight and
+the peak-EWMA latency, what load-aware picks read). This module owns the pool, the failed-connect
 cool-down (``mark_failed``) and the set of endpoints new picks skip.
 """
 
@@ -25,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
-from proxy.ewma import LatencyEstimate
+from proxy.ewma import Load
 from proxy.failure import Failure
 from proxy.health import HEALTHY as HEALTHY
 from proxy.health import UNHEALTHY, HealthState
@@ -51,19 +50,17 @@ class Endpoint:
         "cool_timer",
         "cooling",
         "drain",
-        "ewma",
         "failures",
         "group",
         "health",
         "host",
         "idle",
-        "in_flight",
         "label",
         "latency",
         "live",
+        "load",
         "outlier",
         "port",
-        "requests",
         "responses",
         "retries",
         "reused",
@@ -75,9 +72,6 @@ class Endpoint:
         self.label = f"{self.host}:{self.port}"
         self.group = group
         self.idle: deque[UpstreamConnection] = deque()
-        # Load: requests counted against this endpoint now and ever (the request path writes them).
-        self.in_flight = 0
-        self.requests = 0
         self.live = True
         # Drained by an operator (admin POST /upstreams/{addr}/drain): no new picks, in-flight
         # requests finish. Kept by the group per address, so it survives discovery churn.
@@ -86,9 +80,9 @@ class Endpoint:
         self.cooling = False
         self.cool_timer: asyncio.TimerHandle | None = None
         # The records of the other concerns, each written by its own module.
+        self.load = Load(group.ewma_decay)
         self.outlier = OutlierState()
         self.health = HealthState()
-        self.ewma = LatencyEstimate(group.ewma_decay)
         # Metrics, read by proxy/metrics.py at scrape time (plain increments on the request path):
         # attempts by status class (index 0 = no response head), failure reason counts, attempt
         # latency, upstream connections opened (upstream.py) and requests sent on a pooled one.
@@ -100,7 +94,25 @@ class Endpoint:
         self.reused = 0
 
     def __repr__(self) -> str:
-        return f"<Endpoint {self.label} live={self.live} in_flight={self.in_flight}>"
+        return f"<Endpoint {self.label} live={self.live} in_flight={self.load.in_flight}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Requests counted against this endpoint now (``acquire`` .. ``release``)."""
+        return self.load.in_flight
+
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:
+        self.load.in_flight = n
+
+    @property
+    def requests(self) -> int:
+        """Requests ever counted against this endpoint."""
+        return self.load.requests
+
+    @requests.setter
+    def requests(self, n: int) -> None:
+        self.load.requests = n
 
     @property
     def healthy(self) -> bool:
@@ -159,16 +171,23 @@ class Endpoint:
         self.latency.observe(latency_s)
         # Peak-EWMA latency for the peak_ewma policy (ewma.py), kept whatever the policy so a
         # runtime switch to it starts warm; a failure without a response counts as a slow sample.
-        self.ewma.observe(latency_s, failure is not None, time.monotonic())
+        self.load.observe(latency_s, failure is not None, time.monotonic())
         # Passive outlier detection (consecutive 5xx / gateway failures -> ejection).
         outlier = self.group.outlier
         if outlier is not None:
             outlier.observe(self, status, failure)
 
+    def acquire(self) -> None:
+        """A request was given this endpoint: count it (``release`` when it is done with it)."""
+        load = self.load
+        load.in_flight += 1
+        load.requests += 1
+
     def release(self) -> None:
         """A request that was counted against this endpoint has finished with it."""
-        self.in_flight -= 1
-        if not self.live and self.in_flight <= 0:
+        load = self.load
+        load.in_flight -= 1
+        if not self.live and load.in_flight <= 0:
             self.group.drained(self)
 
 
@@ -395,7 +414,7 @@ class UpstreamGroup:
                     "consecutive_5xx": out.consecutive_5xx,
                     "consecutive_failures": out.consecutive_failures,
                     # peak_ewma's latency estimate now (decayed since the last sample; 0 = none yet)
-                    "latency_ewma_ms": round(ep.ewma.at(mono) * 1000, 3),
+                    "latency_ewma_ms": round(ep.load.at(mono) * 1000, 3),
                 }
             )
         return rows

@@ -27,7 +27,7 @@ from proxy.balancer import (
     parse_hash_on,
 )
 from proxy.config import Config, load_config
-from proxy.ewma import FAILURE_LATENCY_S, UNMEASURED_PENALTY, LatencyEstimate
+from proxy.ewma import FAILURE_LATENCY_S, UNMEASURED_PENALTY, Load
 from proxy.pool import Endpoint, UpstreamGroup
 from proxy.state import ProxyState
 from tests.unit.harness import proxy
@@ -202,7 +202,7 @@ def test_peak_ewma_avoids_a_slow_endpoint_after_observations() -> None:
 
 
 def test_peak_ewma_takes_peaks_at_once_and_forgets_them_with_time() -> None:
-    est = LatencyEstimate(decay=10.0)
+    est = Load(decay=10.0)
     est.observe(0.010, False, now=100.0)
     est.observe(0.200, False, now=100.1)
     assert est.value == 0.200, "a slower sample replaces the estimate at once"
@@ -212,30 +212,38 @@ def test_peak_ewma_takes_peaks_at_once_and_forgets_them_with_time() -> None:
     est.observe(0.010, False, now=130.2)
     assert est.value < 0.020, "after 3 decay times a fast answer dominates"
     # Read-time decay towards 0: an endpoint that got no samples for a while looks cheaper.
-    assert est.cost(130.2, 0) == pytest.approx(est.value)
+    assert est.cost(130.2) == pytest.approx(est.value)
     assert est.at(140.2) == pytest.approx(est.value * math.exp(-1))
-    assert est.cost(140.2, 0) == pytest.approx(est.value * math.exp(-1))
-    assert est.cost(130.2, 3) == pytest.approx(est.value * 4)
+    assert est.cost(140.2) == pytest.approx(est.value * math.exp(-1))
+    est.in_flight = 3
+    assert est.cost(130.2) == pytest.approx(est.value * 4)
 
 
 def test_endpoints_estimate_with_the_groups_decay_from_config() -> None:
     g = group(1, ewma_decay=2.0)
     (ep,) = g.live
-    assert ep.ewma.decay == 2.0, "--ewma-decay reaches every endpoint's estimator"
+    assert ep.load.decay == 2.0, "--ewma-decay reaches every endpoint's estimator"
     ep.observe(200, 0.050, None)
-    assert ep.ewma.value == 0.050
+    assert ep.load.value == 0.050
+    ep.acquire()
+    assert (ep.in_flight, ep.requests, ep.load.in_flight) == (1, 1, 1), "the contract's names read the record"
+    ep.in_flight += 1  # what a caller still writing the old attribute does: the record follows
+    assert ep.load.in_flight == 2
+    ep.release()
+    ep.release()
+    assert ep.in_flight == 0 and ep.requests == 1
 
 
 def test_peak_ewma_retries_a_slow_endpoint_once_its_estimate_decays() -> None:
     g = group(2, ewma_decay=10.0)
     fast, slow = g.live
     now = [1000.0]
-    fast.ewma.observe(0.005, False, now[0])
-    slow.ewma.observe(0.500, False, now[0])
+    fast.load.observe(0.005, False, now[0])
+    slow.load.observe(0.500, False, now[0])
     pe = PeakEwma(Config(), seed=2, clock=lambda: now[0])
     assert {pe.pick(g.live) for _ in range(20)} == {fast}
     fast.in_flight = 1
-    fast.ewma.observe(0.005, False, now[0] + 60)  # fast kept answering
+    fast.load.observe(0.005, False, now[0] + 60)  # fast kept answering
     now[0] += 60  # slow: 0.5 x e^-6 = 1.2 ms < fast's 5 ms x 2
     assert pe.pick(g.live) is slow
 
@@ -245,9 +253,11 @@ def test_peak_ewma_failures_count_as_slow_and_new_endpoints_get_probed() -> None
     good, failing, new = g.live
     good.observe(200, 0.005, None)
     failing.observe(0, 0.0003, "connect")  # refused at once: must not look fast
-    assert failing.ewma.value == FAILURE_LATENCY_S
-    assert new.ewma.value == 0.0 and new.ewma.cost(0.0, 0) == 0.0, "unmeasured and idle: try it"
-    assert new.ewma.cost(0.0, 1) == UNMEASURED_PENALTY, "one probe at a time until it answers"
+    assert failing.load.value == FAILURE_LATENCY_S
+    assert new.load.value == 0.0 and new.load.cost(0.0) == 0.0, "unmeasured and idle: try it"
+    new.in_flight = 1
+    assert new.load.cost(0.0) == UNMEASURED_PENALTY, "one probe at a time until it answers"
+    new.in_flight = 0
     counts = spread(PeakEwma(Config(), seed=9), g.live, 600)
     assert counts[failing.label] == 0 and counts[new.label] > 0, counts
 
