@@ -50,7 +50,11 @@ def _worker_entry(
 def supervise(count: int, target: WorkerMain, name: str) -> int:
     """Run ``target(i)`` in ``count`` spawned processes named ``{name}-worker-{i}``; see module doc."""
     ctx = multiprocessing.get_context("spawn")
-    log_lock = ctx.Lock()
+    try:
+        log_lock: accesslog.SharedLock | None = ctx.Lock()
+    except OSError as exc:  # no usable /dev/shm (POSIX semaphores): serve anyway, say what is lost
+        log_lock = None
+        log.warning("no lock shared by the workers (%s): access-log lines over 4 KiB may interleave", exc)
     workers = [
         ctx.Process(
             target=_worker_entry,
