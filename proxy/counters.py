@@ -5,13 +5,18 @@ thousands of requests a second on one core), so everything here is a plain integ
 increment; ``proxy/metrics.py`` turns the current values into Prometheus families only when
 ``/metrics`` is scraped. Rare events (retries, ejections, rejections, tunnels) go through ``inc``
 with a name and an optional label; per-request figures live on the objects that own them
-(``Endpoint`` for per-upstream counts, ``responses`` and ``latency`` here for what clients got).
+(``EndpointStats``, an endpoint's ``ep.stats``, for per-upstream counts; ``responses`` and
+``latency`` of ``Counters`` for what clients got).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.failure import Failure
 
 # Upper bounds (seconds) of the latency buckets, Prometheus ``le`` style (a value equal to a bound
 # counts in that bucket). Finer than prometheus_client's defaults at the low end because a proxied
@@ -35,7 +40,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
-# Fine bounds for the per-endpoint attempt latency (``Endpoint.latency``): four buckets per
+# Fine bounds for the per-endpoint attempt latency (``EndpointStats.latency``): four buckets per
 # power of two from 2^-15 s (31 us) to 2^5 s (32 s), each bucket ~19 % wide, so a percentile
 # interpolated inside a bucket is within ~10 % of the true value. The dashboard's per-replica p50
 # and p99 come from the difference of two snapshots of these counts (proxy/events.py). The
@@ -95,6 +100,32 @@ class Histogram:
             out.append((repr(bound), total))
         out.append(("+Inf", total + sum(counts[i:])))
         return out
+
+
+class EndpointStats:
+    """One endpoint's figures for /metrics, /upstreams and the dashboard (``ep.stats``).
+
+    Plain increments on the request path, read at scrape time: attempts by status class (index
+    0 = no response head), failures by name (``proxy.failure``), attempt latency (fine buckets),
+    attempts retried elsewhere, upstream connections opened and requests sent on a pooled one.
+    """
+
+    __slots__ = ("connects", "failures", "latency", "responses", "retries", "reused")
+
+    def __init__(self) -> None:
+        self.responses = [0, 0, 0, 0, 0, 0]
+        self.failures: dict[Failure, int] = {}
+        self.latency = Histogram(FINE_LATENCY_BUCKETS, LATENCY_BUCKETS)
+        self.retries = 0  # attempts on this endpoint that were retried elsewhere (the request path)
+        self.connects = 0  # upstream connections opened (upstream.py)
+        self.reused = 0  # requests sent on a pooled connection (Endpoint.take_idle)
+
+    def attempt(self, status: int, latency_s: float, failure: Failure | None) -> None:
+        """One attempt ended (``Endpoint.observe``): its status class, its failure, its latency."""
+        self.responses[status // 100 if status < 600 else 0] += 1
+        if failure is not None:
+            self.failures[failure] = self.failures.get(failure, 0) + 1
+        self.latency.observe(latency_s)
 
 
 class Counters:

@@ -160,18 +160,19 @@ def worker_sample(state: ProxyState, worker: int = 0) -> Sample:
     admission = state.admission
     endpoints: dict[str, EndpointSample] = {}
     for ep in endpoints_of(state):
+        stats = ep.stats
         endpoints[ep.label] = {
             "state": replica_state(ep),
             "drained": ep.drain,
-            "in_flight": ep.in_flight,
-            "responses": list(ep.responses),
-            "failures": {str(reason): n for reason, n in ep.failures.items()},
-            "retries": ep.retries,
+            "in_flight": ep.load.in_flight,
+            "responses": list(stats.responses),
+            "failures": {str(reason): n for reason, n in stats.failures.items()},
+            "retries": stats.retries,
             "ejections": ep.outlier.ejections,
-            "connects": ep.connects,
-            "reused": ep.reused,
+            "connects": stats.connects,
+            "reused": stats.reused,
             "ewma_s": ep.load.value,
-            "hist": list(ep.latency.counts),
+            "hist": list(stats.latency.counts),
         }
     return {
         "worker": worker,

@@ -108,24 +108,26 @@ def health_state(ep: Endpoint) -> str:
 
 def reuse_ratio(ep: Endpoint) -> float:
     """Share of requests sent on a pooled connection rather than a freshly opened one."""
-    total = ep.reused + ep.connects
-    return ep.reused / total if total else 0.0
+    stats = ep.stats
+    total = stats.reused + stats.connects
+    return stats.reused / total if total else 0.0
 
 
 def endpoint_counters(ep: Endpoint) -> dict[str, object]:
     """The per-upstream figures /upstreams adds to the pool's own snapshot of an endpoint."""
-    attempts = sum(ep.responses)
+    stats = ep.stats
+    attempts = sum(stats.responses)
     return {
         "state": health_state(ep),
         "responses": {
-            **{cls: ep.responses[i + 1] for i, cls in enumerate(CODE_CLASSES)},
-            "failed": ep.responses[0],
+            **{cls: stats.responses[i + 1] for i, cls in enumerate(CODE_CLASSES)},
+            "failed": stats.responses[0],
         },
-        "failures": dict(ep.failures),
-        "connections_opened": ep.connects,
-        "requests_reused": ep.reused,
+        "failures": dict(stats.failures),
+        "connections_opened": stats.connects,
+        "requests_reused": stats.reused,
         "reuse_ratio": round(reuse_ratio(ep), 4),
-        "mean_latency_ms": round(ep.latency.sum / attempts * 1000, 3) if attempts else None,
+        "mean_latency_ms": round(stats.latency.sum / attempts * 1000, 3) if attempts else None,
     }
 
 
@@ -255,16 +257,17 @@ class ProxyCollector:
         by_state = dict.fromkeys(HEALTH_STATES, 0)
         for ep in endpoints:
             up = ep.label
+            stats = ep.stats
             for i, cls in enumerate(CODE_CLASSES, 1):
-                attempts.add_metric([up, cls], ep.responses[i])
-            attempts.add_metric([up, "failed"], ep.responses[0])
-            for reason, n in sorted(ep.failures.items()):
+                attempts.add_metric([up, cls], stats.responses[i])
+            attempts.add_metric([up, "failed"], stats.responses[0])
+            for reason, n in sorted(stats.failures.items()):
                 failures.add_metric([up, reason], n)
-            _histogram(duration, [up], ep.latency)
-            in_flight.add_metric([up], ep.in_flight)
+            _histogram(duration, [up], stats.latency)
+            in_flight.add_metric([up], ep.load.in_flight)
             idle.add_metric([up], len(ep.idle))
-            opened.add_metric([up], ep.connects)
-            reused.add_metric([up], ep.reused)
+            opened.add_metric([up], stats.connects)
+            reused.add_metric([up], stats.reused)
             ratio.add_metric([up], reuse_ratio(ep))
             ejections.add_metric([up], ep.outlier.ejections)
             current = health_state(ep)

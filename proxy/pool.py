@@ -9,7 +9,8 @@ than torn down, so scaling a service down never cuts a response in half.
 Each other concern of an endpoint keeps its state in a record owned by its module, and only that
 module writes it: ``ep.outlier`` (``outlier.OutlierState``: passive ejection), ``ep.health``
 (``health.HealthState``: active checks), ``ep.load`` (``ewma.Load``: requests in flight and
-the peak-EWMA latency, what load-aware picks read). This module owns the pool, the failed-connect
+the peak-EWMA latency, what load-aware picks read), ``ep.stats`` (``counters.EndpointStats``:
+the per-upstream figures /metrics exports). This module owns the pool, the failed-connect
 cool-down (``mark_failed``) and the set of endpoints new picks skip.
 """
 
@@ -23,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
-from proxy.counters import FINE_LATENCY_BUCKETS, LATENCY_BUCKETS, Histogram
+from proxy.counters import EndpointStats, Histogram
 from proxy.ewma import Load
 from proxy.failure import Failure
 from proxy.health import HEALTHY as HEALTHY
@@ -46,24 +47,19 @@ class Endpoint:
 
     __slots__ = (
         "address",
-        "connects",
         "cool_timer",
         "cooling",
         "drain",
-        "failures",
         "group",
         "health",
         "host",
         "idle",
         "label",
-        "latency",
         "live",
         "load",
         "outlier",
         "port",
-        "responses",
-        "retries",
-        "reused",
+        "stats",
     )
 
     def __init__(self, address: Address, group: UpstreamGroup) -> None:
@@ -83,15 +79,7 @@ class Endpoint:
         self.load = Load(group.ewma_decay)
         self.outlier = OutlierState()
         self.health = HealthState()
-        # Metrics, read by proxy/metrics.py at scrape time (plain increments on the request path):
-        # attempts by status class (index 0 = no response head), failure reason counts, attempt
-        # latency, upstream connections opened (upstream.py) and requests sent on a pooled one.
-        self.responses = [0] * 6
-        self.failures: dict[Failure, int] = {}
-        self.latency = Histogram(FINE_LATENCY_BUCKETS, LATENCY_BUCKETS)
-        self.retries = 0  # attempts on this endpoint that were retried elsewhere (exchange.py)
-        self.connects = 0
-        self.reused = 0
+        self.stats = EndpointStats()  # read by metrics.py and events.py at scrape / tick time
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} live={self.live} in_flight={self.load.in_flight}>"
@@ -114,6 +102,39 @@ class Endpoint:
     def requests(self, n: int) -> None:
         self.load.requests = n
 
+    # The per-endpoint figures under the names the request path and older tests use (``stats``).
+    @property
+    def responses(self) -> list[int]:
+        return self.stats.responses
+
+    @property
+    def failures(self) -> dict[Failure, int]:
+        return self.stats.failures
+
+    @property
+    def latency(self) -> Histogram:
+        return self.stats.latency
+
+    @property
+    def connects(self) -> int:
+        return self.stats.connects
+
+    @connects.setter
+    def connects(self, n: int) -> None:
+        self.stats.connects = n
+
+    @property
+    def retries(self) -> int:
+        return self.stats.retries
+
+    @retries.setter
+    def retries(self, n: int) -> None:
+        self.stats.retries = n
+
+    @property
+    def reused(self) -> int:
+        return self.stats.reused
+
     @property
     def healthy(self) -> bool:
         """False only when active health checks failed it (UNKNOWN counts as healthy)."""
@@ -134,7 +155,7 @@ class Endpoint:
         while idle:
             conn = idle.pop()
             if conn.reusable():
-                self.reused += 1
+                self.stats.reused += 1
                 return conn
             conn.close()
         return None
@@ -165,10 +186,7 @@ class Endpoint:
         and per-upstream metrics all hang off this one call.
         """
         # Per-upstream metrics, exported by proxy/metrics.py at scrape time.
-        self.responses[status // 100 if status < 600 else 0] += 1
-        if failure is not None:
-            self.failures[failure] = self.failures.get(failure, 0) + 1
-        self.latency.observe(latency_s)
+        self.stats.attempt(status, latency_s, failure)
         # Peak-EWMA latency for the peak_ewma policy (ewma.py), kept whatever the policy so a
         # runtime switch to it starts warm; a failure without a response counts as a slow sample.
         self.load.observe(latency_s, failure is not None, time.monotonic())
