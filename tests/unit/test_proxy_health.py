@@ -246,3 +246,23 @@ def test_discovery_health_outlier_flags_and_env_parse() -> None:
     assert (cfg.discovery, cfg.docker_project, cfg.docker_service) == ("docker", "lab", "api")
     assert cfg.health_interval == 0 and cfg.outlier_max_ejection_percent == 100
     assert load_config([], {"PROXY_DOCKER_SERVICE": ""}).docker_service is None, "blank = default"
+
+
+def test_a_result_for_an_endpoint_that_left_during_its_probe_is_not_recorded() -> None:
+    async def main() -> None:
+        group = group_of(("10.0.0.1", 1), ("10.0.0.2", 1))
+        counters = Counters()
+        checker = HealthChecker(group, policy(unhealthy_threshold=1), "x", counters)
+        leaving = group.live[0]
+
+        async def probe(ep: Endpoint) -> str | None:
+            if ep is leaving:
+                group.update([("10.0.0.2", 1)])  # discovery drops it while its check runs
+            return "status 503"
+
+        checker.probe = probe  # type: ignore[method-assign]
+        await checker.check_all()
+        assert leaving.health.state == UNKNOWN and counters.count("health_checks") == 1
+        assert group.live[0].health.state == UNHEALTHY
+
+    asyncio.run(main())

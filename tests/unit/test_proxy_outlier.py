@@ -10,7 +10,7 @@ import pytest
 
 from proxy.config import Config
 from proxy.counters import Counters
-from proxy.outlier import OutlierDetector, OutlierPolicy
+from proxy.outlier import OutlierDetector, OutlierPolicy, eject, uneject
 from proxy.pool import UpstreamGroup
 from proxy.server import ProxyServer
 from tests.unit.upstreams import StatusServer
@@ -178,3 +178,24 @@ def test_failing_replica_stops_getting_requests_after_ejection(caplog: pytest.Lo
 
     asyncio.run(main())
     assert "back in rotation" in caplog.text
+
+
+def test_eject_again_restarts_the_time_and_uneject_ends_it_at_once() -> None:
+    async def main() -> None:
+        group, _, _ = setup(n=2)
+        ep = group.live[0]
+        loop = asyncio.get_running_loop()
+        eject(ep, 0.05)
+        first = ep.outlier.timer
+        eject(ep, 30)  # a second ejection replaces the first one's end
+        assert first is not None and first.cancelled()
+        assert ep.outlier.ejected_until - loop.time() > 29
+        await asyncio.sleep(0.08)
+        assert ep.ejected, "the first, shorter time no longer applies"
+        woken: list[int] = []
+        group.on_capacity = lambda: woken.append(1)
+        uneject(ep)
+        assert not ep.ejected and ep.outlier.timer is None and woken == [1]
+        assert ep not in group.unavailable()
+
+    asyncio.run(main())
