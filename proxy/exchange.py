@@ -179,7 +179,7 @@ class Exchange:
             rs = self.retry = RetryState(
                 state.retry_policy, state.retry_budget, state.counters, self.method, self.has_body, False
             )
-        return rs.next(trigger, att.endpoint, self, perf_counter(), self.req.request_id)
+        return rs.next(trigger, att.endpoint, self, perf_counter(), self.req.request_id, self.body_done)
 
     def _again(self, nxt: Endpoint, failure: Trigger) -> None:
         """Send the request to ``nxt``: a replay of the kept body, unless nothing was sent yet."""
@@ -326,7 +326,7 @@ class Exchange:
         http11: bool,
     ) -> None:
         resp = rewrite_response(status, headers, self.req.request_id, http11)
-        if status >= 500 and self.body_done and status in self.state.retry_policy.statuses:
+        if status >= 500 and status in self.state.retry_policy.statuses:
             nxt = self._where_next(status, att)
             if nxt is not None:
                 att.discard(conn, nxt, status, resp.content_length, not resp.close)
@@ -468,7 +468,7 @@ class Exchange:
             return
         if not self.head_sent:
             self.status = 499  # nginx's "client closed request"
-        self.error = getattr(self.down, "abort_reason", None)
+        self.error = self.down.abort_reason
         self._drop_upstream()
         self.client_close = True
         self._finish(notify=False)

@@ -217,7 +217,13 @@ class RetryState:
         return list(self.kept) if self.kept else []
 
     def next(
-        self, trigger: Trigger, failed: Endpoint, picker: Picker, now: float, request_id: bytes
+        self,
+        trigger: Trigger,
+        failed: Endpoint,
+        picker: Picker,
+        now: float,
+        request_id: bytes,
+        body_done: bool = True,
     ) -> Endpoint | None:
         """Where to send this request after ``failed``'s attempt ended in ``trigger``; None = nowhere.
 
@@ -228,8 +234,8 @@ class RetryState:
         - ``reset`` (``--retry-on reset``): a ``--retry-methods`` method whose body, if any, was
           kept; retries left; the budget; another endpoint, else a fresh connection to ``failed``.
         - ``timeout`` (``--attempt-timeout`` on): as ``reset``, but only another endpoint.
-        - a status in ``--retry-on``: as ``reset``, but only another endpoint (the caller asks only
-          once the whole request body was received).
+        - a status in ``--retry-on``: as ``reset``, once the whole request body was received
+          (``body_done``), and only another endpoint (else the response is forwarded).
         A ``protocol`` failure (and anything else) is never retried.
         """
         policy = self.policy
@@ -245,7 +251,7 @@ class RetryState:
             elif trigger == TIMEOUT:
                 ok = policy.on_timeout
             elif isinstance(trigger, int):
-                ok = trigger in policy.statuses
+                ok = trigger in policy.statuses and body_done
             else:
                 ok = False
             if not ok:

@@ -78,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
     """Parses responses with httptools; callbacks do nothing but hand data on."""
 
     __slots__ = (
+        "armed",
         "attempt",
         "closed",
         "deadline",
@@ -116,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         # The pending deadline (loop time; 0.0 = none): the head's, or the next body read's.
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.armed = 0.0  # the loop time the timer fires at (when it is armed)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,28 +136,33 @@ class UpstreamConnection(asyncio.Protocol):
 
     def expect_head(self, timeout: float) -> None:
         """The request is written: the attempt's ``head_timed_out`` runs if no head arrives in time."""
-        loop = self.endpoint.group.loop
-        self.deadline = deadline = loop.time() + timeout
-        if self.timer is None:
-            self.timer = loop.call_at(deadline, self._check_deadline)
+        self._due(self.endpoint.group.loop.time() + timeout)
+
+    def _due(self, deadline: float) -> None:
+        """Set the pending deadline. The timer is only moved when it would fire too late (a
+        shorter deadline than the one it was armed for); a later one is found when it fires."""
+        self.deadline = deadline
+        if self.timer is None or deadline < self.armed:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.armed = deadline
+            self.timer = self.endpoint.group.loop.call_at(deadline, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self.timer = None
         att = self.attempt
         if att is None or not self.deadline:
-            return  # answered (or idle): the next expect_head arms a new timer
-        loop = self.endpoint.group.loop
-        now = loop.time()
+            return  # answered (or idle): the next deadline arms a new timer
+        now = self.endpoint.group.loop.time()
         if now < self.deadline:
-            self.timer = loop.call_at(self.deadline, self._check_deadline)
+            self._due(self.deadline)
             return
         if not self.reading:
             self.deadline = 0.0
             att.head_timed_out()
         elif self.gate.reasons & CLIENT_BUSY:
             # Not reading because the client is slow: that stall is the client send timeout's.
-            self.deadline = now + self.read_timeout
-            self.timer = loop.call_at(self.deadline, self._check_deadline)
+            self._due(now + self.read_timeout)
         else:
             self.deadline = 0.0
             att.read_timed_out()
@@ -236,10 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.flush()
         if self.reading and self.read_timeout:
             # The body is not complete after this read: the next one is due within the timeout.
-            loop = self.endpoint.group.loop
-            self.deadline = deadline = loop.time() + self.read_timeout
-            if self.timer is None:
-                self.timer = loop.call_at(deadline, self._check_deadline)
+            self._due(self.endpoint.group.loop.time() + self.read_timeout)
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from time import perf_counter
 
 import pytest
 
-from proxy.retry import KEEP_BODY_LIMIT, RetryBudget
+from proxy.config import Config, ConfigError, build_parser, config_from
+from proxy.counters import Counters
+from proxy.failure import CONNECT, PROTOCOL, RESET, TIMEOUT
+from proxy.pool import Endpoint, UpstreamGroup
+from proxy.retry import KEEP_BODY_LIMIT, RETRY_ON_WORDS, RetryBudget, RetryPolicy, RetryState
 from tests.unit.harness import (
     LOOPS,
     FakeUpstream,
@@ -206,9 +211,20 @@ def test_retry_is_reported_to_each_endpoint_tried() -> None:
         async with FakeUpstream() as bad, FakeUpstream() as good:
             bad.reset_all = True
             async with proxy(endpoints=[addr(bad), addr(good)], fail_timeout=0) as srv:
-                await asyncio.gather(*(fetch(srv.port, get("/")) for _ in range(4)))
+                resps = await asyncio.gather(*(fetch(srv.port, get("/")) for _ in range(4)))
+                assert [r.status for r in resps] == [200] * 4
                 assert srv.state is not None
                 eps = {ep.label: ep for ep in srv.state.group.live}
+                bad_ep, good_ep = eps[f"127.0.0.1:{bad.port}"], eps[f"127.0.0.1:{good.port}"]
+                tries = len(bad.requests)  # each was cut, then sent on to `good`
+                assert tries >= 1
+                # The failing endpoint saw every try on it, each ending in a reset with no response
+                # head, and each retried elsewhere; the good one answered all 4, retried none.
+                assert (bad_ep.requests, bad_ep.retries, bad_ep.failures) == (tries, tries, {"reset": tries})
+                assert bad_ep.responses == [tries, 0, 0, 0, 0, 0]
+                assert (good_ep.requests, good_ep.retries, good_ep.failures) == (4, 0, {})
+                assert good_ep.responses == [0, 0, 4, 0, 0, 0]
+                assert srv.state.counters.count("retries", "reset") == tries
                 assert all(ep.in_flight == 0 for ep in eps.values()), "every attempt released its endpoint"
 
     run(main)
@@ -315,3 +331,110 @@ def test_a_503_retry_passes_the_in_flight_cap_and_never_puts_a_replica_over_it()
             assert all(ep.in_flight == 0 for ep in srv.state.group.live)
 
     run(main)
+
+
+# -- the retry table, row by row, on RetryState.next (docs/proxy.md "Retries and timeouts") ----------
+class _Picker:
+    """The balancer as a retry sees it: the first endpoint not excluded (``retry.Picker``)."""
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.endpoints = endpoints
+
+    def pick_excluding(self, exclude: Collection[Endpoint]) -> Endpoint | None:
+        return next((ep for ep in self.endpoints if ep not in exclude), None)
+
+
+def _rules(
+    method: bytes = b"GET", *, body: str = "none", n: int = 3, **cfg: object
+) -> tuple[RetryState, list[Endpoint], _Picker, Counters]:
+    """A request's RetryState under ``Config(**cfg)`` (``body``: none, kept, streamed) and ``n`` endpoints."""
+    config = Config(**cfg)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()  # the group's timers are never started here
+    group = UpstreamGroup.from_config(config, loop)
+    group.update([(f"10.0.0.{i}", 80) for i in range(1, n + 1)])
+    loop.close()
+    counters = Counters()
+    policy = RetryPolicy.from_config(config)
+    keep = body == "kept" and RetryState.keeps_body(policy, method, False, 10)
+    rs = RetryState(policy, RetryBudget.from_config(config), counters, method, body != "none", keep)
+    if keep:
+        rs.keep(b"0123456789")
+    return rs, list(group.live), _Picker(list(group.live)), counters
+
+
+def test_row_connect_failure_any_method_every_untried_endpoint_once_not_budgeted() -> None:
+    rs, (a, b, c), picker, counters = _rules(
+        b"POST", body="streamed", retry_budget_percent=0, retry_budget_min=0
+    )
+    assert rs.retries_left == 0, "POST is not in --retry-methods"
+    assert rs.next(CONNECT, a, picker, 0.0, b"r") is b
+    assert rs.next(CONNECT, b, picker, 0.0, b"r") is c
+    assert rs.next(CONNECT, c, picker, 0.0, b"r") is None, "each endpoint once"
+    assert counters.count("retries", "connect-failure") == 2 and counters.count("retry_budget_exhausted") == 0
+    assert (a.retries, b.retries, c.retries) == (1, 1, 0)
+    off, (a, _b, _c), picker, _ = _rules(retry_on=frozenset({"reset"}))
+    assert off.next(CONNECT, a, picker, 0.0, b"r") is None, "connect-failure not in --retry-on"
+
+
+def test_row_reset_needs_a_retry_method_and_a_kept_body_then_falls_back_to_the_same_endpoint() -> None:
+    rs, (a, b), picker, counters = _rules(n=2)
+    assert rs.next(RESET, a, picker, 0.0, b"r") is b
+    assert rs.next(RESET, b, picker, 0.0, b"r") is b, "no endpoint left: a fresh connection to the same"
+    assert rs.next(RESET, b, picker, 0.0, b"r") is None, "--max-retries (2) spent"
+    assert counters.count("retries", "reset") == 2 and counters.count("retries_exhausted", "reset") == 1
+    kept, (a, b), picker, _ = _rules(b"PUT", body="kept", n=2, retry_methods=frozenset({"PUT"}))
+    assert kept.next(RESET, a, picker, 0.0, b"r") is b and kept.replay() == [b"0123456789"]
+    streamed, (a, _b), picker, _ = _rules(b"PUT", body="streamed", n=2, retry_methods=frozenset({"PUT"}))
+    assert streamed.next(RESET, a, picker, 0.0, b"r") is None, "a body that was not kept is never resent"
+    post, (a, _b), picker, counters = _rules(b"POST", n=2)
+    assert post.next(RESET, a, picker, 0.0, b"r") is None
+    assert counters.count("retries_exhausted") == 0, "not retriable at all is not 'exhausted'"
+    off, (a, _b), picker, _ = _rules(n=2, retry_on=frozenset({"503"}))
+    assert off.next(RESET, a, picker, 0.0, b"r") is None, "reset not in --retry-on"
+
+
+def test_row_timeout_only_with_attempt_timeout_and_only_on_another_endpoint() -> None:
+    rs, (a, b), picker, counters = _rules(n=2, attempt_timeout=0.5)
+    assert rs.next(TIMEOUT, a, picker, 0.0, b"r") is b
+    assert rs.next(TIMEOUT, b, picker, 0.0, b"r") is None, "never the same endpoint again"
+    assert counters.count("retries", "timeout") == 1
+    off, (a, _b), picker, _ = _rules(n=2)
+    assert off.next(TIMEOUT, a, picker, 0.0, b"r") is None, "--attempt-timeout off: a 504 is never retried"
+    post, (a, _b), picker, _ = _rules(b"POST", n=2, attempt_timeout=0.5)
+    assert post.next(TIMEOUT, a, picker, 0.0, b"r") is None
+
+
+def test_row_status_only_listed_codes_only_a_whole_body_only_another_endpoint() -> None:
+    rs, (a, b), picker, counters = _rules(n=2)
+    assert rs.next(503, a, picker, 0.0, b"r", body_done=False) is None, "the body is still arriving"
+    assert rs.next(502, a, picker, 0.0, b"r") is None, "502 is not in the default --retry-on"
+    assert rs.next(503, a, picker, 0.0, b"r") is b
+    assert rs.next(503, b, picker, 0.0, b"r") is None, "no other endpoint: the 503 is forwarded"
+    assert counters.count("retries", "503") == 1
+
+
+def test_row_protocol_failures_are_never_retried() -> None:
+    rs, (a, _b), picker, counters = _rules(
+        n=2, attempt_timeout=0.5, retry_on=frozenset({"connect-failure", "reset", "502", "503"})
+    )
+    assert rs.next(PROTOCOL, a, picker, 0.0, b"r") is None
+    assert counters.count("retries") == 0
+
+
+def test_the_budget_bounds_every_row_but_connect_failure() -> None:
+    # No share, 0.1 retries/s over the 10 s window: one retry in all.
+    rs, (a, b, _c), picker, counters = _rules(
+        retry_budget_percent=0, retry_budget_min=0.1, attempt_timeout=0.5
+    )
+    assert rs.next(RESET, a, picker, 5.0, b"r") is b
+    for trigger in (RESET, TIMEOUT, 503):
+        assert rs.next(trigger, b, picker, 5.0, b"r") is None
+    assert rs.next(CONNECT, b, picker, 5.0, b"r") is not None
+    assert [counters.count("retry_budget_exhausted", w) for w in ("reset", "timeout", "503")] == [1, 1, 1]
+    assert rs.retries_left == 1, "a refused retry does not spend --max-retries"
+
+
+def test_retry_on_words_come_from_retry_py() -> None:
+    assert RETRY_ON_WORDS == ("connect-failure", "reset")
+    with pytest.raises(ConfigError, match="expected connect-failure, reset or a 5xx status code"):
+        config_from(build_parser().parse_args(["--retry-on", "timeout"]), {})

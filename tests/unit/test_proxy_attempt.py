@@ -1,0 +1,217 @@
+"""One try on one endpoint: the per-try timeout (--attempt-timeout) and the body's read idle
+timeout (--upstream-read-timeout), through a real proxy and real local sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.config import Config, ConfigError, build_parser, config_from
+from tests.unit.harness import (
+    FakeUpstream,
+    access_lines,
+    addr,
+    connect,
+    fetch,
+    get,
+    proxy,
+    read_head,
+    read_response,
+    run,
+)
+from tests.unit.upstreams import LocalServer
+
+
+def post(path: str, body: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+class Sleepy(LocalServer):
+    """Answers every request ``ok <name>``, ``delay`` seconds after reading its head (and body)."""
+
+    def __init__(self, delay: float, name: bytes = b"sleepy") -> None:
+        self.delay = delay
+        self.name = name
+        self.requests: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line, headers = await read_head(reader)
+                n = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                await reader.readexactly(n)
+                self.requests.append(line.split(" ")[1])
+                await asyncio.sleep(self.delay)
+                body = b"ok " + self.name
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+class Trickle(LocalServer):
+    """A chunked body of ``chunks`` chunks, one every ``gap`` seconds."""
+
+    def __init__(self, chunks: int, gap: float) -> None:
+        self.chunks = chunks
+        self.gap = gap
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(self.chunks):
+                await writer.drain()
+                await asyncio.sleep(self.gap)
+                writer.write(b"1\r\n%d\r\n" % (i % 10))
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+# -- --attempt-timeout ------------------------------------------------------------------------------
+def test_attempt_timeout_moves_a_slow_get_to_another_replica_and_tells_the_slow_endpoint() -> None:
+    async def main() -> None:
+        async with (
+            Sleepy(3.0) as slow,
+            FakeUpstream() as good,
+            proxy(
+                endpoints=[slow.address, addr(good)],
+                attempt_timeout=0.2,
+                upstream_timeout=5,
+                health_interval=0,
+            ) as srv,
+        ):
+            resps = [await fetch(srv.port, get(f"/r{i}")) for i in range(3)]
+            assert [(r.status, r.body) for r in resps] == [(200, f"ok GET /r{i}".encode()) for i in range(3)]
+            assert slow.requests, "round robin sent some to the slow replica first"
+            assert srv.state is not None
+            assert srv.state.counters.count("retries", "timeout") == len(slow.requests)
+            ep = srv.state.group.endpoints[slow.address]
+            assert ep.failures == {"timeout": len(slow.requests)} and ep.retries == len(slow.requests)
+            assert {line["upstream"] for line in access_lines(srv)} == {f"127.0.0.1:{good.port}"}
+            assert all(e.in_flight == 0 for e in srv.state.group.live)
+
+    run(main)
+
+
+def test_a_try_that_may_not_move_on_keeps_waiting_for_the_upstream_timeout() -> None:
+    """POST (not in --retry-methods), no other endpoint, or a spent budget: the slow try is not cut."""
+
+    async def main() -> None:
+        async with (
+            Sleepy(0.5) as slow,
+            proxy(endpoints=[slow.address], attempt_timeout=0.1, upstream_timeout=5) as srv,
+        ):
+            assert (await fetch(srv.port, post("/p", b"body"))).status == 200
+            assert (await fetch(srv.port, get("/only-one"))).status == 200
+            assert srv.state is not None and srv.state.counters.count("retries") == 0
+            assert srv.state.group.endpoints[slow.address].failures == {}
+        async with (
+            Sleepy(0.5) as slow,
+            FakeUpstream() as good,
+            proxy(
+                endpoints=[slow.address, addr(good)],
+                attempt_timeout=0.1,
+                upstream_timeout=5,
+                retry_budget_percent=0,
+                retry_budget_min=0,
+            ) as srv,
+        ):
+            resps = [await fetch(srv.port, get("/")) for _ in range(3)]
+            assert [r.status for r in resps] == [200] * 3
+            assert slow.requests, "round robin sent some to the slow replica first"
+            assert [r.body for r in resps].count(b"ok sleepy") == len(slow.requests), "it answered them"
+            assert srv.state is not None
+            assert srv.state.counters.count("retries") == 0
+            assert srv.state.counters.count("retry_budget_exhausted", "timeout") == len(slow.requests)
+        async with (
+            Sleepy(3.0) as slow,
+            proxy(endpoints=[slow.address], attempt_timeout=0.1, upstream_timeout=0.4) as srv,
+        ):
+            resp = await fetch(srv.port, get("/"))
+            assert resp.status == 504 and b"sent no response within 0.4s" in resp.body
+
+    run(main)
+
+
+def test_attempt_timeout_flag_env_default_and_validation() -> None:
+    assert Config().attempt_timeout == 0.0, "off by default: behaviour unchanged"
+    cfg = config_from(build_parser().parse_args([]), {"PROXY_ATTEMPT_TIMEOUT": "0.5"})
+    assert cfg.attempt_timeout == 0.5
+    assert config_from(build_parser().parse_args(["--attempt-timeout", "2"]), {}).attempt_timeout == 2.0
+    with pytest.raises(ConfigError, match=r"--attempt-timeout / PROXY_ATTEMPT_TIMEOUT: must be below"):
+        config_from(build_parser().parse_args(["--attempt-timeout", "30"]), {})
+    with pytest.raises(ConfigError, match="must be below"):
+        config_from(build_parser().parse_args(["--attempt-timeout", "2", "--upstream-timeout", "1"]), {})
+    with pytest.raises(ConfigError, match="PROXY_ATTEMPT_TIMEOUT"):
+        config_from(build_parser().parse_args(["--attempt-timeout", "-1"]), {})
+
+
+# -- --upstream-read-timeout ------------------------------------------------------------------------
+def test_a_body_that_stalls_closes_the_client_connection_and_the_access_log_says_why() -> None:
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, upstream_read_timeout=0.3) as srv:
+            r, w = await connect(srv.port)
+            w.write(get("/chunked"))  # the head and "hello", then nothing until released
+            line, headers = await read_head(r)
+            assert line.startswith("HTTP/1.1 200") and ("Transfer-Encoding", "chunked") in headers
+            assert await r.readuntil(b"hello\r\n") == b"5\r\nhello\r\n"
+            rest = await asyncio.wait_for(r.read(), 3)
+            assert rest == b"", "closed without the last chunk: the client knows the body is cut"
+            w.close()
+            (entry,) = access_lines(srv)
+            assert entry["status"] == 200 and entry["error"] == "upstream read-timeout"
+            assert srv.state is not None
+            assert srv.state.counters.count("responses_cut", "read-timeout") == 1
+            up.release.set()
+            assert (await fetch(srv.port, get("/"))).status == 200
+            assert "error" not in access_lines(srv)[-1], "an ordinary line has no error field"
+
+    run(main)
+
+
+def test_a_body_that_keeps_coming_slowly_is_never_cut() -> None:
+    async def main() -> None:
+        async with Trickle(8, 0.1) as up, proxy(up.port, upstream_read_timeout=0.5) as srv:
+            resp = await fetch(srv.port, get("/"))
+            assert resp.status == 200 and resp.body == b"01234567"
+            assert srv.state is not None and srv.state.counters.count("responses_cut") == 0
+
+    run(main)
+
+
+def test_a_client_that_stops_reading_does_not_trip_the_upstream_read_timeout() -> None:
+    """The proxy stops reading the upstream for a slow client (CLIENT_BUSY): not the upstream's stall."""
+
+    async def main() -> None:
+        n = 32 * 1024 * 1024
+        async with FakeUpstream() as up, proxy(up.port, upstream_read_timeout=0.2) as srv:
+            r, w = await connect(srv.port)
+            w.write(get(f"/big?{n}"))
+            await asyncio.sleep(1.0)  # not reading: the proxy's upstream reads are paused meanwhile
+            resp = await read_response(r)
+            assert resp.status == 200 and len(resp.body) == n
+            w.close()
+            assert srv.state is not None and srv.state.counters.count("responses_cut") == 0
+
+    run(main)
+
+
+def test_upstream_read_timeout_flag_env_default_and_validation() -> None:
+    assert Config().upstream_read_timeout == 60.0, "nginx's proxy_read_timeout"
+    cfg = config_from(build_parser().parse_args([]), {"PROXY_UPSTREAM_READ_TIMEOUT": "5"})
+    assert cfg.upstream_read_timeout == 5.0
+    assert (
+        config_from(build_parser().parse_args(["--upstream-read-timeout", "0"]), {}).upstream_read_timeout
+        == 0
+    )
+    with pytest.raises(ConfigError, match="--upstream-read-timeout / PROXY_UPSTREAM_READ_TIMEOUT"):
+        config_from(build_parser().parse_args(["--upstream-read-timeout", "soon"]), {})
