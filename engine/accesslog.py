@@ -40,7 +40,6 @@ FLUSH_LINES = 512  # or flush as soon as this many are waiting
 PIPE_BUF = 4096  # Linux's atomic pipe-write size; lines are ASCII, so len() counts bytes
 BUFFER_BYTES = 4 * 1024 * 1024  # bytes a writer may hold for a slow reader before batches are dropped
 DROP_WARN_INTERVAL = 10.0  # seconds between two stderr warnings about dropped lines
-LOCK_WAIT_S = 5.0  # a writer waits this long for the workers' lock, then writes anyway (a dead holder)
 CLOSE_WAIT_S = 2.0  # at exit, how long the queued lines get to reach a slow reader
 
 log = logging.getLogger("engine.accesslog")
@@ -49,7 +48,7 @@ log = logging.getLogger("engine.accesslog")
 class SharedLock(Protocol):
     """A lock all workers share (``multiprocessing.Lock``): held while a batch is written."""
 
-    def acquire(self, block: bool = ..., timeout: float = ...) -> bool: ...
+    def acquire(self) -> bool: ...
 
     def release(self) -> None: ...
 
@@ -113,20 +112,23 @@ class _Writer:
 
     def _write(self, data: bytes) -> None:
         lock = self.lock
-        held = lock is not None and lock.acquire(True, LOCK_WAIT_S)
         try:
             if lock is None:
                 self._write_atomic_chunks(data)
                 return
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            # No timeout: the holder may wait long on a slow reader, and writing anyway would tear
+            # lines. A holder killed while holding it only stops the others' writer threads (their
+            # loops go on, their queues fill and drop, counted), and the supervisor stops every
+            # worker when one dies.
+            lock.acquire()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            finally:
+                lock.release()
         except OSError:  # stdout gone (closed pipe): logging must not kill the server
             pass
-        finally:
-            if held:
-                assert lock is not None
-                lock.release()
 
     def _write_atomic_chunks(self, data: bytes) -> None:
         """Without a shared lock: each write() at most PIPE_BUF bytes and ending at a line end, which
