@@ -106,7 +106,7 @@ def supervised(workers: int, n: int) -> int:
 
 
 def test_lines_longer_than_pipe_buf_from_several_workers_never_interleave() -> None:
-    workers, n = 3, 150
+    workers, n = 3, 80
     code = (
         "import sys; from tests.unit.test_engine_accesslog import supervised; "
         f"sys.exit(supervised({workers}, {n}))"
