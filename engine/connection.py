@@ -38,7 +38,7 @@ import httptools
 
 from engine.flow import PIPELINED, ReadGate, SendWatch
 from engine.framing import CHUNKED, LENGTH, BadRequest
-from engine.handler import EventCounter, RequestHandler, Site, Takeover
+from engine.handler import RequestHandler, Site, Takeover
 from engine.limits import REFUSED_LINGERING
 from engine.refusals import REQUEST_TIMEOUT_408, overload_response, simple_response
 
@@ -150,18 +150,17 @@ class HTTPConnection(asyncio.Protocol):
         self.pending_error = b""
         self.write(response)
         self._rejected(503, f"{reason} (max connections)", nbytes)
-        refused: set[HTTPConnection] | None = getattr(self.site, "refused", None)  # (until ProxySite has it)
-        linger = refused is not None and len(refused) < REFUSED_LINGERING
+        refused = self.site.refused
+        linger = len(refused) < REFUSED_LINGERING
         self._count("connections_refused", "lingered" if linger else "closed")
         if linger:
-            assert refused is not None
             refused.add(self)
             self._linger()
         else:
             self.close()
 
     def _count(self, name: str, label: str = "") -> None:
-        counters: EventCounter | None = getattr(self.site, "counters", None)  # (until ProxySite has it)
+        counters = self.site.counters
         if counters is not None:
             counters.inc(name, label)
 
@@ -174,9 +173,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.send_watch is not None:
             self.send_watch.cancel()
         if self.lingering:  # (a refused connection lingers; most others never do)
-            refused: set[HTTPConnection] | None = getattr(self.site, "refused", None)
-            if refused:
-                refused.discard(self)
+            self.site.refused.discard(self)
         if self.takeover is not None:
             # Still counted as served until the takeover calls released() (its app may still run).
             self.takeover.connection_lost(exc)

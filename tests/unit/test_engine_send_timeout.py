@@ -22,6 +22,7 @@ from engine.accesslog import AccessLog
 from engine.connection import HTTPConnection
 from engine.flow import SendWatch
 from tests.unit.asgi_checker import FakeTransport
+from tests.unit.harness import LOOPS
 
 
 class Events:
@@ -120,7 +121,8 @@ async def _until(cond: Callable[[], bool]) -> None:
     await asyncio.wait_for(poll(), 30)
 
 
-def test_a_client_that_stops_reading_is_cut_and_the_app_send_raises() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_stops_reading_is_cut_and_the_app_send_raises(loop: str) -> None:
     outcome: list[str] = []
 
     async def endless(scope: Any, receive: Any, send: Any) -> None:
@@ -163,7 +165,8 @@ def test_a_client_that_stops_reading_is_cut_and_the_app_send_raises() -> None:
             client.close()
             server.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(main())
 
 
 def test_a_client_that_keeps_reading_gets_the_whole_response() -> None:
@@ -238,3 +241,48 @@ def test_the_timeouts_are_flags_with_env_twins_validated_at_start(capsys: pytest
         with pytest.raises(SystemExit) as exc:
             proxy_config(argv, env)
         assert exc.value.code == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_through_the_proxy_a_client_that_stops_reading_releases_the_upstream(loop: str) -> None:
+    from tests.unit.harness import access_lines, proxy
+
+    upstream_released = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+        try:
+            while not reader.at_eof():  # a body without end, as fast as the proxy takes it
+                writer.write(b"u" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        upstream_released.set()
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(endless, "127.0.0.1", 0)
+        async with proxy(server.sockets[0].getsockname()[1], client_send_timeout=0.2) as srv:
+            state = srv.state
+            assert state is not None
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            try:
+                await loop.sock_connect(client, ("127.0.0.1", srv.port))
+                await loop.sock_sendall(client, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                # ... never read: the proxy pauses the upstream, then cuts the client.
+                await asyncio.wait_for(upstream_released.wait(), 30)
+                await _until(lambda: not state.connections)
+                assert state.counters.count("send_timeouts") == 1
+                assert all(ep.in_flight == 0 for ep in state.group.live), "the endpoint slot is released"
+                (line,) = access_lines(srv)
+                assert line["status"] == 200 and line["error"] == "client send timeout"
+            finally:
+                client.close()
+        server.close()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(main())
