@@ -48,7 +48,7 @@ class FakeTransport(InMemoryTransport):
         self.protocol: asyncio.Protocol | None = None
         self.context = contextvars.copy_context()
 
-    def write(self, data: bytes) -> None:  # type: ignore[override]
+    def write(self, data: bytes) -> None:  # type: ignore[override, unused-ignore]
         if data.endswith(END) and not self.done():
             assert self.protocol is not None
             # In the connection's own context (as a socket read would be), not the app's Task's.

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+from hdrh.histogram import HdrHistogram
 
 from benchmarks.host import ToolMissing, cpu_seconds, listener_pids, pinned, require_tools, static_upstream
 

@@ -19,6 +19,7 @@ import os
 import pstats
 import sys
 import time
+from collections.abc import Iterable
 
 from engine.process import new_event_loop
 from proxy.config import Config
@@ -74,11 +75,11 @@ class FakeTransport(InMemoryTransport):
         self.peer = peer
         self.written = 0
 
-    def write(self, data: bytes) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += len(data)
 
-    def writelines(self, data) -> None:  # type: ignore[no-untyped-def, override]
-        for d in data:
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for d in list_of_data:
             self.written += len(d)
 
     def get_extra_info(self, name: str, default: object = None) -> object:
@@ -102,7 +103,7 @@ async def drive(n: int, access_log: bool, profile: bool) -> float:
         state = server.state
         assert state is not None
         ep = state.group.live[0]
-        up = UpstreamConnection(ep)
+        up = UpstreamConnection(ep, cfg.upstream_read_timeout)
         up_t = FakeTransport(("127.0.0.1", 9))
         up.connection_made(up_t)
         ep.put_idle(up)

@@ -271,7 +271,7 @@ def live_view_tick_ms(viewers: int, endpoints: int = 3, n: int = 300) -> float:
 
     loop = asyncio.new_event_loop()
     try:
-        group = UpstreamGroup("backend:8001", loop)
+        group = UpstreamGroup.from_config(Config(), loop)
         group.update([(f"10.0.0.{i + 1}", 8001) for i in range(endpoints)])
         cfg = Config()
         state = ProxyState(cfg, loop, group, make_balancer("round_robin", cfg), None)
