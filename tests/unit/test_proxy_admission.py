@@ -14,7 +14,6 @@ from proxy.counters import Counters
 from proxy.health import HEALTHY, UNHEALTHY, set_health
 from proxy.pool import Endpoint, UpstreamGroup
 from tests.unit.harness import (
-    LOOPS,
     FakeUpstream,
     Resp,
     access_lines,
@@ -88,8 +87,7 @@ def test_431_for_too_many_or_too_large_headers_or_an_endless_header_line() -> No
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_413_for_a_content_length_over_the_limit_before_the_body_is_sent(loop: str) -> None:
+def test_413_for_a_content_length_over_the_limit_before_the_body_is_sent(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port, max_body_size=1000) as srv:
             r, w = await connect(srv.port)
@@ -109,7 +107,7 @@ def test_413_for_a_content_length_over_the_limit_before_the_body_is_sent(loop: s
             (line, _) = access_lines(srv)
             assert line["status"] == 413 and line["upstream"] is None
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_413_for_a_chunked_body_as_soon_as_it_passes_the_limit() -> None:
@@ -137,8 +135,7 @@ def test_413_for_a_chunked_body_as_soon_as_it_passes_the_limit() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_connections_over_the_limit_get_503_with_retry_after_and_are_closed(loop: str) -> None:
+def test_connections_over_the_limit_get_503_with_retry_after_and_are_closed(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port, max_connections=2) as srv:
             held = [await connect(srv.port) for _ in range(2)]
@@ -158,7 +155,7 @@ def test_connections_over_the_limit_get_503_with_retry_after_and_are_closed(loop
             assert rejected(srv, 503) == 1
             assert 503 in [line["status"] for line in access_lines(srv)]
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_in_flight_cap_queues_then_refuses_when_the_queue_is_full() -> None:

@@ -8,6 +8,8 @@ import asyncio
 import pytest
 
 from proxy.config import Config, ConfigError, build_parser, config_from
+from proxy.server import ProxyServer
+from tests.unit.conftest import Proxied
 from tests.unit.harness import (
     FakeUpstream,
     access_lines,
@@ -156,26 +158,27 @@ def test_attempt_timeout_flag_env_default_and_validation() -> None:
 
 
 # -- --upstream-read-timeout ------------------------------------------------------------------------
-def test_a_body_that_stalls_closes_the_client_connection_and_the_access_log_says_why() -> None:
-    async def main() -> None:
-        async with FakeUpstream() as up, proxy(up.port, upstream_read_timeout=0.3) as srv:
-            r, w = await connect(srv.port)
-            w.write(get("/chunked"))  # the head and "hello", then nothing until released
-            line, headers = await read_head(r)
-            assert line.startswith("HTTP/1.1 200") and ("Transfer-Encoding", "chunked") in headers
-            assert await r.readuntil(b"hello\r\n") == b"5\r\nhello\r\n"
-            rest = await asyncio.wait_for(r.read(), 3)
-            assert rest == b"", "closed without the last chunk: the client knows the body is cut"
-            w.close()
-            (entry,) = access_lines(srv)
-            assert entry["status"] == 200 and entry["error"] == "upstream read-timeout"
-            assert srv.state is not None
-            assert srv.state.counters.count("responses_cut", "read-timeout") == 1
-            up.release.set()
-            assert (await fetch(srv.port, get("/"))).status == 200
-            assert "error" not in access_lines(srv)[-1], "an ordinary line has no error field"
+def test_a_body_that_stalls_closes_the_client_connection_and_the_access_log_says_why(
+    proxied: Proxied, loop_kind: str
+) -> None:
+    async def main(srv: ProxyServer, up: FakeUpstream) -> None:
+        r, w = await connect(srv.port)
+        w.write(get("/chunked"))  # the head and "hello", then nothing until released
+        line, headers = await read_head(r)
+        assert line.startswith("HTTP/1.1 200") and ("Transfer-Encoding", "chunked") in headers
+        assert await r.readuntil(b"hello\r\n") == b"5\r\nhello\r\n"
+        rest = await asyncio.wait_for(r.read(), 3)
+        assert rest == b"", "closed without the last chunk: the client knows the body is cut"
+        w.close()
+        (entry,) = access_lines(srv)
+        assert entry["status"] == 200 and entry["error"] == "upstream read-timeout"
+        assert srv.state is not None
+        assert srv.state.counters.count("responses_cut", "read-timeout") == 1
+        up.release.set()
+        assert (await fetch(srv.port, get("/"))).status == 200
+        assert "error" not in access_lines(srv)[-1], "an ordinary line has no error field"
 
-    run(main)
+    proxied(main, loop=loop_kind, upstream_read_timeout=0.3)
 
 
 def test_a_body_that_keeps_coming_slowly_is_never_cut() -> None:
@@ -188,21 +191,20 @@ def test_a_body_that_keeps_coming_slowly_is_never_cut() -> None:
     run(main)
 
 
-def test_a_client_that_stops_reading_does_not_trip_the_upstream_read_timeout() -> None:
+def test_a_client_that_stops_reading_does_not_trip_the_upstream_read_timeout(proxied: Proxied) -> None:
     """The proxy stops reading the upstream for a slow client (CLIENT_BUSY): not the upstream's stall."""
 
-    async def main() -> None:
+    async def main(srv: ProxyServer, up: FakeUpstream) -> None:
         n = 32 * 1024 * 1024
-        async with FakeUpstream() as up, proxy(up.port, upstream_read_timeout=0.2) as srv:
-            r, w = await connect(srv.port)
-            w.write(get(f"/big?{n}"))
-            await asyncio.sleep(1.0)  # not reading: the proxy's upstream reads are paused meanwhile
-            resp = await read_response(r)
-            assert resp.status == 200 and len(resp.body) == n
-            w.close()
-            assert srv.state is not None and srv.state.counters.count("responses_cut") == 0
+        r, w = await connect(srv.port)
+        w.write(get(f"/big?{n}"))
+        await asyncio.sleep(1.0)  # not reading: the proxy's upstream reads are paused meanwhile
+        resp = await read_response(r)
+        assert resp.status == 200 and len(resp.body) == n
+        w.close()
+        assert srv.state is not None and srv.state.counters.count("responses_cut") == 0
 
-    run(main)
+    proxied(main, upstream_read_timeout=0.2)
 
 
 def test_upstream_read_timeout_flag_env_default_and_validation() -> None:

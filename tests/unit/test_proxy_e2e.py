@@ -10,7 +10,6 @@ import pytest
 
 from proxy.server import ProxyServer
 from tests.unit.harness import (
-    LOOPS,
     FakeUpstream,
     access_lines,
     addr,
@@ -29,8 +28,7 @@ from tests.unit.harness import (
 
 
 # -- tests ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loop", LOOPS)
-def test_get_forwarded_headers_request_id_and_access_log(loop: str) -> None:
+def test_get_forwarded_headers_request_id_and_access_log(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port) as srv:
             resp = await fetch(srv.port, get("/a?b=1", "X-Forwarded-For: 10.0.0.1\r\n"))
@@ -56,7 +54,7 @@ def test_get_forwarded_headers_request_id_and_access_log(loop: str) -> None:
             assert resp2.get("X-Request-ID") == "abc-123"
             assert up.requests[1].get("X-Request-ID") != rid
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_hop_by_hop_headers_dropped_both_ways() -> None:
@@ -93,8 +91,7 @@ def test_hop_by_hop_headers_dropped_both_ways() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_pool_reuses_connection_and_expires_idle(loop: str) -> None:
+def test_pool_reuses_connection_and_expires_idle(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port, pool_idle_timeout=0.2) as srv:
             for _ in range(3):  # separate client connections share one upstream connection
@@ -108,7 +105,7 @@ def test_pool_reuses_connection_and_expires_idle(loop: str) -> None:
             assert (await fetch(srv.port, get("/"))).status == 200
             assert up.connections == 2
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_pool_max_idle_limits_kept_connections() -> None:
@@ -122,8 +119,7 @@ def test_pool_max_idle_limits_kept_connections() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_stale_pooled_connection_is_not_used(loop: str) -> None:
+def test_stale_pooled_connection_is_not_used(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port) as srv:
             assert (await fetch(srv.port, get("/"))).status == 200
@@ -133,7 +129,7 @@ def test_stale_pooled_connection_is_not_used(loop: str) -> None:
             assert (await fetch(srv.port, get("/"))).status == 200
             assert up.connections == 2
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_reused_connection_failing_before_response_retries_get_not_post() -> None:
@@ -153,8 +149,7 @@ def test_reused_connection_failing_before_response_retries_get_not_post() -> Non
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_502_when_nothing_listens(loop: str) -> None:
+def test_502_when_nothing_listens(loop_kind: str) -> None:
     async def main() -> None:
         port = free_port()
         async with proxy(port) as srv:
@@ -169,7 +164,7 @@ def test_502_when_nothing_listens(loop: str) -> None:
             resp = await fetch(srv.port, get("/"))
             assert resp.status == 502 and b"no upstream endpoints for 127.0.0.1:0" in resp.body
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_connect_failure_fails_over_to_next_endpoint_even_with_a_body() -> None:
@@ -275,8 +270,7 @@ def test_408_on_slow_headers() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_chunked_request_body_is_reframed_and_streamed(loop: str) -> None:
+def test_chunked_request_body_is_reframed_and_streamed(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port) as srv:
             r, w = await connect(srv.port)
@@ -294,11 +288,10 @@ def test_chunked_request_body_is_reframed_and_streamed(loop: str) -> None:
             assert up.requests[1].get("Content-Length") == "5" and not up.requests[1].has("Transfer-Encoding")
             w.close()
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_chunked_response_is_streamed(loop: str) -> None:
+def test_chunked_response_is_streamed(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port) as srv:
             r, w = await connect(srv.port)
@@ -312,11 +305,10 @@ def test_chunked_response_is_streamed(loop: str) -> None:
             assert await read_chunked(r) == b" world"
             w.close()
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_large_bodies_pass_intact(loop: str) -> None:
+def test_large_bodies_pass_intact(loop_kind: str) -> None:
     async def main() -> None:
         n = 6 * 1024 * 1024 + 7
         data = pattern(n)
@@ -331,7 +323,7 @@ def test_large_bodies_pass_intact(loop: str) -> None:
             assert len(resp.body) == n and resp.body == data
             w.close()
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_head_keepalive_http10_and_close_delimited() -> None:
@@ -409,8 +401,7 @@ def test_expect_100_continue_answered_by_proxy() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_drain_lets_in_flight_request_finish(loop: str) -> None:
+def test_drain_lets_in_flight_request_finish(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port, drain_timeout=3) as srv:
             idle_r, idle_w = await connect(srv.port)
@@ -430,7 +421,7 @@ def test_drain_lets_in_flight_request_finish(loop: str) -> None:
             assert resp.get("Connection") == "close"
             assert await drain is True
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_admin_endpoints() -> None:
@@ -589,8 +580,7 @@ def test_sigterm_drains_and_exits_zero() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_proxy_generated_error_to_head_has_no_body_and_keeps_the_connection_usable(loop: str) -> None:
+def test_proxy_generated_error_to_head_has_no_body_and_keeps_the_connection_usable(loop_kind: str) -> None:
     async def main() -> None:
         async with proxy(free_port()) as srv:  # nothing listens upstream: every request gets a 502
             r, w = await connect(srv.port)
@@ -605,4 +595,4 @@ def test_proxy_generated_error_to_head_has_no_body_and_keeps_the_connection_usab
             (head_line, _) = access_lines(srv)
             assert head_line["method"] == "HEAD" and head_line["bytes"] == 0
 
-    run(main, loop)
+    run(main, loop_kind)

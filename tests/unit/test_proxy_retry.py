@@ -14,7 +14,6 @@ from proxy.failure import CONNECT, PROTOCOL, RESET, TIMEOUT
 from proxy.pool import Endpoint, UpstreamGroup
 from proxy.retry import KEEP_BODY_LIMIT, RETRY_ON_WORDS, RetryBudget, RetryPolicy, RetryState
 from tests.unit.harness import (
-    LOOPS,
     FakeUpstream,
     access_lines,
     addr,
@@ -32,8 +31,7 @@ def post(path: str, body: bytes, method: str = "POST") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_reset_before_any_response_byte_is_retried_on_another_replica(loop: str) -> None:
+def test_reset_before_any_response_byte_is_retried_on_another_replica(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as bad, FakeUpstream() as good:
             bad.reset_all = True  # reads the request, then dies without a byte of response
@@ -47,11 +45,10 @@ def test_reset_before_any_response_byte_is_retried_on_another_replica(loop: str)
                 assert srv.state.counters.count("retries", "reset") == len(bad.requests)
                 assert {line["upstream"] for line in access_lines(srv)} == {f"127.0.0.1:{good.port}"}
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_503_is_retried_on_a_different_replica_and_forwarded_when_none_is_left(loop: str) -> None:
+def test_503_is_retried_on_a_different_replica_and_forwarded_when_none_is_left(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as busy, FakeUpstream() as good:
             busy.status_all = 503
@@ -69,7 +66,7 @@ def test_503_is_retried_on_a_different_replica_and_forwarded_when_none_is_left(l
                 assert resp.status == 503 and resp.body == b"nope 503", "no other replica: forwarded as is"
                 assert len(busy.requests) == before + 1, "never retried on the replica that said 503"
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_post_is_never_retried_by_default_but_a_kept_put_body_is_when_configured() -> None:
@@ -272,8 +269,7 @@ class Stalling503(LocalServer):
             writer.close()
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_503_whose_body_never_ends_is_dropped_and_retried_without_waiting_for_it(loop: str) -> None:
+def test_a_503_whose_body_never_ends_is_dropped_and_retried_without_waiting_for_it(loop_kind: str) -> None:
     async def main() -> None:
         async with (
             Stalling503() as bad,
@@ -299,7 +295,7 @@ def test_a_503_whose_body_never_ends_is_dropped_and_retried_without_waiting_for_
             assert len(ep.idle) == 1 and bad.connections == 3
             assert ep.in_flight == 0
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_a_503_retry_passes_the_in_flight_cap_and_never_puts_a_replica_over_it() -> None:

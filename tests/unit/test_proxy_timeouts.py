@@ -9,7 +9,6 @@ import socket
 import pytest
 
 from tests.unit.harness import (
-    LOOPS,
     FakeUpstream,
     access_lines,
     addr,
@@ -92,8 +91,7 @@ def test_slow_client_headers_get_408_and_close_while_others_are_served() -> None
     run(main)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_stalled_request_body_gets_408_and_the_upstream_is_let_go(loop: str) -> None:
+def test_stalled_request_body_gets_408_and_the_upstream_is_let_go(loop_kind: str) -> None:
     async def main() -> None:
         async with FakeUpstream() as up, proxy(up.port, client_body_timeout=0.3) as srv:
             r, w = await connect(srv.port)
@@ -107,7 +105,7 @@ def test_stalled_request_body_gets_408_and_the_upstream_is_let_go(loop: str) -> 
             assert line["status"] == 408
             assert srv.state is not None and srv.state.counters.count("rejected", "408") == 1
 
-    run(main, loop)
+    run(main, loop_kind)
 
 
 def test_a_body_sent_slowly_but_steadily_is_not_timed_out() -> None:
