@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.config import Config
@@ -221,6 +222,9 @@ def test_the_page_asks_for_the_token_once_and_sends_it(
     )
     assert live_proxy_token.server is not None and live_proxy_token.server.state is not None
     assert live_proxy_token.server.state.balancer.name == "least_request"
+    # The page's switch needed that token: the same write without it is refused (docs/security.md).
+    refused = httpx.put(live_proxy_token.url + "/policy", content="p2c", timeout=5)
+    assert refused.status_code == 401 and live_proxy_token.server.state.balancer.name == "least_request"
     browser_page.assert_no_console_errors()
 
 
