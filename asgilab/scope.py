@@ -4,7 +4,8 @@
   spec asks since asgiref's 2022 clarification, and as Uvicorn does); ``raw_path`` is the same
   path as it arrived, in bytes; ``query_string`` is the bytes after ``?``, undecoded.
 - ``headers`` keep the client's order and duplicates, names lower-cased, values untouched
-  (the caller passes them lower-cased: ``engine.framing.request_framing`` does it in its pass).
+  (the caller passes them lower-cased: ``engine.framing.request_framing`` does it in its pass),
+  except that an absolute-form target's authority replaces ``host`` (RFC 9112 3.2.2).
 - ``client``/``server`` are ``(host, port)`` with an ``int`` port (``None`` when unknown, e.g.
   a Unix socket's peer).
 - ``state`` is a *shallow copy* of the lifespan state, so a request may add keys without the
@@ -38,6 +39,17 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     return path, query
 
 
+def _host_from_target(target: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 9112 3.2.2: with an absolute-form target the server MUST ignore the received Host and
+    use the target's authority, so the app's ``host`` header is the target's."""
+    authority = target.split(b"://", 1)[-1]
+    for sep in (b"/", b"?"):
+        authority = authority.split(sep, 1)[0]
+    out = [(n, v) for n, v in headers if n != b"host"]
+    out.insert(0, (b"host", authority))
+    return out
+
+
 def decode_path(raw: bytes) -> str:
     if b"%" not in raw:
         return raw.decode("utf-8", "surrogateescape")
@@ -60,6 +72,8 @@ def common_scope(
         raw_path, _, query = target.partition(b"?")
     else:
         raw_path, query = split_target(target)
+        if target != b"*":
+            headers = _host_from_target(target, headers)
     path = raw_path.decode("utf-8", "surrogateescape") if b"%" not in raw_path else decode_path(raw_path)
     if root_path:
         path = root_path + path

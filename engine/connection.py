@@ -40,9 +40,19 @@ from engine.flow import PIPELINED, ReadGate, SendWatch
 from engine.framing import CHUNKED, LENGTH, BadRequest
 from engine.handler import RequestHandler, Site, Takeover
 from engine.limits import REFUSED_LINGERING
-from engine.refusals import REQUEST_TIMEOUT_408, overload_response, simple_response
+from engine.refusals import overload_response, request_timeout_408, simple_response
 
 log = logging.getLogger("engine.connection")
+
+
+_OWS = (0x20, 0x09)  # SP, HTAB
+
+
+def _other_form_ok(method: bytes, target: bytes) -> bool:
+    """A target not in origin-form (RFC 9112 3.2): absolute-form, or ``*`` for OPTIONS only."""
+    if target == b"*":
+        return method == b"OPTIONS"
+    return target[:8].lower().startswith((b"http://", b"https://"))
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -296,8 +306,9 @@ class HTTPConnection(asyncio.Protocol):
             self.idle_timer_at = self.idle_deadline
             return
         if self.in_message or self.served == 0:
-            self.write(REQUEST_TIMEOUT_408)
-            self._rejected(408, "request headers not received in time", len(REQUEST_TIMEOUT_408))
+            timeout_408 = request_timeout_408()
+            self.write(timeout_408)
+            self._rejected(408, "request headers not received in time", len(timeout_408))
             self._linger()
             return
         self.close()
@@ -400,7 +411,9 @@ class HTTPConnection(asyncio.Protocol):
                 else:
                     h.fail(status, message.encode())
                 return
-            self.queue.remove(h)
+            if h in self.queue:
+                self.queue.remove(h)
+            # (else it answered before its body ended and is done: the refusal follows its response)
         if self.active is None and not self.queue:
             self._send_pending_error()
 
@@ -433,6 +446,8 @@ class HTTPConnection(asyncio.Protocol):
             raise BadRequest("request target too long")  # aborts parsing of this connection
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")  # RFC 9112 5.1: OWS is not part of the value (llhttp keeps it)
         self.headers.append((name, value))
         self.head_bytes += len(name) + len(value)
         if len(self.headers) > self.max_headers or self.head_bytes > self.max_head_bytes:
@@ -445,9 +460,24 @@ class HTTPConnection(asyncio.Protocol):
             return
         parser = self.parser
         method = parser.get_method()
-        http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        http11 = version == "1.1"
+        if not http11 and version != "1.0":
+            # llhttp reads HTTP/0.9 (no version at all) and any major version: neither is served.
+            if version.startswith("0"):
+                self.bad_request(400, "400 Bad Request: HTTP/0.9 requests are not supported\n")
+            else:
+                self.bad_request(505, f"505 HTTP Version Not Supported: HTTP/{version}\n")
+            return
         if method == b"CONNECT":
             self.bad_request(405, "405 Method Not Allowed: CONNECT is not supported\n")
+            return
+        url = self.url
+        if url[:1] != b"/" and not _other_form_ok(method, url):
+            self.bad_request(400, "400 Bad Request: invalid request-target form\n")
+            return
+        if b"#" in url:  # RFC 9112 3.2: a fragment is never sent; llhttp accepts one
+            self.bad_request(400, "400 Bad Request: a fragment is not part of a request-target\n")
             return
         try:
             prepared = self.prepare(method, self.url, self.headers, self.client_ip, http11)

@@ -14,6 +14,7 @@ for a handler that builds nothing (the ASGI cycle).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 # Request body framing.
@@ -61,6 +62,22 @@ def parse_content_length(value: bytes, seen: int) -> int:
     return n
 
 
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
+_HOSTS_OK: set[bytes] = set()  # values already checked (bounded): nearly every request repeats one
+
+
+def check_host(value: bytes) -> None:
+    """RFC 9112 3.2: a Host that is not ``uri-host [ ":" port ]`` (userinfo, a path, a list,
+    spaces) is an invalid field value, answered 400. Commas are refused too, although reg-name
+    allows them: a Host that reads as a list is what a smuggler sends."""
+    if value in _HOSTS_OK:
+        return
+    if _HOST.fullmatch(value) is None:
+        raise BadRequest("invalid Host header")
+    if len(_HOSTS_OK) < 256:
+        _HOSTS_OK.add(value)
+
+
 def body_framing(content_length: int, te: bytes | None, has_host: bool, http11: bool) -> int:
     """NO_BODY, LENGTH or CHUNKED from what the header pass collected (``te``: the
     Transfer-Encoding values joined by commas); BadRequest for the ambiguous combinations."""
@@ -68,7 +85,8 @@ def body_framing(content_length: int, te: bytes | None, has_host: bool, http11: 
         if content_length >= 0:
             raise BadRequest("both Content-Length and Transfer-Encoding")
         # Only plain chunked: anything else would make the server (or the proxy) guess at framing.
-        if [c.strip().lower() for c in te.split(b",")] != [b"chunked"]:
+        # (Empty list elements are ignored, RFC 9110 5.6.1: ", chunked" is chunked, as llhttp reads it.)
+        if [c for c in (x.strip().lower() for x in te.split(b",")) if c] != [b"chunked"]:
             raise BadRequest("unsupported Transfer-Encoding")
         framing = CHUNKED
     elif content_length >= 0:
@@ -99,6 +117,7 @@ def request_framing(headers: Iterable[tuple[bytes, bytes]], http11: bool) -> Fra
         if lname == b"host":
             if host:
                 raise BadRequest("multiple Host headers")
+            check_host(value)
             host = True
         elif lname == b"content-length":
             content_length = parse_content_length(value, content_length)

@@ -6,15 +6,30 @@ read by a human in a terminal or a log as often as by a program, so the body say
 
 from __future__ import annotations
 
+import time
+from email.utils import formatdate
+
 from engine.status import status_line
 
 RETRY_AFTER_S = 1
+_date_sec = 0
+_date = b""  # b"Date: ...\r\n" of second _date_sec: formatted at most once a second
+
+
+def date_line() -> bytes:
+    """``Date: <IMF-fixdate>\r\n``: RFC 9110 6.6.1 wants it in every 4xx a server with a clock sends."""
+    global _date_sec, _date
+    now = int(time.time())
+    if now != _date_sec:
+        _date_sec, _date = now, b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date
 
 
 def simple_response(status: int, body: bytes, request_id: bytes | None, close: bool) -> bytes:
     """A server-generated response (4xx/5xx): short text body, always length-framed."""
     parts = [
         status_line(status),
+        date_line(),
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ",
         b"%d" % len(body),
         b"\r\n",
@@ -38,6 +53,6 @@ def overload_response(reason: str, request_id: bytes | None, close: bool) -> tup
     return with_retry_after(simple_response(503, body, request_id, close), 503), len(body)
 
 
-REQUEST_TIMEOUT_408 = simple_response(
-    408, b"408 Request Timeout: request headers not received in time\n", None, True
-)
+def request_timeout_408() -> bytes:
+    """The 408 for a head that did not arrive in time (built when sent: it carries a Date)."""
+    return simple_response(408, b"408 Request Timeout: request headers not received in time\n", None, True)

@@ -214,23 +214,50 @@ class ProxyPath:
             raise Finding(f"{len(pending)} tasks still pending after the input: {pending[:3]!r}")
 
 
-class _Quiet:
-    """A parser protocol without callbacks: only whether the bytes parse matters."""
+class _Responses:
+    """Parser callbacks that note, per response, whether a keep-alive client could delimit it."""
+
+    def __init__(self) -> None:
+        self.parser: httptools.HttpResponseParser | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value.lower()))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        names = {n for n, _ in self.headers}
+        if not 100 <= status <= 599:
+            raise Finding(f"status {status} written to the client")
+        if b"content-length" in names and b"transfer-encoding" in names:
+            raise Finding(f"a response with Content-Length and Transfer-Encoding: {self.headers!r}")
+        if status in (204, 304) or status < 200 or names & {b"content-length", b"transfer-encoding"}:
+            return
+        close = any(n == b"connection" and b"close" in v for n, v in self.headers)
+        if not close:
+            raise Finding(f"a keep-alive {status} response without framing: {self.headers!r}")
 
 
 def check_client_output(out: bytes, client: bytes) -> None:
-    """What reached the client is a sequence of HTTP/1.1 responses (or starts a 101 tunnel)."""
+    """What reached the client is a sequence of HTTP/1.1 responses (or starts a 101 tunnel), each
+    one delimited (Content-Length, chunked, or a close announced)."""
     if not out or b"HEAD" in client:
         return  # llhttp cannot be told a response answered HEAD (no body): nothing to check
-    parser = httptools.HttpResponseParser(_Quiet())
+    cb = _Responses()
+    parser = cb.parser = httptools.HttpResponseParser(cb)
     try:
         parser.feed_data(out)
     except httptools.HttpParserUpgrade:
         return
     except httptools.HttpParserError as exc:
-        raise Finding(
-            f"the proxy wrote an unparsable response to the client ({exc}): {out[:300]!r}"
-        ) from None
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, Finding):
+            raise inner from None
+        raise Finding(f"unparsable response written to the client ({exc}): {out[:300]!r}") from None
 
 
 _TARGET: ProxyPath | None = None

@@ -11,7 +11,15 @@ import itertools
 import os
 from collections.abc import Callable, Iterable
 
-from engine.framing import CHUNKED, LENGTH, NO_BODY, BadRequest, body_framing, parse_content_length
+from engine.framing import (
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    BadRequest,
+    body_framing,
+    check_host,
+    parse_content_length,
+)
 from engine.refusals import simple_response
 from engine.status import status_line
 from engine.trust import TrustedProxies
@@ -100,6 +108,28 @@ def _drop_named(parts: list[bytes], first: int, names: frozenset[bytes]) -> list
     return out
 
 
+_VIA_11 = b"Via: 1.1 asgi-lab\r\n"
+_VIA_10 = b"Via: 1.0 asgi-lab\r\n"
+# A Connection option naming Host must not strip the field the upstream routes on (RFC 9110
+# 7.6.1 forbids a sender to name fields meant for every recipient); it is ignored.
+_NEVER_NAMED = frozenset({b"host"})
+
+
+def _split_absolute(method: bytes, target: bytes) -> tuple[bytes, bytes]:
+    """(authority, origin-form target) of an absolute-form target ``http://host:port/path?q``."""
+    rest = target.split(b"://", 1)[1]
+    end = len(rest)
+    for sep in (b"/", b"?"):
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority, origin = rest[:end], rest[end:]
+    if not origin.startswith(b"/"):
+        # No path: "/" (RFC 9112 3.2.4: "*" for an OPTIONS request that has no query either).
+        origin = b"*" if method == b"OPTIONS" and not origin else b"/" + origin
+    return authority, origin
+
+
 class UpstreamRequest:
     """What the proxy learned from the client's headers plus the re-framed head to send upstream."""
 
@@ -146,6 +176,7 @@ def rewrite_request(
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     conn: frozenset[bytes] | None = None
     host: bytes | None = None
+    host_at = 0
     content_length = -1
     te: bytes | None = None
     xff: bytes | None = None
@@ -160,7 +191,9 @@ def rewrite_request(
             if lname == b"host":
                 if host is not None:
                     raise BadRequest("multiple Host headers")
+                check_host(value)
                 host = value
+                host_at = len(parts) + 2  # where its value lands in parts (absolute-form replaces it)
             elif lname == b"content-length":
                 content_length = parse_content_length(value, content_length)
                 continue
@@ -173,7 +206,7 @@ def rewrite_request(
                 continue
             elif lname == b"expect":
                 if value.strip().lower() == b"100-continue":
-                    expect = True
+                    expect = http11  # RFC 9110 10.1.1: ignored in an HTTP/1.0 request (no 1xx to it)
                     continue
             else:  # x-forwarded-proto, x-forwarded-host: replaced by ours
                 continue
@@ -181,10 +214,27 @@ def rewrite_request(
 
     framing = body_framing(content_length, te, host is not None, http11)
 
+    if target[:1] != b"/" and target != b"*":
+        # Absolute-form (the engine let nothing else through): RFC 9112 3.2.2, a proxy MUST take
+        # Host from the target rather than forward the received one; sent on in origin-form.
+        authority, origin = _split_absolute(method, target)
+        check_host(authority)
+        parts[2] = origin
+        if host is None:
+            parts += (b"Host", b": ", authority, b"\r\n")
+        else:
+            parts[host_at] = authority
+        host = authority
+    elif host is None:
+        # An HTTP/1.0 request without Host: the upstream request is HTTP/1.1, which MUST carry
+        # one; with no authority known it is empty (RFC 9112 3.2).
+        parts.append(b"Host: \r\n")
     if rid is None:
         rid = (make_request_id or new_request_id)()
-    if conn is not None and (named := conn - _PLAIN_CONNECTION):
+    if conn is not None and (named := conn - _PLAIN_CONNECTION - _NEVER_NAMED):
         parts = _drop_named(parts, 4, named)
+    # RFC 9110 7.6.3: a gateway MUST send Via in each inbound request (after any the client sent).
+    parts.append(_VIA_11 if http11 else _VIA_10)
     if xff is not None and (trusted is None or not trusted.trusts(client_ip.decode("latin-1"))):
         xff = None  # the client's own claim (module docstring of engine/trust.py)
     parts += (b"X-Forwarded-For: ", client_ip if xff is None else xff + b", " + client_ip, b"\r\n")
@@ -250,13 +300,34 @@ def rewrite_response(
         close = not http11
     else:
         close = b"close" in conn or (not http11 and b"keep-alive" not in conn)
-        named = conn - _PLAIN_CONNECTION
+        # Never the length: dropping it while the body is still sent length-framed would leave
+        # the client a keep-alive response without framing (found by the catalogue review).
+        named = conn - _PLAIN_CONNECTION - _CONTENT_LENGTH
         if named:
             parts = _drop_named(parts, 1, named)
+    if status == 204 or status < 200:
+        content_length = -1  # RFC 9110 8.6: a server MUST NOT send Content-Length in a 1xx or 204
     if length_seen and content_length < 0:
         parts = _drop_named(parts, 1, _CONTENT_LENGTH)
     parts += (b"X-Request-ID: ", request_id, b"\r\n")
     return UpstreamResponse(parts, content_length, chunked, close)
+
+
+def interim_head(status: int, headers: Headers) -> bytes:
+    """A backend's 1xx (103 Early Hints...) as forwarded to an HTTP/1.1 client: RFC 9110 15.2 says
+    a proxy MUST forward 1xx responses it did not ask for. End-to-end headers only, no framing."""
+    parts = [status_line(status)]
+    conn: frozenset[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _RESPONSE_SPECIAL:
+            conn, _ = _note_hop_by_hop(lname, value, conn, None)
+            continue  # hop-by-hop, Content-Length (none in a 1xx), X-Request-ID
+        parts += (name, b": ", value, b"\r\n")
+    if conn is not None and (named := conn - _PLAIN_CONNECTION):
+        parts = _drop_named(parts, 1, named)
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 __all__ = ["CHUNKED", "LENGTH", "NO_BODY", "BadRequest", "simple_response", "status_line"]

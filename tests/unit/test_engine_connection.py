@@ -321,3 +321,23 @@ def test_framing_checks() -> None:
         with pytest.raises(BadRequest):
             request_framing(bad, True)
     assert request_framing([], False).framing == NO_BODY, "HTTP/1.0 needs no Host"
+
+
+def test_a_parse_error_after_an_early_response_is_answered_not_raised() -> None:
+    """Found by the proxy fuzzer: a handler that answered before its request body ended (an
+    upstream replying early) was neither active nor queued when the rest of that body broke the
+    framing, and ``bad_request`` raised ValueError out of ``data_received``."""
+
+    async def main() -> None:
+        site = EchoSite()
+        site.hold = True
+        c = Client(site)
+        c.send(b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        (h,) = site.handlers
+        h.respond()  # the response is complete while the body is still coming (keep-alive)
+        c.send(b"zz\r\n")  # not a chunk size: the rest of that body cannot be read
+        first, second = await c.responses(2)
+        assert first.status == 200 and second.status == 400
+        assert site.rejected_log == [400]
+
+    run(main)

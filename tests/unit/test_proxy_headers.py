@@ -39,7 +39,8 @@ def test_request_forwarded_headers_and_id() -> None:
     assert line == b"GET /p?q=1 HTTP/1.1"
     d = dict(headers)
     assert d[b"Host"] == b"shop.test"
-    assert d[b"X-Forwarded-For"] == b"1.1.1.1, 2.2.2.2, 9.9.9.9"
+    # No trusted proxies given: the client's own chain is dropped (tests/unit/test_forwarded_trust.py).
+    assert d[b"X-Forwarded-For"] == b"9.9.9.9"
     assert d[b"X-Forwarded-Proto"] == b"http"
     assert d[b"X-Forwarded-Host"] == b"shop.test"
     assert d[b"X-Request-ID"] == b"generated" == req.request_id
@@ -93,6 +94,7 @@ def test_request_hop_by_hop_and_connection_named_dropped() -> None:
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"x-request-id",
+        b"via",  # the gateway's own (RFC 9110 7.6.3)
     }
 
 

@@ -7,7 +7,7 @@ so these cases check that such headers go wherever they stood.
 
 from __future__ import annotations
 
-from proxy.headers import _TOKENS_CACHE, connection_tokens, rewrite_request, rewrite_response
+from proxy.headers import _TOKENS_CACHE, connection_tokens, interim_head, rewrite_request, rewrite_response
 
 
 def head_lines(head: bytes) -> list[bytes]:
@@ -48,9 +48,10 @@ def test_response_unusable_or_dropped_length_is_removed() -> None:
     r = rewrite_response(200, [(b"Content-Length", b"abc"), (b"X-A", b"1")], b"rid")
     head = b"".join(r.parts)
     assert r.content_length == -1 and b"Content-Length" not in head and b"X-A: 1" in head
-    # A Connection token may even name Content-Length: the header goes, the framing still counts.
+    # A Connection token may even name Content-Length: the length stays, since the body is still
+    # sent length-framed (without it a keep-alive client could not tell where the body ends).
     r = rewrite_response(200, [(b"Content-Length", b"5"), (b"Connection", b"content-length")], b"rid")
-    assert r.content_length == 5 and b"Content-Length" not in b"".join(r.parts)
+    assert r.content_length == 5 and b"Content-Length: 5\r\n" in b"".join(r.parts)
 
 
 def test_response_close_and_named_headers() -> None:
@@ -67,3 +68,22 @@ def test_connection_tokens_are_memoised_but_bounded() -> None:
         connection_tokens(b"x-%d" % i)
     assert len(_TOKENS_CACHE) <= 256
     assert connection_tokens(b"x-599") == {b"x-599"}
+
+
+def test_interim_head_keeps_end_to_end_headers_only() -> None:
+    head = interim_head(
+        103,
+        [
+            (b"Link", b"</a.css>; rel=preload"),
+            (b"Connection", b"X-Hint"),
+            (b"X-Hint", b"1"),
+            (b"Keep-Alive", b"5"),
+        ],
+    )
+    assert head == b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+
+
+def test_response_204_never_carries_a_length() -> None:
+    r = rewrite_response(204, [(b"Content-Length", b"0"), (b"X-A", b"1")], b"rid")
+    head = b"".join(r.parts)
+    assert r.content_length == -1 and b"Content-Length" not in head and b"X-A: 1" in head
