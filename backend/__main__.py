@@ -3,12 +3,19 @@
 Checks the flags (each with an environment equivalent), then replaces itself with that server's
 command line (`backend.servers.command`), so the server is the container's main process and
 gets Docker's SIGTERM directly. The app reads which server it runs under from BACKEND_SERVER.
+
+Every bad value (a flag, its environment variable, an injected-fault variable) is one line,
+``backend: error: <message>``, and exit status 2, before any server starts, like the proxy's:
+each of the five servers would otherwise fail in its own way (a usage text, a traceback, exit 1)
+or, for a listen address that does not resolve, not fail at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
 import sys
 import tempfile
 from typing import NoReturn
@@ -44,9 +51,33 @@ def _env_int(parser: _Parser, name: str, default: int) -> int:
         parser.error(f"{name}={raw!r} is not an integer")
 
 
-def _env_bool(name: str, default: bool) -> bool:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _env_bool(parser: _Parser, name: str, default: bool) -> bool:
     raw = os.environ.get(name)
-    return default if raw is None else raw.lower() in ("1", "true", "yes", "on")
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        parser.error(f"{name}={raw!r} must be one of 1/0/true/false/yes/no/on/off")
+    return value in _TRUE
+
+
+def _check_host(parser: _Parser, host: str) -> None:
+    """An IP literal, or a name that resolves: what every server can bind."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        parser.error(
+            f"--host/BACKEND_HOST {host!r} is neither an IP address nor a name that resolves ({exc})"
+        )
 
 
 def build_parser() -> _Parser:
@@ -96,7 +127,7 @@ def build_parser() -> _Parser:
     parser.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("BACKEND_ACCESS_LOG", DEFAULTS.access_log),
+        default=_env_bool(parser, "BACKEND_ACCESS_LOG", DEFAULTS.access_log),
         help="the server's access log; off because the proxy logs every request (env BACKEND_ACCESS_LOG)",
     )
     return parser
@@ -113,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         fault_config_from_env(os.environ)  # checked here so a typo stops the start with one line
     except ValueError as exc:
         parser.error(str(exc))
+    _check_host(parser, args.host)
     if not 0 < args.port < 65536:
         parser.error(f"--port/BACKEND_PORT must be 1-65535, got {args.port}")
     if args.workers < 1:

@@ -14,7 +14,6 @@ import hashlib
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -25,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.faults import Faults, fault_config_from_env
 from backend.metrics import MetricsMiddleware
 from backend.servers import DEFAULT_SERVER
+from backend.stats import UNMATCHED, RequestCounts
 
 BACKEND_ID = os.environ.get("BACKEND_ID") or socket.gethostname()
 # Which ASGI server runs this replica (`python -m backend` sets it from --server).
@@ -33,16 +33,21 @@ MAX_DELAY_MS = 60_000
 MAX_BYTES = 64 * 1024 * 1024
 MAX_CHUNKS = 10_000
 MAX_CHUNK_SIZE = 1024 * 1024
+# /bytes is sent in slices of this constant block: memory per request is one slice, whatever n.
+BYTES_BLOCK = b"x" * (64 * 1024)
 # Paths probes use; left out of the request counts so that /stats reflects client traffic only.
 UNCOUNTED = frozenset({"/health", "/stats"})
-REQUEST_COUNTS: Counter[str] = Counter()
+REQUEST_COUNTS = RequestCounts()
 
 
 class BackendIdentity:
-    """Pure ASGI middleware: tags responses and counts requests.
+    """Pure ASGI middleware: tags responses and counts requests (``backend/stats.py``).
 
     Written against ASGI directly rather than as a BaseHTTPMiddleware because it runs on every
-    request and must not cost a task and a body copy each time.
+    request and must not cost a task and a body copy each time. A request is counted when its
+    response starts, before any byte of it leaves (so a client that has its answer finds it
+    in ``/stats``), because only then does the router's verdict exist: a 404 that matched no
+    route is counted as ``<unmatched>``, not under the path a client made up.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -54,16 +59,24 @@ class BackendIdentity:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path not in UNCOUNTED:
-            REQUEST_COUNTS[path] += 1
+        counted = path in UNCOUNTED
         header = self._header
 
         async def send_tagged(message: Message) -> None:
+            nonlocal counted
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), header]
+                if not counted:
+                    counted = True
+                    unmatched = message["status"] == 404 and "route" not in scope
+                    REQUEST_COUNTS.add(UNMATCHED if unmatched else path)
             await send(message)
 
-        await self.app(scope, receive, send_tagged)
+        try:
+            await self.app(scope, receive, send_tagged)
+        finally:
+            if not counted:  # the app raised before answering: the server sends a 500
+                REQUEST_COUNTS.add(path if "route" in scope else UNMATCHED)
 
 
 api = FastAPI(title="asgi-lab backend", docs_url=None, redoc_url=None)
@@ -81,8 +94,9 @@ async def health() -> dict[str, str]:
 
 @api.get("/stats")
 async def stats() -> dict[str, object]:
-    """Requests this replica served, by path: tests compare them with what clients counted."""
-    return {"backend": BACKEND_ID, "requests": sum(REQUEST_COUNTS.values()), "by_path": dict(REQUEST_COUNTS)}
+    """Requests this replica served, by path (bounded: ``backend/stats.py``); tests compare them
+    with what their clients counted."""
+    return {"backend": BACKEND_ID, "requests": REQUEST_COUNTS.total, "by_path": REQUEST_COUNTS.snapshot()}
 
 
 @api.api_route("/echo", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -125,7 +139,20 @@ async def cpu(ms: Annotated[int, Path(ge=0, le=MAX_DELAY_MS)]) -> dict[str, obje
 
 @api.get("/bytes/{n}")
 async def some_bytes(n: Annotated[int, Path(ge=0, le=MAX_BYTES)]) -> Response:
-    return Response(content=b"x" * n, media_type="application/octet-stream")
+    """``n`` bytes with Content-Length, streamed in slices of one constant block (never built
+    whole: 64 MiB per request would let a few clients exhaust the replica's memory)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        block, size = BYTES_BLOCK, len(BYTES_BLOCK)
+        left = n
+        while left >= size:
+            yield block  # the constant itself, no copy
+            left -= size
+        if left:
+            yield block[:left]
+
+    headers = {"content-length": str(n)}
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
 
 
 @api.get("/stream/{chunks}")
@@ -154,7 +181,7 @@ async def status(code: Annotated[int, Path(ge=200, le=599)]) -> Response:
 @api.websocket("/ws")
 async def ws_echo(websocket: WebSocket) -> None:
     """Echo every text or binary message until the client closes; counted once per connection."""
-    REQUEST_COUNTS["/ws"] += 1
+    REQUEST_COUNTS.add("/ws")
     await websocket.accept(headers=[(b"x-backend-id", BACKEND_ID.encode())])
     try:
         while True:

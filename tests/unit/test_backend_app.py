@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import tracemalloc
 
 import httpx
 import pytest
 
 from backend.__main__ import parse_args
 from backend.app import BACKEND_ID, REQUEST_COUNTS, SERVER, app
+from backend.stats import MAX_PATHS, RequestCounts
 
 
 def call(method: str, url: str, **kwargs: object) -> httpx.Response:
@@ -104,3 +106,120 @@ def test_config_validation_names_the_variable(monkeypatch: pytest.MonkeyPatch, c
         parse_args([])
     assert exc.value.code == 2
     assert "BACKEND_PORT" in capsys.readouterr().err
+
+
+def test_stats_file_unmatched_404s_under_one_key_not_their_paths() -> None:
+    REQUEST_COUNTS.clear()
+    for i in range(50):
+        assert call("GET", f"/no/such/path/{i}").status_code == 404
+    call("GET", "/status/404")  # a route that answers 404: its own path
+    call("GET", "/delay/1")
+    stats = call("GET", "/stats").json()
+    assert stats["requests"] == 52
+    assert stats["by_path"] == {"<unmatched>": 50, "/status/404": 1, "/delay/1": 1}
+
+
+def test_stats_keep_at_most_max_paths_keys_and_still_add_up() -> None:
+    counts = RequestCounts(max_paths=3)
+    for path in ["/a", "/b", "/a", "/c", "/d", "/e", "/a", "/d"]:
+        counts.add(path)
+    counts.add("<unmatched>")
+    assert counts.snapshot() == {"/a": 3, "/b": 1, "/c": 1, "<other>": 3, "<unmatched>": 1}
+    assert counts.total == 9 == sum(counts.snapshot().values())
+
+
+def test_stats_through_the_app_are_bounded_by_max_paths() -> None:
+    REQUEST_COUNTS.clear()
+    n = MAX_PATHS + 40
+
+    async def go() -> dict[str, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://backend") as client:
+            for i in range(n):
+                await client.get(f"/delay/0?x={i}")  # one path, one key, whatever the query
+                await client.get(f"/status/{200 + i}")  # n distinct paths of real routes
+            return (await client.get("/stats")).json()["by_path"]
+
+    by_path = asyncio.run(go())
+    assert len(by_path) == MAX_PATHS + 1  # MAX_PATHS own keys (/delay/0 among them) + <other>
+    assert by_path["/delay/0"] == n
+    assert by_path["<other>"] == n - (MAX_PATHS - 1)
+    assert sum(by_path.values()) == 2 * n
+
+
+def _asgi_get(path: str) -> list[dict]:
+    """Every message the app sends for one GET, fed a body-less request."""
+    messages: list[dict] = []
+    asked = False
+
+    async def receive() -> dict:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected until the app is done
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "size": len(message.get("body", b""))}
+            message.pop("body", None)  # keep no body: the point is what the app holds
+        messages.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"backend")], "client": ("10.0.0.1", 1),
+        "server": ("backend", 8001),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return messages
+
+
+def test_bytes_is_streamed_in_slices_with_its_content_length() -> None:
+    n = 8 * 1024 * 1024 + 5
+    tracemalloc.start()
+    try:
+        messages = _asgi_get(f"/bytes/{n}")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    start = messages[0]
+    assert start["status"] == 200
+    assert (b"content-length", str(n).encode()) in start["headers"]
+    sizes = [m["size"] for m in messages[1:] if m["size"]]
+    assert sum(sizes) == n
+    assert max(sizes) <= 64 * 1024
+    assert peak < n // 8  # never the whole body at once (it was n bytes and more before)
+
+
+def test_bytes_zero_is_an_empty_body_with_length_zero() -> None:
+    r = call("GET", "/bytes/0")
+    assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "named"),
+    [
+        ({}, ["--host", "no such host"], "--host/BACKEND_HOST"),
+        ({"BACKEND_HOST": "bad_name.invalid"}, [], "--host/BACKEND_HOST"),
+        ({"BACKEND_ACCESS_LOG": "maybe"}, [], "BACKEND_ACCESS_LOG"),
+        ({"FAIL_RATE": "2"}, [], "FAIL_RATE"),
+    ],
+)
+def test_a_bad_value_is_one_line_and_exit_2_before_any_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict, argv: list, named: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("backend: error: ") and named in err
+
+
+def test_access_log_env_reads_the_usual_spellings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw, want in (("on", True), ("TRUE", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("BACKEND_ACCESS_LOG", raw)
+        assert parse_args([]).access_log is want
