@@ -478,7 +478,13 @@ def main(argv: list[str] | None = None) -> int:
                 figures[name] = Figures(name, failed="did not start")
                 notes.append(f"{name}: {str(exc).strip()}")
         if tree is not None:
-            ports[MYPYC] = stack.enter_context(this_proxy(upstream, proxy_cpus, workers=a.workers, tree=tree))
+            try:
+                ports[MYPYC] = stack.enter_context(
+                    this_proxy(upstream, proxy_cpus, workers=a.workers, tree=tree)
+                )
+            except RuntimeError as exc:
+                figures[MYPYC] = Figures(MYPYC, failed="did not start")
+                notes.append(f"{MYPYC}: {str(exc).strip()}")
         watched = f"this proxy, {a.dashboards} dashboards"
         if a.dashboards > 0:
             ports["this proxy, admin on"] = stack.enter_context(
