@@ -281,6 +281,7 @@ def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
         "by_request": _by_request(plan, runs),
         "connections_used": sum(s.get("connections_used", 0) for s in outcome.stats),
         "connects": sum(s.get("connects", 0) for s in outcome.stats),
+        "connections_retired": sum(s.get("connections_retired", 0) for s in outcome.stats),
         "stopped_early": outcome.stopped_early,
         "actions": list(outcome.actions),
         "tags": dict(config.tags),

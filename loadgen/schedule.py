@@ -289,7 +289,8 @@ class ClosedLoop(_Runner):
 
     With a scenario whose number of connections changes, the target is re-read every
     :data:`ADJUST_EVERY_S`: new connections start at once, surplus ones retire after their current
-    request (never cut mid-request).
+    request (never cut mid-request) and are closed then, so the server sees its connection count
+    fall after a spike as well as rise (``connections_retired`` in the stats).
     """
 
     def _target_connections(self, elapsed: float) -> int:
@@ -299,6 +300,7 @@ class ClosedLoop(_Runner):
         self.timeline.begin(start, last_second=max(0, math.ceil(self.plan.duration_s) - 1))
         self._active = 0
         self._retire = 0
+        self.retired = 0  # connections closed because the target fell
         self._adjust_timer: asyncio.TimerHandle | None = None
         self._adjust(start)
 
@@ -329,6 +331,9 @@ class ClosedLoop(_Runner):
 
     def _end_issuing(self) -> None:
         pass
+
+    def _stats(self) -> dict[str, Any]:
+        return {"connections_retired": self.retired}
 
     def _worker(self, conn: Connection) -> None:
         """The per-connection loop, as a callback: record, then send again unless past the deadline.
@@ -362,6 +367,8 @@ class ClosedLoop(_Runner):
                     return
                 self._retire -= 1
                 self._active -= 1
+                self.retired += 1
+                conn.close()  # idle now: a FIN, not a socket held until the end of the run
             self._request_done()
 
         if single:

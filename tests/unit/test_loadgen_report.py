@@ -29,7 +29,8 @@ TOP_KEYS = [
     "schema", "url", "method", "mode", "concurrency", "connections", "rate", "duration_s", "elapsed_s",
     "started_at", "workers", "scenario", "mix", "requests", "responses", "failed", "rps", "rate_check",
     "latency_ms", "latency_uncorrected_ms", "histograms", "status", "errors", "backends", "by_request",
-    "connections_used", "connects", "stopped_early", "actions", "tags", "stages", "timeline",
+    "connections_used", "connects", "connections_retired", "stopped_early", "actions", "tags", "stages",
+    "timeline",
 ]  # fmt: skip
 ENTRY_KEYS = [
     "second", "intended", "requests", "responses", "failed", "errors", "unsent", "waited", "rps",

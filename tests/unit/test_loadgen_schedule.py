@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import re
 import socket
@@ -32,6 +33,7 @@ class AlternatingServer:
         self.status = status
         self.stall = stall
         self.connections = 0
+        self.open_now = 0  # connections the client has not closed yet
         self.served = 0
         self.by_backend = {"a": 0, "b": 0}
         self.first: float | None = None
@@ -42,6 +44,7 @@ class AlternatingServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open_now += 1
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
@@ -62,6 +65,7 @@ class AlternatingServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.open_now -= 1
             writer.close()
 
 
@@ -129,6 +133,31 @@ def test_closed_loop_totals_and_backend_split_match_the_server() -> None:
     lat = merged.corrected.summary_ms()
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
     assert merged.uncorrected.summary_ms() == lat  # closed loop: no intended time, one latency
+
+
+def test_connections_retired_after_a_spike_are_closed() -> None:
+    # 6 connections for 0.3 s, then 1: the 5 surplus ones finish their request and are closed,
+    # so the server sees them go (it counts an EOF) while the run goes on.
+    open_at_tick: list[int] = []
+
+    async def main() -> tuple[RunResult, AlternatingServer]:
+        srv = AlternatingServer(delay=0.005)
+        url = await srv.start()
+        plan = dataclasses.replace(
+            _plan([url, "--concurrency", "6", "--duration", "2"]),
+            load_at=lambda t: 6.0 if t < 0.3 else 1.0,
+            constant=None,
+        )
+        runner = ClosedLoop(plan, on_tick=lambda s, snap: open_at_tick.append(srv.open_now))
+        result = await runner.run()
+        srv.server.close()
+        return result, srv
+
+    result, srv = asyncio.run(main())
+    assert srv.connections == 6
+    assert result.stats["connections_retired"] == 5
+    assert open_at_tick[0] == 1  # at 1 s only the remaining connection is open on the server
+    assert result.stats["connections_used"] == 6
 
 
 def test_drain_waits_for_in_flight_requests() -> None:
