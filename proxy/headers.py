@@ -251,6 +251,10 @@ def rewrite_request(
     return UpstreamRequest(b"".join(parts), rid, host, framing, max(content_length, 0), expect)
 
 
+class BadResponse(ValueError):
+    """The upstream's response cannot be passed on (the client gets a 502)."""
+
+
 class UpstreamResponse:
     """Filtered response headers (a parts list ready to join) and what they say about framing."""
 
@@ -271,6 +275,10 @@ def rewrite_response(
     ``close`` reports whether the upstream connection must not be reused
     (``Connection: close``, or an HTTP/1.0 upstream without keep-alive).
     """
+    if not 100 <= status <= 599:
+        # RFC 9110 15: invalid, to be handled as a 5xx. llhttp takes any three digits (603, 999);
+        # raised inside the upstream parser's callback it becomes the parse error that answers 502.
+        raise BadResponse(f"invalid status code {status}")
     parts = [status_line(status)]
     conn: frozenset[bytes] | None = None
     te: bytes | None = None

@@ -7,7 +7,16 @@ so these cases check that such headers go wherever they stood.
 
 from __future__ import annotations
 
-from proxy.headers import _TOKENS_CACHE, connection_tokens, interim_head, rewrite_request, rewrite_response
+import pytest
+
+from proxy.headers import (
+    _TOKENS_CACHE,
+    BadResponse,
+    connection_tokens,
+    interim_head,
+    rewrite_request,
+    rewrite_response,
+)
 
 
 def head_lines(head: bytes) -> list[bytes]:
@@ -87,3 +96,10 @@ def test_response_204_never_carries_a_length() -> None:
     r = rewrite_response(204, [(b"Content-Length", b"0"), (b"X-A", b"1")], b"rid")
     head = b"".join(r.parts)
     assert r.content_length == -1 and b"Content-Length" not in head and b"X-A: 1" in head
+
+
+def test_a_status_outside_100_599_is_refused() -> None:
+    """Found by the proxy fuzzer: llhttp parses "603" and the proxy passed it on to the client."""
+    for status in (603, 999, 99):
+        with pytest.raises(BadResponse):
+            rewrite_response(status, [(b"Content-Length", b"0")], b"rid")

@@ -2252,6 +2252,17 @@ add(
         b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
         that(lambda r, s: r.statuses == [502], "502"),
     ),
+    R(
+        "LAB-RESP-STATUS-600",
+        "malformed",
+        "RFC 9110 §15",
+        "SHOULD",
+        "a status over 599 is invalid (handled as a 5xx): never passed on",
+        b"HTTP/1.1 603 Odd\r\nContent-Length: 0\r\n\r\n",
+        that(
+            lambda r, s: r.statuses == [502] or (r.statuses == [] and r.closed), "502, or closed: never 603"
+        ),
+    ),
 )
 
 add(
