@@ -121,3 +121,34 @@ async def _status_then_eof_keepalive(port: int) -> str:
     data = await asyncio.wait_for(reader.read(), 20)
     writer.close()
     return data.split(b"\r\n", 1)[0].decode()
+
+
+def test_the_proxy_counts_its_refusals_on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.harness import FakeUpstream, proxy
+    from tests.unit.test_proxy_metrics import scrape, value
+
+    monkeypatch.setattr(connection, "REFUSED_LINGERING", 2)
+
+    async def main() -> None:
+        async with FakeUpstream() as up, proxy(up.port, max_connections=1) as srv:
+            state = srv.state
+            assert state is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)  # the one served
+            flood: list[asyncio.StreamWriter] = []
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                outcomes = await asyncio.gather(*(_status_then_eof(srv.port, flood) for _ in range(8)))
+                assert set(outcomes) <= {"HTTP/1.1 503 Service Unavailable", "reset"}, outcomes
+                site = srv.site
+                assert site is not None and len(site.refused) == 2  # the other 6 are already closed
+                samples = await scrape(srv)
+                assert value(samples, "connections_refused_total", reason="lingered") == 2
+                assert value(samples, "connections_refused_total", reason="closed") == 6
+                assert value(samples, "rejected_total", status="503") == 8
+            finally:
+                for w in [writer, *flood]:
+                    w.close()
+
+    with asyncio.Runner() as runner:
+        runner.run(main())
