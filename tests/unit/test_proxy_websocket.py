@@ -163,7 +163,7 @@ def test_backend_ws_endpoint_echoes_text_and_bytes_and_is_counted() -> None:
     from backend.app import REQUEST_COUNTS
 
     async def main() -> None:
-        before = REQUEST_COUNTS["/ws"]
+        before = REQUEST_COUNTS.by_path.get("/ws", 0)
         async with backend() as port, websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
             await ws.send("ping")
             assert await ws.recv() == "ping"
