@@ -268,17 +268,23 @@ class AccessLog:
         now = time.monotonic()
         if now - self._warned_at >= DROP_WARN_INTERVAL:
             self._warned_at = now
-            log.warning(
-                "access log: %d line(s) dropped since the last warning (%d in all): its reader "
-                "(stdout) does not keep up and %d bytes are already waiting",
-                self.dropped - self._dropped_reported,
-                self.dropped,
-                self._writer.queued if self._writer is not None else 0,
-            )
-            self._dropped_reported = self.dropped
+            self._report_drops()
+
+    def _report_drops(self) -> None:
+        log.warning(
+            "access log: %d line(s) dropped since the last report, %d in all: stdout is not read "
+            "fast enough (%d bytes queued for it now)",
+            self.dropped - self._dropped_reported,
+            self.dropped,
+            self._writer.queued if self._writer is not None else 0,
+        )
+        self._dropped_reported = self.dropped
 
     def close(self, timeout: float = CLOSE_WAIT_S) -> None:
-        """Flush, and give the writer thread up to ``timeout`` seconds to write what it holds."""
+        """Flush, give the writer thread up to ``timeout`` seconds to write what it holds, and
+        report drops the last warning did not cover (the total is always on stderr)."""
         self.flush()
         if self._writer is not None:
             self._writer.close(timeout)
+        if self.dropped > self._dropped_reported:
+            self._report_drops()
