@@ -2286,6 +2286,33 @@ def _gap(case_id: str, why: str, today: Expect) -> None:
     CASES[i] = dataclasses.replace(CASES[i], gap=why, gap_expect=today)
 
 
+add(
+    Case(
+        "LAB-RESP-101-WRONG-UPGRADE",
+        "compliance",
+        "RFC 9110 §7.8",
+        "MUST",
+        "a 101 to a protocol the client did not ask for (here an empty Upgrade) is never passed on",
+        (
+            req(
+                b"GET /raw/LAB-RESP-101-WRONG-UPGRADE HTTP/1.1",
+                b"Connection: Upgrade",
+                b"Upgrade: websocket",
+                b"Sec-WebSocket-Version: 13",
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ),
+        ),
+        that(lambda r, s: not r.interim and (r.statuses == [502] or r.closed), "502 or closed, no 101"),
+        targets=("proxy",),
+        raw=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: \r\nConnection: Upgrade\r\n\r\n",
+    )
+)
+_gap(
+    "LAB-RESP-101-WRONG-UPGRADE",
+    "the proxy's Upgrade acceptance (proxy/exchange.py accept_upgrade, H10a's) forwards whatever "
+    "Upgrade the backend's 101 names (NOTE-H12b-for-H10a.md); found by the proxy fuzzer",
+    that(lambda r, s: [i.status for i in r.interim] == [101], "the 101 is forwarded today"),
+)
 _gap(
     "LAB-RESP-103-FORWARDED",
     "the upstream side (proxy/upstream.py, H10a's) swallows every 1xx; proxy.headers.interim_head is "
