@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -57,6 +58,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run LAST_FILES after every other test, in their order, whatever the file names sort to."""
     rank = {name: i + 1 for i, name in enumerate(LAST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, 0))
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, every: float = 0.02) -> float:
+    """Poll ``condition`` until it is true; the seconds it took. Fails naming ``what`` at ``timeout``.
+
+    For ordering a test's steps by what happened (a counter rose, a replica left the endpoints)
+    rather than by a sleep that guesses how long it takes on a loaded machine.
+    """
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"after {timeout:g} s still waiting for: {what}")
+        time.sleep(every)
+    return time.monotonic() - started
+
+
+def free_port() -> int:
+    """A host port free at this moment (for a fixed published port that survives a restart)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _docker_problem() -> str | None:
@@ -299,14 +321,16 @@ class Lab:
         return httpx.get(f"{self.admin_url}/upstreams", timeout=5).json()["endpoints"]
 
     def wait_for_endpoints(self, count: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
         seen: list[dict] = []
-        while time.monotonic() < deadline:
-            seen = self.endpoints()
-            if len(seen) == count:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"proxy saw {len(seen)} endpoints, expected {count}: {seen}")
+
+        def counted() -> bool:
+            seen[:] = self.endpoints()
+            return len(seen) == count
+
+        try:
+            wait_until(counted, timeout, f"{count} endpoints", every=0.2)
+        except AssertionError:
+            raise AssertionError(f"proxy saw {len(seen)} endpoints, expected {count}: {seen}") from None
 
 
 @pytest.fixture(scope="session")
