@@ -17,16 +17,9 @@ from pathlib import Path
 import pytest
 
 from engine.accesslog import PIPE_BUF, AccessLog
+from proxy.counters import Counters
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Events:
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    def inc(self, name: str, label: str = "", n: int = 1) -> None:
-        self.counts[name, label] += n
 
 
 def _lines(text: str) -> list[dict]:
@@ -51,7 +44,7 @@ def test_a_reader_that_stops_reading_never_blocks_logging_and_drops_are_counted(
 ) -> None:
     r, w = os.pipe()
     stream = os.fdopen(w, "w")
-    events = Events()
+    events = Counters()
     log = AccessLog(stream, None, buffer_bytes=32 * 1024, counters=events)
     total = 4000  # ~ 700 KB of lines: far more than the pipe (64 KiB) and the buffer hold
     caplog.set_level(logging.WARNING, "engine.accesslog")
@@ -67,7 +60,7 @@ def test_a_reader_that_stops_reading_never_blocks_logging_and_drops_are_counted(
     producer.join(60)
     assert not producer.is_alive(), "logging blocked on a pipe nobody reads"
     assert log.dropped > 0
-    assert events.counts["access_log_dropped", ""] == log.dropped
+    assert events.count("access_log_dropped") == log.dropped
     assert any("dropped" in r.getMessage() for r in caplog.records), "drops are reported on stderr"
 
     got = bytearray()

@@ -19,16 +19,9 @@ from engine import connection
 from engine.accesslog import AccessLog
 from engine.connection import HTTPConnection
 from engine.limits import Limits
+from proxy.counters import Counters
 
 CAP, LINGERING, FLOOD = 2, 3, 40
-
-
-class Events:
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-
-    def inc(self, name: str, label: str = "", n: int = 1) -> None:
-        self.counts[name, label] = self.counts.get((name, label), 0) + n
 
 
 async def hello(scope: Any, receive: Any, send: Any) -> None:
@@ -78,7 +71,7 @@ def test_a_flood_of_connections_over_the_cap_leaves_only_a_bounded_number_open(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        events, stream = Events(), io.StringIO()
+        events, stream = Counters(), io.StringIO()
         # A long linger: a refused socket that lingers is still open when the test looks.
         limits = Limits(max_connections=CAP, linger=60.0)
         site = AppSite(
@@ -98,9 +91,9 @@ def test_a_flood_of_connections_over_the_cap_leaves_only_a_bounded_number_open(
             # Long before the linger ends, only the served ones and the bounded lingering ones are open.
             await _until(lambda: open_now[0] == CAP + LINGERING)
             assert len(site.connections) == CAP and len(site.refused) == LINGERING
-            assert events.counts[("connections_refused", "lingered")] == LINGERING
-            assert events.counts[("connections_refused", "closed")] == FLOOD - LINGERING
-            assert events.counts[("rejected", "503")] == FLOOD
+            assert events.count("connections_refused", "lingered") == LINGERING
+            assert events.count("connections_refused", "closed") == FLOOD - LINGERING
+            assert events.count("rejected", "503") == FLOOD
             lines = [json.loads(x) for x in stream.getvalue().splitlines()]
             assert sum(1 for x in lines if x["status"] == 503) == FLOOD
             # A served connection leaving frees a slot at once (lingering refusals do not hold it).

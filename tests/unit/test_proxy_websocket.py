@@ -212,7 +212,7 @@ def test_an_idle_tunnel_is_closed_on_both_sides_and_an_active_one_is_not() -> No
 
 
 def test_a_client_that_stops_reading_a_tunnel_is_cut_and_the_backend_released() -> None:
-    import socket
+    from tests.unit.test_engine_send_timeout import stalled_client
 
     backend_lost = asyncio.Event()
 
@@ -237,11 +237,7 @@ def test_a_client_that_stops_reading_a_tunnel_is_cut_and_the_backend_released() 
         async with proxy(port, client_send_timeout=0.2, websocket_idle_timeout=0) as srv:
             state = srv.state
             assert state is not None
-            client = socket.socket()
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            client.setblocking(False)
-            await loop.sock_connect(client, ("127.0.0.1", srv.port))
-            await loop.sock_sendall(client, HANDSHAKE)
+            client = await stalled_client(srv.port, HANDSHAKE)
             head = b""
             while b"\r\n\r\n" not in head:
                 head += await loop.sock_recv(client, 1)
