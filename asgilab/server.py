@@ -118,7 +118,7 @@ class AsgiServer:
         if self.server is not None:
             self.server.close()
         if site is not None:
-            for conn in list(site.connections):
+            for conn in [*site.connections, *site.refused]:  # (refused: their 503 still lingering)
                 conn.transport.abort()
             for task in list(site.tasks):
                 task.cancel()
