@@ -23,6 +23,7 @@ then stops, so a run watched in a browser still exits on its own. Every report o
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -31,10 +32,11 @@ from typing import Any
 
 from loadgen.config import ConfigError, load_config
 from loadgen.coordinator import CoordinatorError, coordinate
+from loadgen.files import check_writable, write_atomic
 from loadgen.live import LiveLine
 from loadgen.plan import make_plan
 from loadgen.record import SecondRecord, TickMerger
-from loadgen.report import build_report, format_summary, succeeded, write_json, write_results_dir
+from loadgen.report import build_report, format_summary, new_run_dir, result_files, succeeded, write_json
 from loadgen.run import execute
 from loadgen.workers import WorkerError
 
@@ -53,15 +55,62 @@ def _publisher(dashboard: Any) -> Any:
     return publish
 
 
-def _html(report: dict[str, Any], where: str | Path, html_name: bool = False) -> int:
-    """Write report.html in directory ``where`` (or ``where`` with .html for ``--json FILE``)."""
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _write_json_file(report: dict[str, Any], path: str) -> int:
+    """``--json FILE`` and ``FILE`` with ``.html`` beside it; 1 (said once) if either failed."""
     from loadgen.report_html import report_html
 
-    path = Path(where).with_suffix(".html") if html_name else Path(where) / "report.html"
     try:
-        path.write_text(report_html(report), encoding="utf-8")
+        write_json(report, path)
+    except OSError as exc:
+        _error(f"cannot write the report to {path}: {_why(exc)}")
+        return 1
+    html = Path(path).with_suffix(".html")
+    try:
+        write_atomic(html, report_html(report))
     except Exception as exc:  # report.json is on disk already; say what is missing
-        _error(f"{path} not written: {exc.__class__.__name__}: {exc}")
+        _error(f"{html} not written: {exc.__class__.__name__}: {exc}")
+        return 1
+    return 0
+
+
+def _write_results(report: dict[str, Any], results_dir: str, quiet: bool) -> int:
+    """``DIR/<stamp>/``: the text files, report.html, the plots; each whole or absent.
+
+    A folder that fails (read-only now, disk full) gets ONE message naming it, what failed and
+    what was written whole, and exit status 1; the summary was printed already and ``--json`` is
+    written apart, so nothing else is lost. A bug in the plots (not an OSError) leaves the other
+    files and says so."""
+    from loadgen.report_html import write_report_html
+
+    run_dir: Path | None = None
+    step = results_dir
+    try:
+        run_dir = new_run_dir(results_dir, datetime.fromisoformat(report["started_at"]))
+        for step, content in result_files(report):
+            write_atomic(run_dir / step, content())
+        step = "report.html"
+        write_report_html(report, run_dir)
+        if not quiet:
+            print(f"loadgen: results in {run_dir}", file=sys.stderr)
+        step = "plots"
+        from loadgen.plots import write_plots
+
+        write_plots(report, run_dir)
+    except OSError as exc:
+        where = run_dir or Path(results_dir)
+        written = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir else []
+        if run_dir is not None and not written:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        kept = f"written whole: {', '.join(written)}" if written else "the summary above is all of this run"
+        _error(f"results not written to {where}: {step}: {_why(exc)} ({kept})")
+        return 1
+    except Exception as exc:  # report.json is on disk already; say what is missing
+        _error(f"{step} not written to {run_dir}: {exc.__class__.__name__}: {exc}")
         return 1
     return 0
 
@@ -96,6 +145,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         _error(str(exc))
         return 2
+    if config.results_dir:
+        try:  # before the run: a folder that cannot take the results costs nothing yet
+            check_writable(config.results_dir)
+        except OSError as exc:
+            _error(f"cannot write results to {config.results_dir}: {_why(exc)}")
+            return 1
     performer: Any = None
     if plan.actions:
         from loadgen.actions import ActionError, ActionRunner
@@ -159,26 +214,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         dashboard.close()
     print(format_summary(report), end="", flush=True)
     status = 0
-    try:
-        if config.json_path:
-            write_json(report, config.json_path)
-            status = max(status, _html(report, config.json_path, html_name=True))
-        if config.results_dir:
-            started_at = datetime.fromisoformat(report["started_at"])
-            run_dir = write_results_dir(report, config.results_dir, started_at)
-            if not config.quiet:
-                print(f"loadgen: results in {run_dir}", file=sys.stderr)
-            status = max(status, _html(report, run_dir))
-            try:
-                from loadgen.plots import write_plots
-
-                write_plots(report, run_dir)
-            except Exception as exc:  # report.json is on disk already; say what is missing
-                _error(f"plots not written to {run_dir}: {exc.__class__.__name__}: {exc}")
-                status = 1
-    except OSError as exc:
-        _error(f"cannot write the report: {exc}")
-        return 1
+    if config.json_path:  # each output apart: one that fails does not cost the other
+        status = max(status, _write_json_file(report, config.json_path))
+    if config.results_dir:
+        status = max(status, _write_results(report, config.results_dir, config.quiet))
     rc = report["rate_check"]
     if rc is not None and not rc["kept_up"]:
         print(f"loadgen: warning: {rc['reason']}", file=sys.stderr, flush=True)

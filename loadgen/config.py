@@ -10,6 +10,8 @@ win over env so a one-off override on the command line never needs the environme
 | ``--concurrency`` | ``LOADGEN_CONCURRENCY`` | 10    | closed loop: connections, back to back      |
 | ``--rate``        | ``LOADGEN_RATE``      | none    | open loop: requests per second (intended)   |
 | ``--connections`` | ``LOADGEN_CONNECTIONS`` | auto  | open loop: most connections open at once    |
+| ``--max-backlog`` | ``LOADGEN_MAX_BACKLOG`` | 10000 | open loop: most requests waiting for a      |
+|                   |                       |         | connection; more are dropped and counted    |
 | ``--workers``     | ``LOADGEN_WORKERS``   | 1       | processes sharing the load, merged exactly  |
 | ``--scenario``    | ``LOADGEN_SCENARIO``  | none    | YAML/TOML scenario: stages, mix, actions    |
 | ``--body-size``   | ``LOADGEN_BODY_SIZE`` | 0       | request body bytes (single-request mix)     |
@@ -67,6 +69,10 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_METHOD = "GET"
 DEFAULT_WORKERS = 1
 DEFAULT_JOIN_TIMEOUT_S = 60.0
+#: Open loop: most due requests waiting for a free connection (whole run; split like
+#: --connections between workers). A due request beyond it is dropped and counted, as k6 counts
+#: dropped_iterations; 10,000 floats are ~80 KB, the unbounded backlog grew with rate x stall.
+DEFAULT_MAX_BACKLOG = 10_000
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 MAX_BODY_SIZE = 64 * 1024 * 1024
 
@@ -97,6 +103,7 @@ class Config:
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None  # set: open loop
     connections: int | None = None  # open loop pool cap; None: derived from the rate (plan.py)
+    max_backlog: int = DEFAULT_MAX_BACKLOG  # open loop: most requests waiting for a connection
     workers: int = DEFAULT_WORKERS
     scenario_path: str | None = None
     body_size: int = 0
@@ -147,6 +154,12 @@ def _build_parser() -> _Parser:
         "--connections",
         metavar="N",
         help="open loop: most connections open at once (default: rate/10, >= 64)",
+    )
+    p.add_argument(
+        "--max-backlog",
+        metavar="N",
+        help="open loop: most requests waiting for a free connection; more are dropped and counted "
+        f"(default {DEFAULT_MAX_BACKLOG}; 0: drop at once, as k6)",
     )
     p.add_argument("-w", "--workers", metavar="N", help=f"processes (default {DEFAULT_WORKERS})")
     p.add_argument(
@@ -341,6 +354,12 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         if args.connections is not None:
             raise ConfigError("--connections is the open-loop pool size (with --rate); use --concurrency")
         connections = None  # LOADGEN_CONNECTIONS left in the environment of a closed-loop run
+    raw, src = pick(args.max_backlog, "MAX_BACKLOG")
+    max_backlog = DEFAULT_MAX_BACKLOG if raw is None else int(_number(raw, src, int, 0, True))
+    if args.max_backlog is not None and scenario_path is None and rate is None:
+        raise ConfigError(
+            "--max-backlog bounds the open loop's backlog (with --rate); the closed loop has none"
+        )
     raw, src = pick(args.workers, "WORKERS")
     workers = DEFAULT_WORKERS if raw is None else int(_number(raw, src, int, 1, True))
     coordinator, expect_workers = _coordinator(args, pick, workers)
@@ -395,6 +414,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         concurrency=concurrency,
         rate=rate,
         connections=connections,
+        max_backlog=max_backlog,
         workers=workers,
         scenario_path=scenario_path,
         body_size=body_size,
@@ -416,6 +436,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
 #: Flags a worker refuses: its coordinator decides them.
 _COORDINATOR_DECIDES = (
     ("url", "URL"), ("rate", "--rate"), ("concurrency", "--concurrency"), ("connections", "--connections"),
+    ("max_backlog", "--max-backlog"),
     ("scenario", "--scenario"), ("duration", "--duration"), ("timeout", "--timeout"), ("method", "--method"),
     ("header", "--header"), ("body_size", "--body-size"), ("workers", "--workers"),
     ("coordinator", "--coordinator"), ("expect_workers", "--expect-workers"),

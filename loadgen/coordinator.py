@@ -142,6 +142,7 @@ def _run_config(config: Config, plan: Plan) -> Message:
         "rate": config.rate,
         "concurrency": config.concurrency,
         "connections": config.connections,
+        "max_backlog": config.max_backlog,
         "duration_s": config.duration_s,
         "timeout_s": config.timeout_s,
         "method": config.method,

@@ -142,6 +142,7 @@ class SecondBucket:
 
     __slots__ = (
         "backends",
+        "dropped",
         "enc_c",
         "enc_u",
         "errors",
@@ -164,6 +165,7 @@ class SecondBucket:
         self.second = second
         self.intended = 0  # open loop: requests due in this second (sent or not)
         self.unsent = 0  # open loop: due in this second but never sent (the run ended first)
+        self.dropped = 0  # open loop: due in this second, shed at once: the backlog was full
         self.waited = 0  # open loop: sent later than due because no connection was free
         self.lag_max = 0.0  # open loop: worst actual-minus-intended send time, seconds
         self.requests = 0  # completed: responses + transport errors
@@ -230,6 +232,7 @@ class SecondBucket:
             "second": self.second,
             "intended": self.intended,
             "unsent": self.unsent,
+            "dropped": self.dropped,
             "waited": self.waited,
             "lag_max": self.lag_max,
             "requests": self.requests,
@@ -430,6 +433,7 @@ class SecondSummary:
     second: int
     intended: int = 0
     unsent: int = 0
+    dropped: int = 0
     waited: int = 0
     lag_max_s: float = 0.0
     requests: int = 0
@@ -477,6 +481,7 @@ def merge_exports(parts: Sequence[dict[str, Any]]) -> MergedRun:
             e = p["seconds"][s]
             out.intended += e["intended"]
             out.unsent += e["unsent"]
+            out.dropped += e.get("dropped", 0)  # absent in exports of an older worker
             out.waited += e["waited"]
             out.lag_max_s = max(out.lag_max_s, e["lag_max"])
             out.requests += e["requests"]

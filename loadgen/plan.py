@@ -48,6 +48,7 @@ class Plan:
     actions: tuple[Any, ...]
     scenario: str | None
     connections: int  # open loop: most connections open at once, whole run; closed: peak
+    max_backlog: int  # open loop: most requests waiting for a connection, whole run (0 in closed)
     timeout_s: float
     workers: int
     stages: tuple[Any, ...] = ()  # the scenario's ``scenario.Stage``s, for the reports' stage marks
@@ -116,6 +117,7 @@ def make_plan(config: Config, scenario: Any | None = None) -> Plan:
         actions=actions,
         scenario=name,
         connections=connections,
+        max_backlog=config.max_backlog if mode == "open" else 0,
         timeout_s=config.timeout_s,
         workers=config.workers,
         stages=tuple(scenario.stages) if scenario is not None else (),

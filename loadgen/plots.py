@@ -76,8 +76,12 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def save(fig: Figure, path: Path) -> None:
+    """The PNG, whole or not at all (loadgen/files.py): a full disk leaves no truncated image."""
+    from loadgen.files import open_atomic
+
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI)
+    with open_atomic(path) as f:
+        fig.savefig(f, dpi=DPI, format="png")
 
 
 # ---------------------------------------------------------------------------------------------

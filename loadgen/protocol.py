@@ -14,8 +14,9 @@ dir  type         fields
 <-   ``clock``    ``t0``: coordinator ``time.time()``; repeated a few times
 ->   ``clock``    ``t0`` echoed, ``tw``: the worker's ``time.time()`` (clock offset and RTT)
 <-   ``run``      ``index``, ``count``, ``start_wall`` (second 0, in the WORKER's clock),
-                  ``config`` (url, rate, concurrency, connections, duration_s, timeout_s, method,
-                  headers, body_size), ``scenario`` (``{"name", "text"}`` of the file, or null)
+                  ``config`` (url, rate, concurrency, connections, max_backlog (optional),
+                  duration_s, timeout_s, method, headers, body_size), ``scenario``
+                  (``{"name", "text"}`` of the file, or null)
 <-   ``abort``    ``reason``: the run will not happen (fewer than N workers joined in time)
 ->   ``tick``     ``second``, ``snap`` (the live-line snapshot, as ``--workers`` sends it),
                   ``records``: the seconds that changed since the last tick, each

@@ -171,6 +171,9 @@ def behind_note(intended: float, achieved: float, snaps: Sequence[Mapping[str, A
         note += f" ({backlog:,} waiting {age * 1000:.0f} ms for a connection, {busy}/{cap} busy)"
     else:
         note += " (sending late: generator CPU-bound?)"
+    dropped = sum(s.get("dropped", 0) for s in snaps)
+    if dropped:
+        note += f"; {dropped:,} dropped so far (backlog full)"
     return note
 
 

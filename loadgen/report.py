@@ -34,12 +34,14 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from loadgen.client import ERROR_KINDS
 from loadgen.config import Config
+from loadgen.files import write_atomic
 from loadgen.histogram import LatencyHistogram, MergedRun, SecondSummary
 from loadgen.mix import labels
 from loadgen.run import Outcome
@@ -51,7 +53,7 @@ RATE_TOLERANCE_PCT = 1.0
 CPU_LATE_MS = 50.0
 
 CSV_COLUMNS = (
-    "second", "intended", "requests", "responses", "failed", "errors", "unsent", "rps",
+    "second", "intended", "requests", "responses", "failed", "errors", "unsent", "dropped", "rps",
     "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "uncorrected_p99_ms",
     *(f"errors_{k}" for k in ERROR_KINDS),
 )  # fmt: skip
@@ -99,6 +101,7 @@ def _timeline_entry(
         "failed": s.failed,
         "errors": errors,
         "unsent": s.unsent if open_loop else None,
+        "dropped": s.dropped if open_loop else None,
         "waited": s.waited if open_loop else None,
         "rps": float(responses),
         "p50_ms": lat.get("p50"),
@@ -145,6 +148,7 @@ def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
     sent = sum(s.get("sent", 0) for s in stats)
     in_time = sum(s.get("sent_in_time", 0) for s in stats)
     unsent = sum(s.get("unsent", 0) for s in stats)
+    dropped = sum(s.get("dropped", 0) for s in stats)
     waited = sum(x.waited for x in outcome.merged.seconds)
     lag_ms = max((x.lag_max_s for x in outcome.merged.seconds), default=0.0) * 1000
     sched_ms = max((s.get("scheduler_late_max_s", 0.0) for s in stats), default=0.0) * 1000
@@ -156,6 +160,11 @@ def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
     reason = None
     if not kept_up:
         causes = []
+        if dropped:
+            causes.append(
+                f"{dropped} dropped when due: {plan.max_backlog} already waited for a connection "
+                "(--max-backlog; raise --connections)"
+            )
         if unsent:
             causes.append(f"{unsent} requests due but never sent before the end")
         if sent - in_time:
@@ -178,6 +187,8 @@ def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
         "intended": due,
         "sent": sent,
         "unsent": unsent,
+        "dropped": dropped,
+        "max_backlog": plan.max_backlog,
         "waited_for_connection": waited,
         "max_send_lag_ms": round(lag_ms, 3),
         "max_scheduler_lag_ms": round(sched_ms, 3),
@@ -409,10 +420,11 @@ def format_summary(report: dict[str, Any]) -> str:
             "",
             "## Rate check (open loop)",
             "",
-            "| intended req/s | achieved req/s | error | verdict | unsent | waited for a connection |",
-            "|---:|---:|---:|---|---:|---:|",
+            "| intended req/s | achieved req/s | error | verdict | unsent | dropped "
+            "| waited for a connection |",
+            "|---:|---:|---:|---|---:|---:|---:|",
             f"| {rc['intended_rps']:.1f} | {rc['achieved_rps']:.1f} | {rc['error_pct']:.2f} % | {verdict} "
-            f"| {rc['unsent']} | {rc['waited_for_connection']} |",
+            f"| {rc['unsent']} | {rc.get('dropped', 0)} | {rc['waited_for_connection']} |",
         ]
         if rc["reason"]:
             lines += ["", rc["reason"]]
@@ -524,11 +536,11 @@ def format_csv(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write the report, creating parent directories (a results path is often fresh)."""
+    """Write the report whole (loadgen/files.py), creating parent directories (a results path is
+    often fresh)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return p
+    return write_atomic(p, json.dumps(report, indent=2) + "\n")
 
 
 def results_stamp(started_at: datetime) -> str:
@@ -536,14 +548,9 @@ def results_stamp(started_at: datetime) -> str:
     return started_at.strftime("%Y%m%dT%H%M%SZ")
 
 
-def write_results_dir(
-    report: dict[str, Any], results_dir: str | os.PathLike[str], started_at: datetime
-) -> Path:
-    """Write ``DIR/<stamp>/report.json``, ``timeline.csv`` and ``summary.md``; never overwrite a run.
-
-    report.json first: whatever fails later (plots), the measurements are on disk. Two runs
-    started in the same second get ``<stamp>-2``, ``<stamp>-3``...
-    """
+def new_run_dir(results_dir: str | os.PathLike[str], started_at: datetime) -> Path:
+    """Create ``DIR/<stamp>``, never an existing one: runs started in the same second get
+    ``<stamp>-2``, ``<stamp>-3``..."""
     base = Path(results_dir)
     base.mkdir(parents=True, exist_ok=True)
     stamp = results_stamp(started_at)
@@ -552,11 +559,30 @@ def write_results_dir(
     while True:
         try:
             run_dir.mkdir()
-            break
+            return run_dir
         except FileExistsError:
             n += 1
             run_dir = base / f"{stamp}-{n}"
-    write_json(report, run_dir / "report.json")
-    (run_dir / "timeline.csv").write_text(format_csv(report), encoding="utf-8")
-    (run_dir / "summary.md").write_text(format_summary(report), encoding="utf-8")
+
+
+def result_files(report: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:
+    """The text files of a run's folder, in the order written: report.json first, so whatever
+    fails later (plots), the measurements are on disk."""
+    return [
+        ("report.json", lambda: json.dumps(report, indent=2) + "\n"),
+        ("timeline.csv", lambda: format_csv(report)),
+        ("summary.md", lambda: format_summary(report)),
+    ]
+
+
+def write_results_dir(
+    report: dict[str, Any], results_dir: str | os.PathLike[str], started_at: datetime
+) -> Path:
+    """Write ``DIR/<stamp>/report.json``, ``timeline.csv`` and ``summary.md``; never overwrite a run.
+
+    Each file is written whole or not at all (loadgen/files.py); an OSError goes to the caller.
+    """
+    run_dir = new_run_dir(results_dir, started_at)
+    for name, content in result_files(report):
+        write_atomic(run_dir / name, content())
     return run_dir

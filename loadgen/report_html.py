@@ -272,9 +272,9 @@ def live_page(meta: Mapping[str, Any]) -> str:
 
 
 def write_report_html(report: Mapping[str, Any], run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "report.html"
-    path.write_text(report_html(report), encoding="utf-8")
-    return path
+    from loadgen.files import write_atomic
+
+    return write_atomic(Path(run_dir) / "report.html", report_html(report))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

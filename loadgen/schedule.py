@@ -11,9 +11,12 @@ scenario whose rate changes; :class:`ArrivalSchedule`). A request whose time has
 on a free keep-alive connection; if none is free (all busy with slow responses) and the pool is at
 ``--connections``, it waits in a FIFO backlog for the next connection to free up. Its *corrected*
 latency runs from ``t_i``, so the wait counts (that is the correction); the *uncorrected* one runs
-from the actual write. Nothing is dropped silently: requests still in the backlog at the end are
-counted as ``unsent`` under the second they were due in, and the rate check compares what was
-intended with what was sent by the deadline.
+from the actual write. The backlog is bounded (``--max-backlog``, this worker's share of it): a
+request due while it is full is **dropped** at once, as k6 drops an iteration no VU is free for
+(``dropped_iterations``), so memory stays bounded through a long stall at a high rate. Nothing is
+dropped silently: dropped requests are counted as ``dropped`` and requests still in the backlog at
+the end as ``unsent``, each under the second they were due in, and the rate check compares what
+was intended with what was sent by the deadline.
 
 Timing: one timer per due batch, never a spin. The pump wakes at the next intended time (uvloop's
 timers have 1 ms resolution, so at 10,000 req/s each wake-up sends ~10 requests), sends everything
@@ -415,6 +418,7 @@ class OpenLoop(_Runner):
         plan = self.plan
         self._start = start
         self._max_conns = max(1, plan.share(plan.connections, self.index, self.count))
+        self._max_backlog = plan.share(plan.max_backlog, self.index, self.count)
         self._free: list[_Slot] = []
         self._slots: list[_Slot] = []
         self._backlog: deque[float] = deque()
@@ -424,6 +428,7 @@ class OpenLoop(_Runner):
         self.sent = 0
         self.sent_late = 0  # sent after the deadline (+ slack): not counted as achieved
         self.unsent = 0
+        self.dropped = 0  # due while the backlog was full: shed, counted
         self.pump_late_max = 0.0  # worst delay of the scheduler itself behind a due request
         entries = self.entry_timelines
         self._by_entry = None if entries is None else [t.record_open for t in entries]
@@ -466,6 +471,7 @@ class OpenLoop(_Runner):
             if now - nxt > self.pump_late_max:  # the loop was busy (or descheduled) past a due time
                 self.pump_late_max = now - nxt
             times, start, free, backlog = self._times, self._start, self._free, self._backlog
+            max_backlog = self._max_backlog
             timeline = self.timeline
             buckets = timeline.buckets
             late = now > deadline + DEADLINE_SLACK_S
@@ -478,8 +484,12 @@ class OpenLoop(_Runner):
                 b.intended += 1
                 self.due += 1
                 if backlog:
-                    backlog.append(nxt)
-                    b.waited += 1
+                    if len(backlog) < max_backlog:
+                        backlog.append(nxt)
+                        b.waited += 1
+                    else:
+                        b.dropped += 1
+                        self.dropped += 1
                 elif free:
                     self._send(free.pop(), nxt)
                     if late:
@@ -490,9 +500,12 @@ class OpenLoop(_Runner):
                     self._send(slot, nxt)
                     if late:
                         self.sent_late += 1
-                else:
+                elif max_backlog:
                     backlog.append(nxt)
                     b.waited += 1
+                else:
+                    b.dropped += 1
+                    self.dropped += 1
                 nxt = start + next(times, float("inf"))
             self._next = nxt
         if nxt >= deadline:
@@ -533,6 +546,8 @@ class OpenLoop(_Runner):
             "sent": self.sent,
             "sent_in_time": sent_in_time,
             "unsent": self.unsent,
+            "dropped": self.dropped,
+            "max_backlog": self._max_backlog,
             "max_connections": self._max_conns,
             "scheduler_late_max_s": self.pump_late_max,
         }
@@ -543,6 +558,7 @@ class OpenLoop(_Runner):
             "due": self.due,
             "sent": self.sent,
             "backlog": len(backlog),
+            "dropped": self.dropped,
             "backlog_age_s": (now - backlog[0]) if backlog else 0.0,
             "busy": len(self._slots) - len(self._free),
             "max_connections": self._max_conns,

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadgen.config import Config, ConfigError, parse_target
+from loadgen.config import DEFAULT_MAX_BACKLOG, Config, ConfigError, parse_target
 from loadgen.histogram import Timeline, merge_exports
 from loadgen.live import LiveLine
 from loadgen.plan import make_plan
@@ -132,6 +132,7 @@ def _assignment(msg: Message) -> Assignment:
         concurrency=c["concurrency"],
         rate=c["rate"],
         connections=c["connections"],
+        max_backlog=c.get("max_backlog", DEFAULT_MAX_BACKLOG),  # optional: added without a version bump
         workers=msg["count"],
         scenario_path=scenario_path,
         body_size=c["body_size"],
@@ -187,11 +188,11 @@ class Streamer:
     def records(self, timeline: Timeline) -> list[Message]:
         out = []
         for b in timeline.buckets:
-            sig = (b.requests, b.intended, b.unsent, b.sealed)
+            sig = (b.requests, b.intended, b.unsent + b.dropped, b.sealed)
             if self._sent.get(b.second) == sig:
                 continue
             self._sent[b.second] = sig
-            settled = b.sealed or (timeline.open_loop and b.intended == b.requests + b.unsent)
+            settled = b.sealed or (timeline.open_loop and b.intended == b.requests + b.unsent + b.dropped)
             out.append(
                 {
                     "second": b.second,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from loadgen.__main__ import main
-from loadgen.config import ConfigError, load_config, parse_target
+from loadgen.config import DEFAULT_MAX_BACKLOG, ConfigError, load_config, parse_target
+from loadgen.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,6 +95,9 @@ def test_ipv6_target() -> None:
         (["http://p/"], {"LOADGEN_RATE": "10", "LOADGEN_CONCURRENCY": "5"}, "exclude each other"),
         (["http://p/", "-c", "5", "--connections", "9"], {}, "--connections is the open-loop pool size"),
         (["http://p/", "--rate", "10", "--connections", "0"], {}, "--connections must be an integer >= 1"),
+        (["http://p/", "--rate", "10", "--max-backlog", "-1"], {}, "--max-backlog must be an integer >= 0"),
+        (["http://p/"], {"LOADGEN_RATE": "10", "LOADGEN_MAX_BACKLOG": "x"}, "LOADGEN_MAX_BACKLOG must be"),
+        (["http://p/", "-c", "5", "--max-backlog", "9"], {}, "--max-backlog bounds the open loop's backlog"),
         (["http://p/", "--workers", "0"], {}, "--workers must be an integer >= 1"),
         (["http://p/", "-c", "2", "--workers", "3"], {}, "--workers 3 needs at least as many"),
         (["http://p/", "--body-size", "-1"], {}, "--body-size must be an integer >= 0"),
@@ -149,6 +153,16 @@ def test_open_loop_flags_and_env() -> None:
     # LOADGEN_CONNECTIONS left over in a closed-loop run's environment is ignored, not an error
     assert load_config([], {"LOADGEN_URL": "http://p/", "LOADGEN_CONNECTIONS": "5"}).connections is None
     assert load_config(["http://p/", "--no-live"], {}).quiet
+    assert load_config(["http://p/", "--rate", "5"], {}).max_backlog == DEFAULT_MAX_BACKLOG == 10_000
+    cfg = load_config(["http://p/", "--rate", "5"], {"LOADGEN_MAX_BACKLOG": "7"})
+    assert cfg.max_backlog == 7
+    assert (
+        load_config(
+            ["http://p/", "--rate", "5", "--max-backlog", "0"], {"LOADGEN_MAX_BACKLOG": "7"}
+        ).max_backlog
+        == 0
+    )
+    assert make_plan(load_config(["http://p/", "-c", "2"], {"LOADGEN_MAX_BACKLOG": "7"})).max_backlog == 0
     assert load_config(["http://p/"], {"LOADGEN_NO_LIVE": "1"}).quiet
 
 

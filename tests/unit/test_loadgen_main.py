@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from collections.abc import Iterator
@@ -91,3 +92,55 @@ def test_open_loop_with_two_workers_writes_every_file(
 def test_compare_subcommand_is_wired(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["compare"], {}) == 2  # compare's own usage error, not "a target URL is required"
     assert "URL is required" not in capsys.readouterr().err
+
+
+# -- a results folder that cannot be written (docs/loadgen.md) --------------------------------
+
+
+def test_an_unwritable_results_folder_stops_the_start_with_one_line_and_sends_nothing(
+    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the folder should be")
+    url = f"http://127.0.0.1:{server.port}/"
+    rc = main([url, "-c", "2", "-d", "0.5", "-q", "--results-dir", str(blocker / "results")], {})
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert out == "" and server.served == 0  # nothing run, so nothing lost
+    assert err.count("\n") == 1 and err.startswith(
+        f"loadgen: error: cannot write results to {blocker}/results: "
+    )
+
+
+def test_a_disk_full_after_the_run_is_one_line_exit_1_and_loses_nothing_else(
+    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import loadgen.__main__ as cli
+    from loadgen.files import open_atomic, write_atomic
+
+    def full_at_csv(path: Path, text: str) -> Path:
+        if path.name == "timeline.csv":  # the disk fills up after report.json, mid-write
+            with open_atomic(path) as f:
+                f.write(text.encode()[:10])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return write_atomic(path, text)
+
+    monkeypatch.setattr(cli, "write_atomic", full_at_csv)
+    url = f"http://127.0.0.1:{server.port}/"
+    json_path = tmp_path / "elsewhere" / "report.json"
+    rc = main(
+        [url, "-c", "2", "-d", "0.3", "-q", "--json", str(json_path), "--results-dir", str(tmp_path / "res")],
+        {},
+    )
+    out, err = capsys.readouterr()
+    assert rc == 1
+    (run_dir,) = (tmp_path / "res").iterdir()
+    assert err == (
+        f"loadgen: error: results not written to {run_dir}: timeline.csv: No space left on device "
+        "(written whole: report.json)\n"
+    )
+    report = json.loads((run_dir / "report.json").read_text())  # whole, not truncated
+    assert report["requests"] == server.served > 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["report.json"]  # no temp file, no partial csv
+    assert json.loads(json_path.read_text()) == report  # --json elsewhere still written
+    assert out.startswith("# loadgen summary")  # and the summary printed

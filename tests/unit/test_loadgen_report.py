@@ -33,7 +33,7 @@ TOP_KEYS = [
     "timeline",
 ]  # fmt: skip
 ENTRY_KEYS = [
-    "second", "intended", "requests", "responses", "failed", "errors", "unsent", "waited", "rps",
+    "second", "intended", "requests", "responses", "failed", "errors", "unsent", "dropped", "waited", "rps",
     "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "uncorrected_p99_ms", "status",
     "errors_by_kind", "backends", "by_request", "target",
 ]  # fmt: skip
@@ -148,12 +148,42 @@ def test_open_loop_report_rate_check_and_both_latencies() -> None:
     md = format_summary(r)
     for row in (
         "| load | open loop, 10 req/s intended, up to 1 connections |",
-        "| 10.0 | 9.5 | 5.00 % | **BEHIND** | 1 | 0 |",
+        "| 10.0 | 9.5 | 5.00 % | **BEHIND** | 1 | 0 | 0 |",
         "| latency | mean | p50 | p90 | p99 | p99.9 | p99.99 | max |",
         "generator behind: intended 10.0 req/s",
     ):
         assert row in md, row
     assert "| corrected (from intended send) |" in md and "| uncorrected (from actual send) |" in md
+
+
+def test_dropped_requests_are_in_the_rate_check_timeline_csv_and_summary() -> None:
+    # 10 req/s for 2 s, one connection, --max-backlog 2: second 0 all sent; in second 1, 5 sent
+    # and 5 dropped when due (the backlog was full).
+    t = Timeline(start=0.0, open_loop=True)
+    for i in range(10):
+        t.bucket(0).intended += 1
+        t.record_open(i / 10, i / 10, i / 10 + 0.002, 200, b"a", None)
+    for i in range(10):
+        due = 1 + i / 10
+        t.bucket(1).intended += 1
+        if i >= 5:
+            t.bucket(1).dropped += 1
+            continue
+        t.record_open(due, due, due + 0.002, 200, b"a", None)
+    stats = {"due": 20, "sent": 15, "sent_in_time": 15, "unsent": 0, "dropped": 5, "max_backlog": 2}
+    argv = ["http://x/", "--rate", "10", "-d", "2", "--connections", "1", "--max-backlog", "2"]
+    cfg, out = outcome(argv, t, 2.0, stats)
+    r = build_report(cfg, out)
+    rc = r["rate_check"]
+    assert (rc["intended"], rc["sent"], rc["unsent"], rc["dropped"], rc["max_backlog"]) == (20, 15, 0, 5, 2)
+    assert (rc["achieved_rps"], rc["kept_up"]) == (7.5, False)
+    assert "5 dropped when due: 2 already waited for a connection (--max-backlog" in rc["reason"]
+    assert [e["dropped"] for e in r["timeline"]] == [0, 5]
+    assert [e["intended"] - e["requests"] - e["unsent"] - e["dropped"] for e in r["timeline"]] == [0, 0]
+    rows = list(csv.DictReader(io.StringIO(format_csv(r))))
+    assert [row["dropped"] for row in rows] == ["0", "5"]
+    assert "| 10.0 | 7.5 | 25.00 % | **BEHIND** | 0 | 5 | 0 |" in format_summary(r)
+    assert known_report()["timeline"][0]["dropped"] is None  # closed loop: no backlog
 
 
 def test_summary_markdown_content() -> None:

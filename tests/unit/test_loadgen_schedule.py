@@ -262,6 +262,43 @@ def test_too_few_connections_is_reported_not_hidden() -> None:
     assert re.search(r"BEHIND: intended (199|20[01]) req/s, achieved \d+ req/s \(\d+ waiting", out.getvalue())
 
 
+def test_a_full_backlog_drops_and_counts_what_it_sheds() -> None:
+    # 50 ms responses on 2 connections serve 40 req/s; 200 req/s are asked for, and at most 30
+    # may wait: the backlog never grows past 30, the rest is dropped when due, and every due
+    # request is a response, unsent (in the backlog at the end) or dropped, in its own second.
+    srv = AlternatingServer(delay=0.05)
+    backlogs: list[int] = []
+
+    async def main() -> RunResult:
+        url = await srv.start()
+        plan = _plan([url, "--rate", "200", "-d", "2", "--connections", "2", "--max-backlog", "30"])
+        runner = OpenLoop(plan, on_tick=lambda second, snap: backlogs.append(snap["backlog"]))
+        result = await runner.run()
+        srv.server.close()
+        return result
+
+    result = asyncio.run(main())
+    merged = merge_exports([result.timeline.export()])
+    stats = result.stats
+    assert backlogs and max(backlogs) <= 30
+    assert stats["max_backlog"] == 30
+    for s in merged.seconds:
+        assert s.intended == s.requests + s.unsent + s.dropped
+    assert sum(s.dropped for s in merged.seconds) == stats["dropped"] > 250  # ~400 due, <= 80 + 30 kept
+    assert stats["unsent"] <= 30
+    assert stats["sent"] == srv.served == sum(s.requests for s in merged.seconds)
+    assert stats["sent"] + stats["unsent"] + stats["dropped"] == stats["due"] == 400
+
+
+def test_max_backlog_zero_drops_at_once_like_k6() -> None:
+    srv = AlternatingServer(delay=0.05)
+    result, merged = _open_run(srv, ["--rate", "100", "-d", "1", "--connections", "1", "--max-backlog", "0"])
+    stats = result.stats
+    assert stats["unsent"] == 0 and sum(s.waited for s in merged.seconds) == 0  # nobody ever waited
+    assert stats["sent"] == srv.served and stats["sent"] + stats["dropped"] == stats["due"] == 100
+    assert stats["dropped"] >= 70  # one connection, 50 ms each: about 20 of 100 get one
+
+
 def test_open_loop_stop_ends_early_and_accounts_for_what_was_due() -> None:
     srv = AlternatingServer(delay=0.2)
 
