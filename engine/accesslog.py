@@ -131,8 +131,9 @@ class _Writer:
             pass
 
     def _write_atomic_chunks(self, data: bytes) -> None:
-        """Without a shared lock: each write() at most PIPE_BUF bytes and ending at a line end, which
-        a pipe keeps whole (a single process is the only writer; a longer line is written on its own)."""
+        """Without a shared lock (one process, or no semaphores): each write() at most PIPE_BUF bytes
+        and ending at a line end, which a pipe keeps whole even if another process writes too; only a
+        line longer than PIPE_BUF is written alone and could then be cut by such a process."""
         start, end = 0, len(data)
         while start < end:
             stop = end if end - start <= PIPE_BUF else data.rfind(b"\n", start, start + PIPE_BUF) + 1
