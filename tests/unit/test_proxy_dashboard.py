@@ -229,3 +229,19 @@ def test_a_sibling_answer_is_used_only_if_it_is_a_sample() -> None:
     del no_hist["endpoints"]["10.0.0.2:8001"]["hist"]
     for broken in ([], "ok", {"worker": 1}, {**good, "worker": "1"}, {**good, "endpoints": []}, no_hist):
         assert sample_from_json(broken) is None, broken
+
+
+def test_docs_live_names_endpoint_attributes_that_exist() -> None:
+    """Drift check: every `Endpoint.a.b` that docs/live.md's replica table reads from is real."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "live.md").read_text()
+    paths = re.findall(r"`Endpoint\.([\w.]+)`", text)
+    assert len(paths) >= 6, paths
+    ep = state_with(1).group.live[0]
+    for path in paths:
+        obj: object = ep
+        for name in path.split("."):
+            assert hasattr(obj, name), f"docs/live.md names Endpoint.{path}, which does not exist"
+            obj = getattr(obj, name)
