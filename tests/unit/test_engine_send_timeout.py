@@ -8,6 +8,7 @@ send raising, the socket closed, the access-log line) under a generous overall g
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import socket
@@ -281,3 +282,37 @@ def test_through_the_proxy_a_client_that_stops_reading_releases_the_upstream(loo
 
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(main())
+
+
+def test_an_asgilab_websocket_client_that_stops_reading_is_cut() -> None:
+    """The engine watches a taken-over connection too: the app's send raises, the session ends."""
+    outcome: list[str] = []
+    handshake = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+
+    async def firehose(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        try:
+            while True:
+                await send({"type": "websocket.send", "bytes": b"w" * 65536})
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+    async def main() -> None:
+        site, _, _ = _site(firehose, 0.2)
+        # Pings would also end it (no pong from a client that reads nothing): off here.
+        site.config = dataclasses.replace(site.config, ws_ping_interval=0.0)
+        server = await asyncio.get_running_loop().create_server(lambda: HTTPConnection(site), "127.0.0.1", 0)
+        client = await stalled_client(server.sockets[0].getsockname()[1], handshake)
+        try:
+            await _until(lambda: bool(outcome))
+            await _until(lambda: not site.connections)
+            assert outcome == ["ClientDisconnected"]
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(main())
