@@ -50,13 +50,18 @@ class SendWatch:
     """Calls ``on_stall`` when ``transport``'s write buffer made no progress for ``timeout`` seconds.
 
     ``watch()`` when bytes wait in the buffer (writing was paused, or the transport is closing
-    with bytes unsent); ``resumed()`` on every ``resume_writing``. One timer at a time, re-armed
-    only while the buffer shrinks or writing resumed in between: a reader that takes anything
-    keeps the connection (as with nginx, the bound is on silence, not on the whole response), one
-    that takes nothing is cut between ``timeout`` and twice ``timeout`` after its last read.
+    with bytes unsent); ``resumed()`` on every ``resume_writing``. While it watches, one timer
+    samples the buffer ``SAMPLES`` times per timeout: a sample that finds it smaller than the
+    one before (or writing resumed in between) is progress. A reader that takes anything keeps
+    the connection (as with nginx, the bound is on silence, not on the whole response); one that
+    takes nothing for ``SAMPLES`` samples in a row is cut, between 1 and 1 + 1/``SAMPLES`` times
+    ``timeout`` after its last read. Comparing neighbouring samples rather than the size when the
+    watch began keeps bytes the producer added after the pause from hiding a reader's progress.
     """
 
-    __slots__ = ("loop", "mark", "on_stall", "resumes", "seen", "timeout", "timer", "transport")
+    SAMPLES = 4
+
+    __slots__ = ("last", "loop", "on_stall", "quiet", "resumes", "seen", "timeout", "timer", "transport")
 
     def __init__(
         self,
@@ -70,12 +75,16 @@ class SendWatch:
         self.timeout = timeout
         self.on_stall = on_stall
         self.timer: asyncio.TimerHandle | None = None
-        self.mark = 0  # buffer size when the current timer was armed
+        self.last = 0  # buffer size at the previous sample
+        self.quiet = 0  # samples in a row without progress
         self.resumes = 0
-        self.seen = 0  # ``resumes`` when the current timer was armed
+        self.seen = 0  # ``resumes`` at the previous sample
 
     def watch(self) -> None:
         if self.timer is None and self.timeout > 0:
+            self.last = self._buffered()
+            self.seen = self.resumes
+            self.quiet = 0
             self._arm()
 
     def resumed(self) -> None:
@@ -87,9 +96,7 @@ class SendWatch:
             self.timer = None
 
     def _arm(self) -> None:
-        self.mark = self._buffered()
-        self.seen = self.resumes
-        self.timer = self.loop.call_later(self.timeout, self._check)
+        self.timer = self.loop.call_later(self.timeout / self.SAMPLES, self._check)
 
     def _buffered(self) -> int:
         try:
@@ -102,7 +109,13 @@ class SendWatch:
         size = self._buffered()
         if size == 0:
             return  # all sent: nothing to watch until writing pauses again
-        if size < self.mark or self.resumes != self.seen:
-            self._arm()  # the peer read something in this window
-            return
-        self.on_stall()
+        if size < self.last or self.resumes != self.seen:
+            self.quiet = 0  # the peer read something since the last sample
+        else:
+            self.quiet += 1
+            if self.quiet >= self.SAMPLES:
+                self.on_stall()
+                return
+        self.last = size
+        self.seen = self.resumes
+        self._arm()

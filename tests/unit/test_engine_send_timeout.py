@@ -75,15 +75,21 @@ def test_the_watch_rearms_while_the_reader_takes_bytes_and_fires_once_it_takes_n
     transport.size = 100_000
     watch.watch()
     watch.watch()  # one timer at a time
-    assert [d for d, _ in loop.pending] == [5.0]
-    transport.size = 90_000  # the client read 10 kB in that window
+    assert [d for d, _ in loop.pending] == [5.0 / SendWatch.SAMPLES]
+    for _ in range(SendWatch.SAMPLES - 1):  # three quarters of the timeout with nothing taken
+        loop.fire()
+    assert stalls == []
+    transport.size = 90_000  # the client read 10 kB
+    loop.fire()
+    transport.size = 150_000  # the producer added bytes after the pause: not progress ...
+    loop.fire()
+    transport.size = 140_000  # ... but a read after it is, though the buffer is above where it began
+    loop.fire()
+    watch.resumed()  # drained below the low-water mark and refilled in between: progress too
     loop.fire()
     assert stalls == [] and len(loop.pending) == 1
-    watch.resumed()  # drained below the low-water mark and refilled: progress too
-    transport.size = 95_000
-    loop.fire()
-    assert stalls == [] and len(loop.pending) == 1
-    loop.fire()  # a whole window with nothing taken
+    for _ in range(SendWatch.SAMPLES):  # a whole timeout with nothing taken
+        loop.fire()
     assert stalls == [1] and loop.pending == []
 
 
