@@ -57,6 +57,17 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Draw the four PNGs into ``out_dir`` (created if needed); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fig, name in draw_plots(report):
+        path = out_dir / name
+        save(fig, path)
+        paths.append(path)
+    return paths
+
+
+def draw_plots(report: dict[str, Any]) -> list[tuple[Figure, str]]:
+    """The four figures and their file names, in :data:`PLOT_FILES` order (tests read the data
+    back from their artists: what is drawn, not how many pixels are coloured)."""
     timeline = report.get("timeline") or []
     actions = report.get("actions") or []
     title = _title(report)
@@ -67,12 +78,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
         (_spectrum([("corrected", report_spectrum(report, "corrected")),
                     ("uncorrected", report_spectrum(report, "uncorrected"))], title), "spectrum.png"),
     ]  # fmt: skip
-    paths = []
-    for fig, name in drawn:
-        path = out_dir / name
-        save(fig, path)
-        paths.append(path)
-    return paths
+    return drawn
 
 
 def save(fig: Figure, path: Path) -> None:

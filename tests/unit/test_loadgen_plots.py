@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import struct
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ from loadgen.plots import (
     PLOT_FILES,
     backend_shares,
     decode_spectrum,
+    draw_plots,
     entry_errors,
     report_spectrum,
     write_plots,
 )
+from loadgen.report import format_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -38,7 +42,7 @@ def synthetic_report(seconds: int = 12, kill_at: int = 5) -> dict[str, Any]:
         backends = {"a": 30, "b": 30, "c": 0 if s > kill_at else 30}
         timeline.append({
             "second": s, "intended": 100, "requests": 100, "responses": 100 - resets, "failed": resets + bad,
-            "errors": resets, "unsent": 0, "waited": 0, "rps": float(100 - resets),
+            "errors": resets, "unsent": 0, "dropped": 0, "waited": 0, "rps": float(100 - resets),
             "p50_ms": 1.0 + s / 10, "p90_ms": 2.0, "p99_ms": 9.0 if s == kill_at else 3.0, "p99_9_ms": 12.0,
             "max_ms": 15.0, "uncorrected_p99_ms": 2.5,
             "status": {"200": 100 - resets - bad, "502": bad} if bad else {"200": 100},
@@ -89,17 +93,87 @@ def coloured_share(path: Path) -> float:
     return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.25).mean())
 
 
-def test_four_pngs_with_content(tmp_path: Path) -> None:
+def test_four_pngs_of_the_figures_size(tmp_path: Path) -> None:
     paths = write_plots(synthetic_report(), tmp_path / "run")
     assert [p.name for p in paths] == list(PLOT_FILES)
-    for path in paths:
+    for path, (fig, _) in zip(paths, draw_plots(synthetic_report()), strict=True):
         width, height = png_size(path)
-        assert width >= 600 and height >= 300
-    share = {p.name: coloured_share(p) for p in paths}
-    # Thin lines for latency and the spectrum, filled bars and bands for the others. The same
-    # plots of an empty report have no coloured pixel (checked below), so this is the data.
-    assert share["latency.png"] > 0.005 and share["spectrum.png"] > 0.003, share
-    assert share["throughput.png"] > 0.2 and share["backends.png"] > 0.5, share
+        assert (width, height) == (round(fig.get_figwidth() * 110), round(fig.get_figheight() * 110))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(PLOT_FILES)  # no temp file
+
+
+# What each figure shows, read back from its artists and compared with the known input (the
+# synthetic report, and the timeline.csv written from it): a plot of the wrong data fails here.
+
+
+def _figures(report: dict[str, Any]) -> dict[str, Any]:
+    return {name: fig for fig, name in draw_plots(report)}
+
+
+def _lines(ax: Any) -> dict[str, tuple[list[float], list[float]]]:
+    return {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
+
+
+def _bars(ax: Any) -> dict[str, tuple[list[float], list[float]]]:
+    """label -> (heights, bottoms) of each bar container."""
+    return {c.get_label(): ([b.get_height() for b in c], [b.get_y() for b in c]) for c in ax.containers}
+
+
+def test_latency_plot_draws_each_seconds_percentiles_as_in_the_csv() -> None:
+    report = synthetic_report(seconds=8, kill_at=5)
+    rows = list(csv.DictReader(io.StringIO(format_csv(report))))
+    (ax,) = _figures(report)["latency.png"].axes
+    lines = _lines(ax)
+    for label, column in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("p99.9", "p99_9_ms"),
+                          ("max", "max_ms"), ("p99 uncorrected", "uncorrected_p99_ms")):  # fmt: skip
+        xs, ys = lines[label]
+        assert xs == [s + 0.5 for s in range(8)], label  # each point over the middle of its second
+        assert ys == [float(r[column]) for r in rows], label
+    assert lines["p50"][1] == pytest.approx([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7])  # 1 + s/10
+    assert lines["p99"][1] == [3.0] * 5 + [9.0] + [3.0] * 2  # the kill second stands out
+
+
+def test_throughput_plot_bars_are_the_responses_and_the_errors_by_kind() -> None:
+    report = synthetic_report(seconds=8, kill_at=5)
+    top, bottom = _figures(report)["throughput.png"].axes
+    heights, bottoms = _bars(top)["responses/s"]
+    assert heights == [100.0] * 5 + [96.0] + [100.0] * 2 and bottoms == [0.0] * 8
+    xs, ys = _lines(top)["intended/s"]
+    assert list(xs) == list(range(9)) and list(ys) == [100] * 9  # a step per second, closed at the end
+    errors = _bars(bottom)
+    assert set(errors) == {"reset", "5xx"}
+    assert errors["reset"] == ([0] * 5 + [4] + [0] * 2, [0.0] * 8)
+    assert errors["5xx"] == ([0] * 5 + [2] + [0] * 2, [0] * 5 + [4] + [0] * 2)  # stacked on the resets
+
+
+def test_backends_plot_stacks_each_backends_share_per_second() -> None:
+    report = synthetic_report(seconds=8, kill_at=5)
+    (ax,) = _figures(report)["backends.png"].axes
+    bands = {p.get_label(): p.get_data() for p in ax.patches}
+    assert list(bands) == ["a", "b", "c"]
+    third, half = 100 / 3, 50.0
+    for name, before, after in (("a", third, half), ("b", third, half), ("c", third, 0.0)):
+        values, edges, baseline = bands[name]
+        assert list(edges) == list(range(9))
+        assert [v - b for v, b in zip(values, baseline, strict=True)] == pytest.approx(
+            [before] * 6 + [after] * 2
+        )
+    assert list(bands["c"][0]) == pytest.approx([100.0] * 8)  # the top band ends at 100 %
+
+
+def test_spectrum_plot_is_the_hdr_spectrum_of_the_known_samples() -> None:
+    # corrected: 900 x 1 ms, 90 x 5 ms, 10 x 50 ms; uncorrected: 990 x 0.8 ms, 10 x 4 ms
+    (ax,) = _figures(synthetic_report())["spectrum.png"].axes
+    lines = _lines(ax)
+    for label, steps in (("corrected", ((90.0, 1.0), (99.0, 5.0), (100.0, 50.0))),
+                         ("uncorrected", ((99.0, 0.8), (100.0, 4.0)))):  # fmt: skip
+        xs, ys = lines[label]
+        lower = 0.0
+        for percentile, ms in steps:  # x = 1/(1-p): every point up to p has the value of its step
+            x_max = 1 / (1 - percentile / 100) if percentile < 100 else float("inf")
+            values = [y for x, y in zip(xs, ys, strict=True) if lower < x <= x_max * 1.0001]
+            assert values and all(abs(y - ms) <= ms * 1e-3 for y in values), (label, percentile, values)
+            lower = x_max * 1.0001
 
 
 def test_an_empty_run_still_gives_four_readable_pngs(tmp_path: Path) -> None:
