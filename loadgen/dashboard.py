@@ -95,6 +95,12 @@ class Dashboard:
     def port(self) -> int:
         return int(self._server.server_address[1])
 
+    def wait_for_viewers(self, count: int, timeout: float) -> bool:
+        """True once ``count`` viewers are connected, False after ``timeout`` seconds: tests order
+        "a viewer is watching" before "the next second is published" by this, not by sleeping."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._viewers >= count, timeout)
+
     def publish(self, record: SecondRecord) -> None:
         self._append(_event("second", record.to_json()))
 
@@ -131,6 +137,7 @@ class Dashboard:
         sent = 0
         with self._cond:
             self._viewers += 1
+            self._cond.notify_all()
         try:
             while True:
                 with self._cond:

@@ -223,7 +223,7 @@ def test_a_late_viewer_gets_the_whole_history_then_the_end() -> None:
         late: list[list[tuple[str, Any]]] = []
         t = threading.Thread(target=lambda: late.append(read_events(dash.port)))
         t.start()
-        time.sleep(0.3)
+        assert dash.wait_for_viewers(1, timeout=30)  # watching now: second 2 reaches it live
         dash.publish(rec(2, 30.0))
         report = {"timeline": [], "mode": "open", "requests": 60, "actions": []}
         dash.finish(report)
