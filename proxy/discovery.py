@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import socket
 import threading
@@ -348,6 +349,8 @@ class DockerDiscovery:
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._last: list[Address] | None = None
+        self._numbers = itertools.count(1)  # listings, numbered as they start (next() is atomic)
+        self._applied = 0  # number of the newest listing applied
 
     # -- blocking parts, run outside the loop -----------------------------------------------------
     @property
@@ -423,16 +426,22 @@ class DockerDiscovery:
 
     def list_addresses(self) -> list[Address]:
         """The addresses new requests may go to now (blocking: calls the engine)."""
-        return self._snapshot()[1]
+        return self._snapshot()[2]
 
-    def _snapshot(self) -> tuple[set[str], list[Address]]:
-        """Ids of the containers listed as running, and the addresses to use now."""
+    def _listing(self) -> tuple[int, list[Address]]:
+        number, _, addresses = self._snapshot()
+        return number, addresses
+
+    def _snapshot(self) -> tuple[int, set[str], list[Address]]:
+        """The listing's number (in the order listings start), the ids of the containers listed
+        as running, and the addresses to use now."""
+        number = next(self._numbers)  # taken before asking: a slow answer keeps its early number
         if self.swarm_service is not None:
             tasks = self._tasks()
             ids = {_task_container(t) for t in tasks if _task_running(t)}
-            return ids, self.addresses_of_tasks(tasks)
+            return number, ids, self.addresses_of_tasks(tasks)
         containers = self._running()
-        return {c.id for c in containers}, self.addresses_of(containers)
+        return number, {c.id for c in containers}, self.addresses_of(containers)
 
     def _running(self) -> Sequence[DockerContainer]:
         return self._engine.containers.list(filters={"label": self._labels, "status": "running"})
@@ -454,7 +463,7 @@ class DockerDiscovery:
                 out.add((ip, self.port))
         return sorted(out, key=_sort_key)
 
-    def _list_after(self, action: str, cid: str) -> list[Address]:
+    def _list_after(self, action: str, cid: str) -> tuple[int, list[Address]]:
         """List after an event; wait a little for a container the event says is running again.
 
         Docker 20.10 sends ``unpause`` (and sometimes ``start``) before a listing shows the
@@ -462,13 +471,13 @@ class DockerDiscovery:
         event, seconds later. Retries take at most ~0.75 s and only in that case.
         """
         joining = _JOINING_SWARM if self.swarm_service is not None else _JOINING
-        ids, addresses = self._snapshot()
+        number, ids, addresses = self._snapshot()
         delay = 0.05
         while action in joining and cid not in ids and delay < 0.5 and not self._stop.is_set():
             self._stop.wait(delay)
             delay *= 2
-            ids, addresses = self._snapshot()
-        return addresses
+            number, ids, addresses = self._snapshot()
+        return number, addresses
 
     def addresses_of(self, containers: Iterable[DockerContainer]) -> list[Address]:
         out = set()
@@ -514,13 +523,13 @@ class DockerDiscovery:
                     decode=True, filters={"type": "container", "label": self._labels}
                 )
                 self._stream = stream
-                self._publish(self.list_addresses())
+                self._publish(*self._listing())
                 backoff = 0.5
                 for event in _iterate(stream):
                     if self._stop.is_set():
                         return
                     if (seen := self.on_event(event)) is not None:
-                        self._publish(self._list_after(*seen))
+                        self._publish(*self._list_after(*seen))
                 if not self._stop.is_set():
                     log.warning("docker events stream ended; reconnecting in %gs", backoff)
             except Exception as exc:
@@ -536,15 +545,26 @@ class DockerDiscovery:
         """Thread body on Swarm: list the tasks every interval (other nodes send no events here)."""
         while not self._stop.wait(self.interval):
             try:
-                self._publish(self.list_addresses())
+                self._publish(*self._listing())
             except Exception as exc:
                 log.warning("listing Swarm tasks failed (%s); keeping last endpoints", exc)
 
-    def _publish(self, addresses: list[Address]) -> None:
+    def _publish(self, number: int, addresses: list[Address]) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self.group.loop.call_soon_threadsafe(self._apply, addresses)
+            self.group.loop.call_soon_threadsafe(self._apply, number, addresses)
 
-    def _apply(self, addresses: list[Address]) -> None:
+    def _apply(self, number: int, addresses: list[Address]) -> None:
+        """Make listing ``number``'s answer the set, unless a listing started later was applied.
+
+        Two threads list (the event follower and, on Swarm, the poller): an answer that took
+        longer than a later one may predate a container's stop, and must not bring it back.
+        """
+        if number < self._applied:
+            log.debug(
+                "dropping a container listing overtaken by a later one (%d < %d)", number, self._applied
+            )
+            return
+        self._applied = number
         if not addresses and self._last != addresses:
             log.warning("docker discovery: no running (healthy) container of service %r", self.service)
         self._last = addresses
@@ -555,7 +575,7 @@ class DockerDiscovery:
         loop = asyncio.get_running_loop()
         if self.client is None or not (self.project or self.swarm_service):
             await loop.run_in_executor(None, self._connect)
-        self._apply(await loop.run_in_executor(None, self.list_addresses))
+        self._apply(*await loop.run_in_executor(None, self._listing))
 
     def stale(self) -> None:
         """Nothing to do: the engine's events already say when a container goes."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import queue
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
@@ -526,7 +527,13 @@ class FakeApi:
     def tasks(self, filters: dict) -> list[dict]:
         self.engine.task_lists.append(filters)
         # The engine filters by service and desired state; discovery must not rely on the latter.
-        return [t for t in self.engine.tasks if filters["service"] == f"{STACK}_{SERVICE}"]
+        answer = [copy.deepcopy(t) for t in self.engine.tasks if filters["service"] == f"{STACK}_{SERVICE}"]
+        # The poller's next answer can be held back: it is returned once `release` is set.
+        if self.engine.hold_next.is_set() and threading.current_thread().name == "swarm-tasks":
+            self.engine.hold_next.clear()
+            self.engine.holding.set()
+            self.engine.release.wait(5)
+        return answer
 
 
 class FakeSwarmEngine(FakeEngine):
@@ -544,6 +551,7 @@ class FakeSwarmEngine(FakeEngine):
         self.tasks: list[dict] = []
         self.task_lists: list[dict] = []
         self.api = FakeApi(self)
+        self.hold_next, self.holding, self.release = threading.Event(), threading.Event(), threading.Event()
 
     def info(self) -> dict:
         return {"Swarm": {"LocalNodeState": "active", "ControlAvailable": self.manager}}
@@ -629,5 +637,42 @@ def test_swarm_discovery_waits_for_a_task_that_turns_healthy() -> None:
         engine.emit("health_status: healthy", "c-t1")
         await wait_for(lambda: labels(group) == ["10.0.1.5:8001"], timeout=0.7)
         await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_slow_swarm_listing_never_brings_back_a_task_a_later_listing_dropped() -> None:
+    """The poller's listing started before t1 was stopped but answers after the event thread's
+    newer listing was applied: its (older) answer is dropped, t1 does not come back."""
+
+    async def main() -> None:
+        engine = FakeSwarmEngine()
+        engine.tasks = [task("t1", "10.0.1.5"), task("t2", "10.0.1.6")]
+        group = UpstreamGroup.from_config(Config(), asyncio.get_running_loop())
+        d = DockerDiscovery(group, SERVICE, 8001, client=engine, self_id="proxy1", interval=0.02)
+        await d.refresh()
+        applied: list[list[str]] = []
+        update = group.update
+
+        def recording(addresses: Iterable[tuple[str, int]]) -> bool:
+            wanted = list(addresses)
+            applied.append([f"{h}:{p}" for h, p in wanted])
+            return update(wanted)
+
+        group.update = recording  # type: ignore[method-assign]
+        d.start()
+        await wait_for(lambda: len(engine.streams) == 1)
+        engine.hold_next.set()  # the poller's next listing (t1 and t2) is held back
+        await asyncio.to_thread(engine.holding.wait, 5)
+        engine.tasks[0]["DesiredState"] = "shutdown"  # Swarm stopped t1 (it was a local task)...
+        engine.tasks[0]["Status"]["State"] = "complete"
+        engine.emit("die", "c-t1")  # ...and its container's die event makes the event thread list
+        await wait_for(lambda: labels(group) == ["10.0.1.6:8001"])
+        seen = len(applied)
+        engine.release.set()  # the held, older answer arrives now
+        await wait_for(lambda: len(applied) >= seen + 3)  # the poller's next listings were applied
+        await d.stop()
+        assert labels(group) == ["10.0.1.6:8001"]
+        assert all(a == ["10.0.1.6:8001"] for a in applied[seen:]), applied
 
     asyncio.run(main())
