@@ -43,7 +43,7 @@ Address = tuple[str, int]
 
 
 class Endpoint:
-    """One backend address, its idle pool, load counters and its per-concern records."""
+    """One backend address: its idle pool, its drain and cool-down, and a record per concern."""
 
     __slots__ = (
         "address",
