@@ -45,7 +45,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Literal, NoReturn, TypedDict
 
 import yaml
 
@@ -125,6 +125,16 @@ class RequestSpec:
     body_size: int = 0
 
 
+class ActionArgs(TypedDict, total=False):
+    """The extra fields of an action, by kind (validated in :func:`_actions`)."""
+
+    replicas: int  # scale
+    policy: str  # policy
+    admin_port: int  # policy
+    timeout: float  # stop, restart, scale: seconds of grace
+    signal: str  # kill: a name like SIGKILL or a number, as text
+
+
 @dataclass(frozen=True)
 class Action:
     """Something done to the lab's containers ``at_s`` seconds into the run (see ``actions.py``).
@@ -139,7 +149,7 @@ class Action:
     at_s: float
     kind: str
     target: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: ActionArgs = field(default_factory=lambda: ActionArgs())
 
     @property
     def service(self) -> str:
@@ -219,7 +229,7 @@ def load_scenario(path: str | Path) -> Scenario:
     return parse_scenario(doc, where, default_name=p.stem)
 
 
-def parse_scenario(doc: Any, where: str = "<scenario>", default_name: str = "scenario") -> Scenario:
+def parse_scenario(doc: object, where: str = "<scenario>", default_name: str = "scenario") -> Scenario:
     """Validate an already parsed document (a dict as YAML/TOML give it)."""
     v = _Validator(where)
     top = v.mapping(doc, "", _TOP_KEYS)
@@ -230,9 +240,10 @@ def parse_scenario(doc: Any, where: str = "<scenario>", default_name: str = "sce
         url = v.string(url, "url")
         if not url.startswith("http://"):
             v.fail("url", f"must start with http://, got {_show(url)}")
-    mode = top.get("mode", "rate")
-    if mode not in MODES:
-        v.fail("mode", f"must be one of {', '.join(MODES)}, got {_show(mode)}")
+    mode_raw = top.get("mode", "rate")
+    if mode_raw not in MODES:
+        v.fail("mode", f"must be one of {', '.join(MODES)}, got {_show(mode_raw)}")
+    mode: Literal["rate", "concurrency"] = "rate" if mode_raw == "rate" else "concurrency"
     if "stages" not in top:
         v.fail("stages", "required: a list of stages (hold, ramp, step, spike)")
     stages = _stages(v, top["stages"], mode)
@@ -251,7 +262,7 @@ def parse_scenario(doc: Any, where: str = "<scenario>", default_name: str = "sce
     )
 
 
-def _stages(v: _Validator, raw: Any, mode: str) -> tuple[Stage, ...]:
+def _stages(v: _Validator, raw: object, mode: str) -> tuple[Stage, ...]:
     items = v.sequence(raw, "stages", non_empty=True)
     stages: list[Stage] = []
     t = 0.0
@@ -305,7 +316,7 @@ def _stages(v: _Validator, raw: Any, mode: str) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
-def _mix(v: _Validator, raw: Any) -> list[RequestSpec]:
+def _mix(v: _Validator, raw: object) -> list[RequestSpec]:
     items = v.sequence(raw, "mix")
     mix: list[RequestSpec] = []
     for i, item in enumerate(items):
@@ -346,7 +357,7 @@ def _mix(v: _Validator, raw: Any) -> list[RequestSpec]:
     return mix
 
 
-def _headers(v: _Validator, raw: Any, at: str) -> tuple[tuple[str, str], ...]:
+def _headers(v: _Validator, raw: object, at: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(raw, Mapping):
         v.fail(at, f"must be a mapping of header name to value, got {_show(raw)}")
     out = []
@@ -362,7 +373,7 @@ def _headers(v: _Validator, raw: Any, at: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _actions(v: _Validator, raw: Any, duration: float) -> list[Action]:
+def _actions(v: _Validator, raw: object, duration: float) -> list[Action]:
     items = v.sequence(raw, "actions")
     actions: list[Action] = []
     for i, item in enumerate(items):
@@ -384,7 +395,7 @@ def _actions(v: _Validator, raw: Any, duration: float) -> list[Action]:
             )
         if m.group(2) == "0":
             v.fail(f"{at}.target", "Compose container numbers start at 1")
-        args: dict[str, Any] = {}
+        args = ActionArgs()
         if kind == "scale":
             if m.group(2) is not None:
                 v.fail(f"{at}.target", f"scale takes a service, not a replica: {_show(m.group(1))}")
@@ -415,7 +426,7 @@ def _actions(v: _Validator, raw: Any, duration: float) -> list[Action]:
             if isinstance(sig, bool) or not isinstance(sig, (str, int)) or not _SIGNAL_RE.match(str(sig)):
                 v.fail(f"{at}.signal", f"must be a signal name like SIGKILL or a number, got {_show(sig)}")
             args["signal"] = str(sig)
-        actions.append(Action(at_s, kind, target, args))
+        actions.append(Action(at_s, kind, m.group(0), args))
     actions.sort(key=lambda a: a.at_s)  # stable: same-time actions keep the file's order
     return actions
 
@@ -430,7 +441,7 @@ class _Validator:
         prefix = f"{self.where}: {at}: " if at else f"{self.where}: "
         raise ScenarioError(prefix + message)
 
-    def mapping(self, raw: Any, at: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def mapping(self, raw: object, at: str, allowed: tuple[str, ...]) -> dict[str, object]:
         if not isinstance(raw, Mapping):
             what = "must be" if at else "the file must hold"
             self.fail(at, f"{what} a mapping of keys to values, got {_show(raw)}")
@@ -441,14 +452,14 @@ class _Validator:
                 self.fail(at, f"unknown key {_show(key)}{maybe}; allowed: {', '.join(allowed)}")
         return dict(raw)
 
-    def sequence(self, raw: Any, at: str, non_empty: bool = False) -> list[Any]:
+    def sequence(self, raw: object, at: str, non_empty: bool = False) -> list[object]:
         if not isinstance(raw, list):
             self.fail(at, f"must be a list, got {_show(raw)}")
         if non_empty and not raw:
             self.fail(at, "must not be empty")
         return raw
 
-    def kind(self, raw: Any, at: str, kinds: tuple[str, ...]) -> str:
+    def kind(self, raw: object, at: str, kinds: tuple[str, ...]) -> str:
         if not isinstance(raw, Mapping):
             self.fail(at, f"must be a mapping with a kind ({', '.join(kinds)}), got {_show(raw)}")
         if "kind" not in raw:
@@ -458,18 +469,18 @@ class _Validator:
             self.fail(f"{at}.kind", f"must be one of {', '.join(kinds)}, got {_show(kind)}")
         return kind
 
-    def string(self, raw: Any, at: str, allow_empty: bool = False) -> str:
+    def string(self, raw: object, at: str, allow_empty: bool = False) -> str:
         if not isinstance(raw, str) or (not allow_empty and not raw.strip()):
             self.fail(at, f"must be a non-empty string, got {_show(raw)}")
         return raw
 
-    def number(self, raw: Any, at: str, positive: bool = False) -> float:
-        ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw)
-        if not ok or raw < 0 or (positive and raw == 0):
+    def number(self, raw: object, at: str, positive: bool = False) -> float:
+        value = _finite(raw)
+        if value is None or value < 0 or (positive and value == 0):
             self.fail(at, f"must be a {'positive' if positive else 'non-negative'} number, got {_show(raw)}")
-        return float(raw)
+        return value
 
-    def seconds(self, raw: Any, at: str, allow_zero: bool = False) -> float:
+    def seconds(self, raw: object, at: str, allow_zero: bool = False) -> float:
         want = "a non-negative" if allow_zero else "a positive"
         value: float | None = None
         if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
@@ -485,20 +496,27 @@ class _Validator:
             )
         return value
 
-    def level(self, raw: Any, at: str, mode: str) -> float:
+    def level(self, raw: object, at: str, mode: str) -> float:
         if mode == "concurrency":
             if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
                 self.fail(
                     at, f"must be a whole number of connections >= 0 (mode: concurrency), got {_show(raw)}"
                 )
             return float(raw)
-        ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw)
-        if not ok or raw < 0:
+        value = _finite(raw)
+        if value is None or value < 0:
             self.fail(at, f"must be a number of requests per second >= 0 (mode: rate), got {_show(raw)}")
-        return float(raw)
+        return value
 
 
-def _show(value: Any) -> str:
+def _finite(raw: object) -> float | None:
+    """A YAML/TOML number (not a bool, not inf/nan) as a float, else None."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        return None
+    return float(raw)
+
+
+def _show(value: object) -> str:
     """How a bad value is quoted in a message: JSON-like, so "ten" and 10 are told apart."""
     try:
         text = json.dumps(value, default=str)
