@@ -174,3 +174,40 @@ def test_status_lines_and_simple_response() -> None:
     assert (
         b"Content-Length: 4\r\n" in raw and b"Connection: close\r\n" in raw and raw.endswith(b"\r\n\r\nbad\n")
     )
+
+
+def test_absolute_form_target_gives_the_host_and_goes_upstream_in_origin_form() -> None:
+    """RFC 9112 3.2.2: a proxy MUST take Host from an absolute-form target, not the received one."""
+    req = rewrite_request(b"GET", b"http://target.test:81/a?b=1", [(b"Host", b"other.test")], b"1.2.3.4")
+    line, headers = parse_head(req.head)
+    assert line == b"GET /a?b=1 HTTP/1.1"
+    assert dict(headers)[b"Host"] == b"target.test:81" and req.host == b"target.test:81"
+    assert names(headers).count(b"host") == 1
+    opt = rewrite_request(b"OPTIONS", b"http://target.test", [(b"Host", b"target.test")], b"1.2.3.4")
+    assert parse_head(opt.head)[0] == b"OPTIONS * HTTP/1.1"
+
+
+def test_http10_request_gets_a_host_via_and_no_expectation() -> None:
+    req = rewrite_request(
+        b"POST", b"/", [(b"Expect", b"100-continue"), (b"Content-Length", b"2")], b"1.2.3.4", http11=False
+    )
+    _, headers = parse_head(req.head)
+    d = dict(headers)
+    assert b"Host: \r\n" in req.head, "an HTTP/1.1 request upstream always carries Host (empty: none known)"
+    assert d[b"Via"] == b"1.0 asgi-lab"
+    assert not req.expect_continue, "no 100 Continue to an HTTP/1.0 client (RFC 9110 15.2)"
+    assert b"expect" not in names(headers)
+
+
+@pytest.mark.parametrize("host", [b"user@h.test", b"h.test/path", b"a.test, b.test", b"h test", b"h.test:8x"])
+def test_invalid_host_values_are_refused(host: bytes) -> None:
+    with pytest.raises(BadRequest, match="invalid Host"):
+        rewrite_request(b"GET", b"/", [(b"Host", host)], b"1.2.3.4")
+
+
+def test_connection_naming_host_does_not_strip_it() -> None:
+    req = rewrite_request(
+        b"GET", b"/", [(b"Host", b"h.test"), (b"Connection", b"Host, X-A"), (b"X-A", b"1")], b"i"
+    )
+    _, headers = parse_head(req.head)
+    assert dict(headers)[b"Host"] == b"h.test" and b"x-a" not in names(headers)
