@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen.config import ConfigError, load_config
 from loadgen.coordinator import CoordinatorError, coordinate
@@ -38,14 +38,18 @@ from loadgen.plan import make_plan
 from loadgen.record import SecondRecord, TickMerger
 from loadgen.report import build_report, format_summary, new_run_dir, result_files, succeeded, write_json
 from loadgen.run import execute
+from loadgen.shapes import Performer
 from loadgen.workers import WorkerError
+
+if TYPE_CHECKING:  # imported when --dashboard asks for it
+    from loadgen.dashboard import Dashboard
 
 
 def _error(message: str) -> None:
     print(f"loadgen: error: {message}", file=sys.stderr, flush=True)
 
 
-def _publisher(dashboard: Any) -> Any:
+def _publisher(dashboard: Dashboard | None) -> Callable[[int, SecondRecord], None] | None:
     if dashboard is None:
         return None
 
@@ -151,7 +155,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except OSError as exc:
             _error(f"cannot write results to {config.results_dir}: {_why(exc)}")
             return 1
-    performer: Any = None
+    performer: Performer | None = None
     if plan.actions:
         from loadgen.actions import ActionError, ActionRunner
 
@@ -162,7 +166,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             _error(str(exc))
             return 2
     live = None if config.quiet else LiveLine()
-    dashboard = None
+    dashboard: Dashboard | None = None
     if config.dashboard is not None:
         from loadgen.dashboard import Dashboard
         from loadgen.report_html import meta_from_plan

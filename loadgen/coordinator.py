@@ -36,7 +36,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,13 +46,12 @@ from loadgen.config import Config
 from loadgen.histogram import SecondBucket, merge_exports
 from loadgen.plan import Plan
 from loadgen.protocol import LOST_AFTER_S, MAX_LINE, PROTOCOL_VERSION, Message, ProtocolError, decode, encode
-from loadgen.run import Outcome, TimedActions
+from loadgen.run import ActionHook, Outcome, TicksHook, TimedActions
 from loadgen.schedule import DRAIN_GRACE_S
+from loadgen.shapes import ActionResult, Performer, RunStats, SecondExport, TimelineExport
 from loadgen.workers import START_LEAD_S
 
 Say = Callable[[str], None]
-TicksHook = Callable[[int, Sequence[dict[str, Any]]], None]
-ActionHook = Callable[[dict[str, Any]], None]
 
 #: Clock pings per worker at join time; the one with the smallest round trip gives the offset.
 CLOCK_PINGS = 3
@@ -160,7 +159,7 @@ class Coordinator:
         plan: Plan,
         on_tick: TicksHook | None,
         say: Say | None,
-        performer: Any,
+        performer: Performer | None,
         on_action: ActionHook | None = None,
     ) -> None:
         assert config.coordinator is not None and config.expect_workers is not None
@@ -386,6 +385,7 @@ class Coordinator:
                 )
                 p.send(run)
             if self.plan.actions:
+                assert self.performer is not None, "a plan with actions needs a performer"
                 actions = TimedActions(
                     self.plan.actions, self.performer, self.start_wall, self.say, self.on_action
                 )
@@ -406,20 +406,22 @@ class Coordinator:
 
     # -- the result ----------------------------------------------------------------------------
 
-    def _export_of(self, p: Peer) -> dict[str, Any]:
+    def _export_of(self, p: Peer) -> TimelineExport:
         """A worker's timeline: its final export, or rebuilt from what it streamed (lost)."""
         if p.done is not None:
-            final: dict[str, Any] = p.done["export"]
+            final: TimelineExport = p.done["export"]  # a JSON message: the shape the worker sent
             return final
         ol = self._open_loop
         n = max(p.records, default=-1) + 1
         seconds = [p.records[s]["entry"] if s in p.records else SecondBucket(s).export(ol) for s in range(n)]
-        out: dict[str, Any] = {"open_loop": ol, "seconds": seconds}
+        out: TimelineExport = {"open_loop": ol, "seconds": seconds}
         labels = list(dict.fromkeys(label for r in p.records.values() for label in r.get("by_request", {})))
         if labels:
 
-            def entry(s: int, label: str) -> dict[str, Any]:
-                got = (p.records[s].get("by_request") or {}).get(label) if s in p.records else None
+            def entry(s: int, label: str) -> SecondExport:
+                got: SecondExport | None = (
+                    (p.records[s].get("by_request") or {}).get(label) if s in p.records else None
+                )
                 return got or SecondBucket(s).export(ol)
 
             out["by_request"] = {
@@ -427,17 +429,19 @@ class Coordinator:
             }
         return out
 
-    def _stats_of(self, p: Peer) -> dict[str, Any]:
+    def _stats_of(self, p: Peer) -> RunStats:
         if p.done is not None:
-            reported: dict[str, Any] = p.done["stats"]
+            reported: RunStats = p.done["stats"]
             return reported
         snap = p.last_snap or {}
-        stats = {"connections_used": snap.get("busy", 0)}
+        stats = RunStats(connections_used=snap.get("busy", 0))
         if self._open_loop:
-            stats.update(due=snap.get("due", 0), sent=snap.get("sent", 0), sent_in_time=snap.get("sent", 0))
+            stats.update(
+                {"due": snap.get("due", 0), "sent": snap.get("sent", 0), "sent_in_time": snap.get("sent", 0)}
+            )
         return stats
 
-    def _outcome(self, action_results: list[dict[str, Any]]) -> Outcome:
+    def _outcome(self, action_results: list[ActionResult]) -> Outcome:
         from loadgen.report import build_report
 
         started_at = datetime.fromtimestamp(self.start_wall, UTC)
@@ -504,7 +508,7 @@ def coordinate(
     *,
     on_tick: TicksHook | None = None,
     say: Say | None = None,
-    performer: Any = None,
+    performer: Performer | None = None,
     on_action: ActionHook | None = None,
 ) -> Outcome:
     """Run the plan through ``config.expect_workers`` workers; the counterpart of ``run.execute``.

@@ -39,6 +39,7 @@ from typing import Any
 
 from loadgen.record import SecondRecord
 from loadgen.report_html import STATIC_FILES, live_page, report_doc
+from loadgen.shapes import ActionResult
 
 #: A comment line this often keeps proxies and browsers from timing an idle stream out.
 KEEPALIVE_S = 15.0
@@ -104,7 +105,7 @@ class Dashboard:
     def publish(self, record: SecondRecord) -> None:
         self._append(_event("second", record.to_json()))
 
-    def action(self, entry: dict[str, Any]) -> None:
+    def action(self, entry: ActionResult) -> None:
         self._append(_event("action", entry))
 
     def finish(self, report: dict[str, Any]) -> None:

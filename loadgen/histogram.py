@@ -37,9 +37,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from hdrh.histogram import HdrHistogram
+
+from loadgen.shapes import SecondExport, TimelineExport
 
 LOWEST_US = 1
 HIGHEST_US = 60_000_000
@@ -210,7 +212,7 @@ class SecondBucket:
             h.merge(self.hist_c)
         return h
 
-    def export(self, open_loop: bool) -> dict[str, Any]:
+    def export(self, open_loop: bool) -> SecondExport:
         """This second as plain data, one entry of :meth:`Timeline.export`'s ``seconds``.
 
         Sealed or not: a distributed worker (loadgen/worker.py) streams seconds still in progress.
@@ -416,11 +418,11 @@ class Timeline:
         for child in self.by_request.values():
             child.finish()
 
-    def export(self) -> dict[str, Any]:
+    def export(self) -> TimelineExport:
         """This timeline as plain data (picklable, JSON-able): what a worker sends the parent."""
         self.finish()
         seconds = [b.export(self.open_loop) for b in self.buckets]
-        out: dict[str, Any] = {"open_loop": self.open_loop, "seconds": seconds}
+        out: TimelineExport = {"open_loop": self.open_loop, "seconds": seconds}
         if self.by_request:
             out["by_request"] = {label: child.export() for label, child in self.by_request.items()}
         return out
@@ -457,12 +459,15 @@ class MergedRun:
     by_request: dict[str, MergedRun] = field(default_factory=dict)
 
 
-def _add(into: dict, items: Iterable[tuple[Any, int]]) -> None:
+K = TypeVar("K")
+
+
+def _add(into: dict[K, int], items: Iterable[tuple[K, int]]) -> None:
     for k, n in items:
         into[k] = into.get(k, 0) + n
 
 
-def merge_exports(parts: Sequence[dict[str, Any]]) -> MergedRun:
+def merge_exports(parts: Sequence[TimelineExport]) -> MergedRun:
     """Sum per-second counters and HDR histograms of several :meth:`Timeline.export` results.
 
     Exact: the merged histogram holds every sample of every part (HDR ``add`` of identically laid

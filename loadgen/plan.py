@@ -13,10 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from loadgen.config import Config, ConfigError, Target, parse_target
 from loadgen.mix import Request, RequestLike
+
+if TYPE_CHECKING:  # the scenario module loads PyYAML: only a scenario run needs it
+    from loadgen.scenario import Action, Scenario, Stage
 
 #: Open loop without ``--connections``: enough connections for this much latency at the peak
 #: rate (Little's law: busy connections = rate x latency), but at least MIN_OPEN_CONNECTIONS.
@@ -45,13 +48,13 @@ class Plan:
     constant: float | None  # the level when it never changes (fast paths), else None
     peak: float  # highest level over the run
     mix: tuple[RequestLike, ...]
-    actions: tuple[Any, ...]
+    actions: tuple[Action, ...]
     scenario: str | None
     connections: int  # open loop: most connections open at once, whole run; closed: peak
     max_backlog: int  # open loop: most requests waiting for a connection, whole run (0 in closed)
     timeout_s: float
     workers: int
-    stages: tuple[Any, ...] = ()  # the scenario's ``scenario.Stage``s, for the reports' stage marks
+    stages: tuple[Stage, ...] = ()  # the scenario's stages, for the reports' stage marks
 
     def share(self, total: int, index: int, count: int) -> int:
         """How many of ``total`` items worker ``index`` of ``count`` gets (k mod count == index)."""
@@ -67,7 +70,7 @@ def default_open_connections(peak_rate: float) -> int:
     return max(MIN_OPEN_CONNECTIONS, math.ceil(peak_rate * OPEN_LATENCY_ALLOWANCE_S))
 
 
-def make_plan(config: Config, scenario: Any | None = None) -> Plan:
+def make_plan(config: Config, scenario: Scenario | None = None) -> Plan:
     """Resolve flags + scenario; raises ConfigError for combinations that cannot run."""
     url = config.url
     if url is None and scenario is not None:
@@ -86,7 +89,7 @@ def make_plan(config: Config, scenario: Any | None = None) -> Plan:
         constant: float | None = level
         duration = config.duration_s
         mix: Sequence[RequestLike] = (cli_request,)
-        actions: tuple[Any, ...] = ()
+        actions: tuple[Action, ...] = ()
         name = None
         peak = level
     else:

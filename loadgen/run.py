@@ -17,7 +17,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +25,13 @@ from typing import Any
 from loadgen.config import Config
 from loadgen.histogram import MergedRun, merge_exports
 from loadgen.plan import Plan
+from loadgen.scenario import Action
+from loadgen.shapes import ActionResult, Performer, RunStats
 from loadgen.workers import START_LEAD_S, run_one, run_workers
 
 Say = Callable[[str], None]
 TicksHook = Callable[[int, Sequence[dict[str, Any]]], None]
+ActionHook = Callable[[ActionResult], None]
 
 #: How long the end of a run waits for actions still running (e.g. a ``stop`` with a long grace).
 ACTION_JOIN_S = 60.0
@@ -41,8 +44,8 @@ class Outcome:
     started_at: datetime
     elapsed_s: float
     stopped_early: bool
-    stats: list[dict[str, Any]]  # one per worker
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    stats: list[RunStats]  # one per worker
+    actions: list[ActionResult] = field(default_factory=list)
     #: A distributed run (loadgen/coordinator.py): the per-worker section of the report.
     distributed: dict[str, Any] | None = None
 
@@ -52,11 +55,11 @@ class TimedActions:
 
     def __init__(
         self,
-        actions: Sequence[Any],
-        performer: Any,
+        actions: Sequence[Action],
+        performer: Performer,
         start_wall: float,
         say: Say | None,
-        on_result: Callable[[dict[str, Any]], None] | None = None,
+        on_result: ActionHook | None = None,
     ) -> None:
         self._actions = list(actions)
         self._on_result = on_result
@@ -66,7 +69,7 @@ class TimedActions:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.results: list[dict[str, Any]] = []
+        self.results: list[ActionResult] = []
 
     def start(self) -> None:
         for action in self._actions:
@@ -74,10 +77,10 @@ class TimedActions:
             t.start()
             self._threads.append(t)
 
-    def _run(self, action: Any) -> None:
+    def _run(self, action: Action) -> None:
         delay = self._start_wall + action.at_s - time.time()
         if delay > 0 and self._cancel.wait(delay):
-            result = {
+            result: Mapping[str, object] = {
                 "kind": action.kind,
                 "target": action.target,
                 "ok": False,
@@ -92,8 +95,15 @@ class TimedActions:
             result = {"kind": action.kind, "target": action.target, "ok": False, "detail": f"{exc!r}"}
         self._record(at, action, result)
 
-    def _record(self, at: float | None, action: Any, result: dict[str, Any]) -> None:
-        entry = {"at_s": None if at is None else round(at, 3), "planned_at_s": action.at_s, **result}
+    def _record(self, at: float | None, action: Action, result: Mapping[str, object]) -> None:
+        entry: ActionResult = {
+            "at_s": None if at is None else round(at, 3),
+            "planned_at_s": action.at_s,
+            "kind": str(result.get("kind", action.kind)),
+            "target": str(result.get("target", action.target)),
+            "ok": bool(result.get("ok")),
+            "detail": str(result.get("detail", "")),
+        }
         with self._lock:
             self.results.append(entry)
         if self._on_result is not None:
@@ -104,7 +114,7 @@ class TimedActions:
             what = f"{result.get('kind')} {result.get('target')}"
             self._say(f"[{when}] action {what}: {verdict} {result.get('detail', '')}")
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[ActionResult]:
         """Cancel actions not yet due, wait for running ones; results in planned order."""
         self._cancel.set()
         deadline = time.monotonic() + ACTION_JOIN_S
@@ -120,15 +130,18 @@ def execute(
     *,
     on_tick: TicksHook | None = None,
     say: Say | None = None,
-    performer: Any = None,
-    on_action: Callable[[dict[str, Any]], None] | None = None,
+    performer: Performer | None = None,
+    on_action: ActionHook | None = None,
 ) -> Outcome:
     """Run the plan (``config.workers`` processes) with its actions; returns the merged outcome.
 
     ``on_action`` gets each action's result entry as it happens (the live page marks it)."""
     workers = config.workers
     start_wall = time.time() + (START_LEAD_S if workers > 1 else 0.05)
-    actions = TimedActions(plan.actions, performer, start_wall, say, on_action) if plan.actions else None
+    actions = None
+    if plan.actions:
+        assert performer is not None, "a plan with actions needs a performer (loadgen.actions.ActionRunner)"
+        actions = TimedActions(plan.actions, performer, start_wall, say, on_action)
     if actions is not None:
         actions.start()
     try:

@@ -51,6 +51,7 @@ from loadgen.histogram import Timeline
 from loadgen.mix import MixCycle
 from loadgen.plan import Plan
 from loadgen.record import bucket_snapshot, recent_snapshots
+from loadgen.shapes import RunStats
 
 # Extra drain time on top of the request timeout before stragglers are forced to "timeout".
 DRAIN_GRACE_S = 2.0
@@ -126,7 +127,7 @@ class RunResult:
     started_at: datetime  # wall clock (UTC) of second 0
     elapsed_s: float  # second 0 until the last request finished (includes the drain)
     stopped_early: bool
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: RunStats = field(default_factory=lambda: RunStats())
 
 
 class _Runner:
@@ -223,8 +224,8 @@ class _Runner:
     def _cancel_timers(self) -> None:
         pass
 
-    def _stats(self) -> dict[str, Any]:
-        return {}
+    def _stats(self) -> RunStats:
+        return RunStats()
 
     def _snapshot_extra(self, now: float) -> dict[str, Any]:
         return {}
@@ -335,8 +336,8 @@ class ClosedLoop(_Runner):
     def _end_issuing(self) -> None:
         pass
 
-    def _stats(self) -> dict[str, Any]:
-        return {"connections_retired": self.retired}
+    def _stats(self) -> RunStats:
+        return RunStats(connections_retired=self.retired)
 
     def _worker(self, conn: Connection) -> None:
         """The per-connection loop, as a callback: record, then send again unless past the deadline.
@@ -539,7 +540,7 @@ class OpenLoop(_Runner):
         if timer is not None:
             timer.cancel()
 
-    def _stats(self) -> dict[str, Any]:
+    def _stats(self) -> RunStats:
         sent_in_time = self.sent - self.sent_late
         return {
             "due": self.due,

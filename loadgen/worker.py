@@ -40,8 +40,10 @@ from typing import Any
 from loadgen.config import DEFAULT_MAX_BACKLOG, Config, ConfigError, parse_target
 from loadgen.histogram import Timeline, merge_exports
 from loadgen.live import LiveLine
-from loadgen.plan import make_plan
+from loadgen.plan import Plan, make_plan
 from loadgen.protocol import HEARTBEAT_S, PROTOCOL_VERSION, LineSocket, Message, ProtocolError
+from loadgen.schedule import RunResult
+from loadgen.shapes import TimelineExport
 
 Say = Callable[[str], None]
 #: Between two connection attempts to a coordinator that is not there (yet).
@@ -299,7 +301,9 @@ def _scenario(config: Config) -> Any:
     return load_scenario(config.scenario_path)
 
 
-def _write_own_report(config: Config, job: Assignment, plan: Any, result: Any, export: dict[str, Any]) -> int:
+def _write_own_report(
+    config: Config, job: Assignment, plan: Plan, result: RunResult, export: TimelineExport
+) -> int:
     """``--json FILE`` on a worker: this worker's share as a report of its own (same schema)."""
     from loadgen.report import build_report, write_json
     from loadgen.run import Outcome
