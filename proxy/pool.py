@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.counters import EndpointStats, Histogram
 from proxy.ewma import Load
@@ -34,12 +34,17 @@ from proxy.outlier import OutlierState
 
 if TYPE_CHECKING:
     from proxy.config import Config
-    from proxy.outlier import OutlierDetector
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("proxy.pool")
 
 Address = tuple[str, int]
+
+
+class AttemptObserver(Protocol):
+    """Told every attempt's outcome by ``Endpoint.observe`` (``outlier.OutlierDetector`` is one)."""
+
+    def observe(self, ep: Endpoint, status: int, failure: Failure | None) -> None: ...
 
 
 class Endpoint:
@@ -238,7 +243,7 @@ class UpstreamGroup:
         self.fail_timeout = fail_timeout
         self.ewma_decay = ewma_decay  # seconds; peak-EWMA latency time constant
         # Passive outlier detection, fed by Endpoint.observe; None switches it off.
-        self.outlier: OutlierDetector | None = None
+        self.outlier: AttemptObserver | None = None
         # Told about every failed connect: DNS discovery re-resolves early (discovery.py).
         self.on_connect_failure: Callable[[], None] | None = None
         # Told when an endpoint may have become pickable (added by discovery, cooled off, ejection
