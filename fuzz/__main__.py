@@ -33,6 +33,7 @@ RSS_LIMIT_MB = 1024
 MAX_LEN = 4096  # bytes per input: enough for a pipelined run of requests and one response
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _EXECS = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
+_RSS = re.compile(r"stat::peak_rss_mb:\s*(\d+)")
 
 
 def _module(target: str) -> ModuleType:
@@ -98,6 +99,7 @@ def run_all(runs: int, seconds: int, workdir: Path, json_path: str | None) -> in
         done = _DONE.search(proc.stderr)
         execs = _EXECS.search(proc.stderr)
         inputs = int(done.group(1)) if done else int(execs.group(1)) if execs else 0
+        rss = _RSS.search(proc.stderr)
         crashes = sorted(p.name for p in (workdir / "artifacts" / target).glob("*-*"))
         ok = proc.returncode == 0 and inputs > 0
         results.append(
@@ -106,11 +108,13 @@ def run_all(runs: int, seconds: int, workdir: Path, json_path: str | None) -> in
                 "inputs": inputs,
                 "seconds": round(elapsed, 1),
                 "rc": proc.returncode,
+                "peak_rss_mb": int(rss.group(1)) if rss else None,
                 "artifacts": crashes,
             }
         )
         print(
-            f"fuzz {target}: {inputs} inputs in {elapsed:.0f}s, exit {proc.returncode}, "
+            f"fuzz {target}: {inputs} inputs in {elapsed:.0f}s, peak RSS {rss.group(1) if rss else '?'} MB, "
+            f"exit {proc.returncode}, "
             f"{'no findings' if ok else 'FINDINGS (see ' + str(log) + ')'}"
         )
         if not ok:

@@ -47,3 +47,4 @@ def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
         # Some thousands of inputs at least, even on a loaded 2-core machine (a stuck target runs few).
         assert r["inputs"] >= 1000, (name, r)
         assert r["artifacts"] == [], (name, r)
+        assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] < 512, (name, r)  # memory bounded
