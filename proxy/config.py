@@ -43,7 +43,10 @@ class Config:
     app: str | None = None
     resolve_interval: float = 1.0
     pool_idle_timeout: float = 4.0
-    pool_max_idle: int = 128
+    # Idle upstream connections kept per endpoint: above the concurrency one replica carries, or a
+    # burst over it closes connections the next burst reopens (docs/proxy.md, "Cap"). HAProxy and
+    # Envoy keep every idle connection by default; --pool-idle-timeout still closes unused ones.
+    pool_max_idle: int = 1024
     connect_timeout: float = 2.0
     # A connect still pending after this long marks the endpoint failed and moves the request on
     # (exchange.py, "Slow connects" in docs/proxy.md); 0 = off.

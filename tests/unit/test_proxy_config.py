@@ -20,7 +20,7 @@ def test_defaults() -> None:
     assert cfg == Config()
     assert cfg.upstream == "backend:8001" and (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", 8000)
     assert (cfg.admin_host, cfg.admin_port) == ("0.0.0.0", 8080)
-    assert cfg.resolve_interval == 1.0 and cfg.pool_idle_timeout == 4.0 and cfg.pool_max_idle == 128
+    assert cfg.resolve_interval == 1.0 and cfg.pool_idle_timeout == 4.0 and cfg.pool_max_idle == 1024
     assert cfg.connect_timeout == 2.0 and cfg.upstream_timeout == 30.0
     assert cfg.client_header_timeout == 30.0 and cfg.drain_timeout == 10.0
     assert cfg.access_log is True and cfg.log_level == "INFO"

@@ -177,3 +177,58 @@ def test_docs_list_each_endpoint_record_with_the_class_and_module_that_own_it() 
         assert documented == actual
     finally:
         loop.close()
+
+
+def test_the_default_pool_keeps_the_connections_of_200_concurrent_requests() -> None:
+    """With 200 requests at once to one replica (wrk -c200 behind one backend), every upstream
+    connection they opened is kept for the next burst: the default --pool-max-idle (1024) is above
+    what a replica carries, so a burst after a burst opens nothing new (with 128 it opened 72)."""
+    from tests.unit.harness import proxy
+
+    n = 200
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        waiting = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal waiting
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    waiting += 1
+                    if waiting >= n:
+                        gate.set()
+                    await gate.wait()  # every request of the burst is in flight at once
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        upstream = await asyncio.start_server(handle, "127.0.0.1", 0)
+        address = ("127.0.0.1", upstream.sockets[0].getsockname()[1])
+
+        async def get(port: int) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            return data[:12]
+
+        try:
+            async with proxy(endpoints=[address], health_interval=0) as srv:
+                assert srv.state is not None and srv.config.pool_max_idle == Config().pool_max_idle
+                ep = srv.state.group.live[0]
+                for burst in range(2):
+                    waiting = 0
+                    gate.clear()
+                    replies = await asyncio.gather(*(get(srv.port) for _ in range(n)))
+                    assert replies == [b"HTTP/1.1 200"] * n
+                    if burst == 0:
+                        opened = ep.connects
+                        assert opened == n and len(ep.idle) == n, (opened, len(ep.idle))
+                assert ep.connects == opened, "the second burst went out on pooled connections only"
+        finally:
+            upstream.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
