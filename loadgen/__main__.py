@@ -38,7 +38,7 @@ from loadgen.plan import make_plan
 from loadgen.record import SecondRecord, TickMerger
 from loadgen.report import build_report, format_summary, new_run_dir, result_files, succeeded, write_json
 from loadgen.run import execute
-from loadgen.shapes import Performer
+from loadgen.shapes import Performer, Snapshot
 from loadgen.workers import WorkerError
 
 if TYPE_CHECKING:  # imported when --dashboard asks for it
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     sinks = [s for s in (live.show if live else None, _publisher(dashboard)) if s is not None]
     merge = TickMerger(plan.load_at)
 
-    def on_tick(tick: int, snaps: Sequence[dict[str, Any]]) -> None:
+    def on_tick(tick: int, snaps: Sequence[Snapshot]) -> None:
         record = merge(tick, snaps)
         for sink in sinks:
             sink(tick, record)

@@ -48,7 +48,7 @@ from loadgen.plan import Plan
 from loadgen.protocol import LOST_AFTER_S, MAX_LINE, PROTOCOL_VERSION, Message, ProtocolError, decode, encode
 from loadgen.run import ActionHook, Outcome, TicksHook, TimedActions
 from loadgen.schedule import DRAIN_GRACE_S
-from loadgen.shapes import ActionResult, Performer, RunStats, SecondExport, TimelineExport
+from loadgen.shapes import ActionResult, Performer, RunStats, SecondExport, Snapshot, TimelineExport
 from loadgen.workers import START_LEAD_S
 
 Say = Callable[[str], None]
@@ -83,8 +83,8 @@ class Peer:
     rtt_s: float = 0.0
     ready: bool = False  # hello and clock pings done
     last_seen: float = field(default_factory=time.monotonic)
-    snaps: dict[int, dict[str, Any]] = field(default_factory=dict)  # tick -> snapshot
-    last_snap: dict[str, Any] | None = None
+    snaps: dict[int, Snapshot] = field(default_factory=dict)  # tick -> snapshot
+    last_snap: Snapshot | None = None
     records: dict[int, Message] = field(default_factory=dict)  # second -> latest streamed record
     done: Message | None = None
     error: str | None = None
@@ -99,19 +99,32 @@ class Peer:
         if not self.writer.is_closing():
             self.writer.write(encode(msg))
 
-    def frozen(self, tick: int, open_loop: bool) -> dict[str, Any]:
+    def frozen(self, tick: int, open_loop: bool) -> Snapshot:
         """A stand-in snapshot for a tick this worker did not send (lost, or finished): its last
         counters, so merged rates do not jump, and nothing for the second itself."""
-        snap = {
-            k: v
-            for k, v in (self.last_snap or {"completed": 0, "errors": 0, "failed": 0}).items()
-            if not k.startswith("prev_")
+        last = self.last_snap or Snapshot()
+        snap: Snapshot = {
+            "second": tick,
+            "index": self.index,
+            "worker": self.name,
+            "completed": last.get("completed", 0),
+            "errors": last.get("errors", 0),
+            "failed": last.get("failed", 0),
+            "prev_hist": "",
+            "prev_backends": {},
         }
-        snap.update(second=tick, index=self.index, worker=self.name, prev_hist="", prev_backends={})
         if open_loop:
-            snap.setdefault("due", 0)
-            snap.setdefault("sent", 0)
-            snap.update(backlog=0, backlog_age_s=0.0, busy=0)
+            snap.update(
+                {
+                    "due": last.get("due", 0),
+                    "sent": last.get("sent", 0),
+                    "dropped": last.get("dropped", 0),
+                    "max_connections": last.get("max_connections", 0),
+                    "backlog": 0,
+                    "backlog_age_s": 0.0,
+                    "busy": 0,
+                }
+            )
         if self.lost_reason is not None:
             snap["lost"] = self.lost_reason
         return snap
@@ -268,8 +281,7 @@ class Coordinator:
     def _handle(self, peer: Peer, msg: Message) -> None:
         kind = msg["type"]
         if kind == "tick":
-            snap = dict(msg["snap"])
-            snap.update(index=peer.index, worker=peer.name)
+            snap: Snapshot = {**msg["snap"], "index": peer.index, "worker": peer.name}  # a JSON message
             peer.snaps[int(msg["second"])] = snap
             peer.last_snap = snap
             for rec in msg.get("records", ()):

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from loadgen.record import BEHIND_BACKLOG_AGE_S, BEHIND_RATIO, SecondRecord, TickMerger, behind_note
+from loadgen.shapes import Snapshot
 
 __all__ = ["BEHIND_BACKLOG_AGE_S", "BEHIND_RATIO", "LiveLine", "behind_note", "format_line"]
 
@@ -68,7 +69,7 @@ class LiveLine:
         self._stream = stream if stream is not None else sys.stderr
         self._merge = TickMerger()
 
-    def __call__(self, second: int, snaps: Sequence[dict[str, Any]]) -> None:
+    def __call__(self, second: int, snaps: Sequence[Snapshot]) -> None:
         self.show(second, self._merge(second, snaps))
 
     def show(self, tick: int, r: SecondRecord) -> None:

@@ -30,6 +30,7 @@ from time import perf_counter
 from typing import Any
 
 from loadgen.histogram import LatencyHistogram, SecondBucket, Timeline
+from loadgen.shapes import BucketView
 
 #: The latency figures of a second, corrected (from the intended send time) in open loop.
 LATENCY_KEYS: tuple[str, ...] = ("p50", "p90", "p99", "p99.9", "max")
@@ -95,12 +96,12 @@ class SecondRecord:
 # What a worker puts in its tick snapshot about the second that just ended
 
 
-def bucket_snapshot(tl: Timeline, second: int) -> dict[str, Any]:
+def bucket_snapshot(tl: Timeline, second: int) -> BucketView:
     """The ``prev_*`` keys of a tick snapshot: second ``second`` of ``tl`` as it stands.
 
     Histograms travel as HDR encodings (small, picklable, exactly mergeable in the parent).
     """
-    out: dict[str, Any] = {"prev_hist": "", "prev_backends": {}}
+    out: BucketView = {"prev_hist": "", "prev_backends": {}}
     if not 0 <= second < len(tl.buckets):
         return out
     b = tl.buckets[second]
@@ -113,7 +114,7 @@ def bucket_snapshot(tl: Timeline, second: int) -> dict[str, Any]:
     return out
 
 
-def recent_snapshots(tl: Timeline, upto: int, seen: dict[int, int], window: int) -> list[dict[str, Any]]:
+def recent_snapshots(tl: Timeline, upto: int, seen: dict[int, int], window: int) -> list[BucketView]:
     """Views of the seconds before ``upto`` (at most ``window`` back) whose requests changed since
     they were last sent, each with its ``second``; ``seen`` (second -> requests sent) is the
     caller's memory between ticks. Second ``upto`` itself goes out as the ``prev_*`` keys."""
@@ -122,7 +123,9 @@ def recent_snapshots(tl: Timeline, upto: int, seen: dict[int, int], window: int)
     for sec in range(max(0, upto - window), min(upto, len(buckets))):
         n = buckets[sec].requests
         if sec in seen and seen[sec] != n:
-            out.append({"second": sec, **bucket_snapshot(tl, sec)})
+            view: BucketView = {"second": sec}
+            view.update(bucket_snapshot(tl, sec))
+            out.append(view)
         seen[sec] = n
     if 0 <= upto < len(buckets):
         seen[upto] = buckets[upto].requests
@@ -131,8 +134,8 @@ def recent_snapshots(tl: Timeline, upto: int, seen: dict[int, int], window: int)
     return out
 
 
-def _bucket_view(b: SecondBucket, open_loop: bool) -> dict[str, Any]:
-    view: dict[str, Any] = {
+def _bucket_view(b: SecondBucket, open_loop: bool) -> BucketView:
+    view: BucketView = {
         "prev_hist": b.corrected().encode() if b.requests else "",
         "prev_backends": {k.decode("utf-8", "replace"): n for k, n in b.backends.items()},
         "prev_requests": b.requests,

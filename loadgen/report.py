@@ -44,6 +44,7 @@ from loadgen.config import Config
 from loadgen.files import write_atomic
 from loadgen.histogram import LatencyHistogram, MergedRun, SecondSummary
 from loadgen.mix import labels
+from loadgen.plan import Plan
 from loadgen.run import Outcome
 
 SCHEMA = 2
@@ -121,7 +122,7 @@ def _timeline_entry(
     }
 
 
-def _stages(plan: Any) -> list[dict[str, Any]]:
+def _stages(plan: Plan) -> list[dict[str, Any]]:
     """The scenario's stages as the reports mark them: kind, start/end seconds, levels."""
     out = []
     for st in plan.stages:
@@ -195,7 +196,7 @@ def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
     }
 
 
-def _mix(plan: Any) -> list[dict[str, Any]]:
+def _mix(plan: Plan) -> list[dict[str, Any]]:
     return [
         {"weight": r.weight, "method": r.method, "path": r.path, "body_size": r.body_size} for r in plan.mix
     ]
@@ -223,7 +224,7 @@ def _totals(run: MergedRun) -> dict[str, Any]:
     }
 
 
-def _entry_runs(plan: Any, merged: MergedRun) -> dict[str, MergedRun]:
+def _entry_runs(plan: Plan, merged: MergedRun) -> dict[str, MergedRun]:
     """Each mix entry's merged run, in mix order. A single request's is the whole run; an entry of
     a mix that got no request at all (a run shorter than its turn) gets an empty one."""
     keys = labels(plan.mix)
@@ -235,7 +236,7 @@ def _entry_runs(plan: Any, merged: MergedRun) -> dict[str, MergedRun]:
     }
 
 
-def _by_request(plan: Any, runs: dict[str, MergedRun]) -> dict[str, dict[str, Any]]:
+def _by_request(plan: Plan, runs: dict[str, MergedRun]) -> dict[str, dict[str, Any]]:
     """Per mix entry: what it is, then its counts and latency (see docs/loadgen.md)."""
     out: dict[str, dict[str, Any]] = {}
     for (label, run), spec in zip(runs.items(), plan.mix, strict=True):

@@ -26,11 +26,11 @@ from loadgen.config import Config
 from loadgen.histogram import MergedRun, merge_exports
 from loadgen.plan import Plan
 from loadgen.scenario import Action
-from loadgen.shapes import ActionResult, Performer, RunStats
+from loadgen.shapes import ActionResult, Performer, RunStats, Snapshot
 from loadgen.workers import START_LEAD_S, run_one, run_workers
 
 Say = Callable[[str], None]
-TicksHook = Callable[[int, Sequence[dict[str, Any]]], None]
+TicksHook = Callable[[int, Sequence[Snapshot]], None]
 ActionHook = Callable[[ActionResult], None]
 
 #: How long the end of a run waits for actions still running (e.g. a ``stop`` with a long grace).

@@ -44,14 +44,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import Any
 
 from loadgen.client import Connection, close_all
 from loadgen.histogram import Timeline
 from loadgen.mix import MixCycle
 from loadgen.plan import Plan
 from loadgen.record import bucket_snapshot, recent_snapshots
-from loadgen.shapes import RunStats
+from loadgen.shapes import RunStats, Snapshot
 
 # Extra drain time on top of the request timeout before stragglers are forced to "timeout".
 DRAIN_GRACE_S = 2.0
@@ -62,7 +61,7 @@ DEADLINE_SLACK_S = 0.005
 # Closed loop with a changing number of connections: how often the target is re-read.
 ADJUST_EVERY_S = 0.1
 
-TickHook = Callable[[int, dict[str, Any]], None]
+TickHook = Callable[[int, Snapshot], None]
 
 
 class ArrivalSchedule:
@@ -227,8 +226,8 @@ class _Runner:
     def _stats(self) -> RunStats:
         return RunStats()
 
-    def _snapshot_extra(self, now: float) -> dict[str, Any]:
-        return {}
+    def _snapshot_extra(self, now: float) -> Snapshot:
+        return Snapshot()
 
     def _request_done(self) -> None:
         self._in_flight -= 1
@@ -241,7 +240,7 @@ class _Runner:
 
     # -- ticks ---------------------------------------------------------------------------------
 
-    def snapshot(self, second: int) -> dict[str, Any]:
+    def snapshot(self, second: int) -> Snapshot:
         """What the live line and page need about this process at a tick (small, picklable).
 
         Cumulative counters plus the second that just ended (``loadgen.record.bucket_snapshot``)
@@ -249,15 +248,15 @@ class _Runner:
         ``loadgen.record.TickMerger`` merges the snapshots of all workers into records.
         """
         tl = self.timeline
-        snap: dict[str, Any] = {
+        snap: Snapshot = {
             "second": second,
             "index": self.index,
             "completed": tl.completed,
             "errors": tl.errors,
             "failed": tl.failed,
-            **bucket_snapshot(tl, second - 1),
-            "recent": recent_snapshots(tl, second - 1, self._seen, int(self.plan.timeout_s) + 3),
         }
+        snap.update(bucket_snapshot(tl, second - 1))
+        snap["recent"] = recent_snapshots(tl, second - 1, self._seen, int(self.plan.timeout_s) + 3)
         snap.update(self._snapshot_extra(perf_counter()))
         return snap
 
@@ -553,7 +552,7 @@ class OpenLoop(_Runner):
             "scheduler_late_max_s": self.pump_late_max,
         }
 
-    def _snapshot_extra(self, now: float) -> dict[str, Any]:
+    def _snapshot_extra(self, now: float) -> Snapshot:
         backlog = self._backlog
         return {
             "due": self.due,

@@ -83,3 +83,42 @@ class Performer(Protocol):
     raises: a failure is ``ok: False`` with the reason in ``detail``."""
 
     def run(self, action: Action) -> Mapping[str, object]: ...
+
+
+class BucketView(TypedDict, total=False):
+    """One second of one process as a tick snapshot carries it (``loadgen.record.bucket_snapshot``):
+    its counts and HDR encodings so far, merged in the parent into a ``SecondRecord``."""
+
+    second: int  # in ``recent`` entries: which second this is
+    prev_hist: str
+    prev_hist_u: str  # open loop
+    prev_backends: dict[str, int]
+    prev_requests: int
+    prev_failed: int
+    prev_status: Mapping[int, int] | Mapping[str, int]
+    prev_errors: dict[str, int]
+    prev_by_request: dict[str, BucketView]  # a mix of several requests
+
+
+class Snapshot(BucketView, total=False):
+    """What a runner reports at each tick (``schedule._Runner.snapshot``): cumulative counters,
+    the second that just ended (the ``prev_*`` keys), earlier seconds that changed (``recent``)
+    and, in open loop, the scheduler's state. Pickled to the parent with ``--workers``, sent as
+    JSON by a distributed worker."""
+
+    index: int
+    completed: int
+    errors: int
+    failed: int
+    recent: list[BucketView]
+    # open loop only
+    due: int
+    sent: int
+    backlog: int
+    backlog_age_s: float
+    dropped: int
+    busy: int
+    max_connections: int
+    # a distributed run (loadgen/coordinator.py): the worker's name; why it was lost mid-run
+    worker: str
+    lost: str

@@ -42,8 +42,8 @@ from loadgen.histogram import Timeline, merge_exports
 from loadgen.live import LiveLine
 from loadgen.plan import Plan, make_plan
 from loadgen.protocol import HEARTBEAT_S, PROTOCOL_VERSION, LineSocket, Message, ProtocolError
-from loadgen.schedule import RunResult
-from loadgen.shapes import TimelineExport
+from loadgen.schedule import ClosedLoop, OpenLoop, RunResult
+from loadgen.shapes import Snapshot, TimelineExport
 
 Say = Callable[[str], None]
 #: Between two connection attempts to a coordinator that is not there (yet).
@@ -249,15 +249,16 @@ def run_worker(config: Config, say: Say) -> int:
     sender = Sender(conn)
     streamer = Streamer()
     live = None if config.quiet else LiveLine()
-    runner: Any = None
+    runner: ClosedLoop | OpenLoop | None = None
     lost, finished = threading.Event(), threading.Event()
     threading.Thread(target=_watch, args=(conn, lost, finished), daemon=True, name="loadgen-watch").start()
 
-    def keep(r: Any) -> None:
+    def keep(r: ClosedLoop | OpenLoop) -> None:
         nonlocal runner
         runner = r
 
-    def on_tick(second: int, snap: dict[str, Any]) -> None:
+    def on_tick(second: int, snap: Snapshot) -> None:
+        assert runner is not None  # on_runner comes before the first tick
         if live is not None:
             live(second, [snap])
         sender.put(

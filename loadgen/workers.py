@@ -33,7 +33,8 @@ from typing import Any
 
 from loadgen.config import Config
 from loadgen.plan import Plan, make_plan
-from loadgen.schedule import RunResult
+from loadgen.schedule import ClosedLoop, OpenLoop, RunResult
+from loadgen.shapes import Snapshot
 
 #: Seconds between starting the processes and second 0 of the run (imports take ~0.3 s each).
 START_LEAD_S = 1.5
@@ -44,10 +45,10 @@ def run_one(
     index: int,
     count: int,
     start_wall: float | None,
-    on_tick: Callable[[int, dict[str, Any]], None] | None,
+    on_tick: Callable[[int, Snapshot], None] | None,
     install_signals: bool = True,
     plan: Plan | None = None,
-    on_runner: Callable[[Any], None] | None = None,
+    on_runner: Callable[[ClosedLoop | OpenLoop], None] | None = None,
 ) -> RunResult:
     """Run this process's share of the plan on a fresh (uv)loop; the unit of work of a worker.
 
@@ -55,7 +56,6 @@ def run_one(
     picklable); in-process runs pass the plan they already have. ``on_runner`` gets the runner
     before it starts (a distributed worker reads its timeline at each tick: loadgen/worker.py).
     """
-    from loadgen.schedule import ClosedLoop, OpenLoop
 
     if plan is None:
         scenario = None
@@ -127,7 +127,7 @@ def run_workers(
     config: Config,
     count: int,
     start_wall: float,
-    on_tick: Callable[[int, list[dict[str, Any]]], None] | None,
+    on_tick: Callable[[int, list[Snapshot]], None] | None,
     stop_requested: Callable[[], bool],
 ) -> list[dict[str, Any]]:
     """Run ``count`` workers and return their results (ordered by index); raises WorkerError."""
@@ -140,7 +140,7 @@ def run_workers(
     for p in procs:
         p.start()
     results: dict[int, dict[str, Any]] = {}
-    ticks: dict[int, dict[int, dict[str, Any]]] = {}
+    ticks: dict[int, dict[int, Snapshot]] = {}
     forwarded = False
     try:
         while len(results) < count:
