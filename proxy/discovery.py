@@ -10,7 +10,7 @@ Two sources feed an ``UpstreamGroup`` through ``update`` (which drains what leav
   ``endpoint_mode: dnsrr``; a service with the default virtual IP answers with that one address,
   and then the proxy follows ``tasks.<name>`` (every task's address) instead, since a proxy that
   balances wants the tasks, not a second balancer (IPVS) in front of them.
-- ``DockerDiscovery``: asks the Docker engine (socket mounted read-only) for the running
+- ``DockerDiscovery``: asks the Docker engine (through a read-only socket filter) for the running
   containers of one Compose service and follows its event stream, like Traefik's Docker
   provider. A replica being stopped leaves the set as soon as Docker sends it the signal,
   before DNS would notice, and a replica with a healthcheck joins only once Docker calls it
@@ -369,8 +369,8 @@ class DockerDiscovery:
                 self.client = client
             except Exception as exc:
                 raise DiscoveryError(
-                    f"docker discovery: cannot reach the Docker engine ({exc}); mount "
-                    "/var/run/docker.sock read-only into the proxy or set DOCKER_HOST"
+                    f"docker discovery: cannot reach the Docker engine ({exc}); in Compose add "
+                    "-f compose/docker-discovery.yml (docs/security.md), elsewhere set DOCKER_HOST"
                 ) from exc
         own = None
         try:

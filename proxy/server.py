@@ -179,7 +179,8 @@ class ProxyServer:
         if self.feeds is not None:
             await self.feeds.stop()
         if self.state is not None:
-            for conn in list(self.state.connections):
+            refused = self.site.refused if self.site is not None else ()
+            for conn in [*self.state.connections, *refused]:  # refused: a 503 still lingering
                 conn.transport.abort()
             self.state.group.close()
             if self.state.access_log is not None:
