@@ -1,8 +1,8 @@
 """Timed container actions of a scenario, performed through the Docker Engine API (Docker SDK).
 
 Why the SDK and not the ``docker`` CLI: the load generator usually runs in its own container, where
-there is no Docker CLI, only the engine's socket mounted in (``/var/run/docker.sock``, read-write,
-since stopping and creating containers are writes). The same code then works on the host.
+there is no Docker CLI, only the engine's API (through the docker-actions socket filter, below).
+The same code then works on the host.
 
 Containers are found by the labels Compose puts on them, ``com.docker.compose.project`` and
 ``com.docker.compose.service``, and a replica by ``com.docker.compose.container-number`` (the
@@ -113,7 +113,8 @@ class ActionRunner:
             except Exception as exc:
                 raise ActionError(
                     "scenario actions need the Docker engine, which did not answer "
-                    f"({exc.__class__.__name__}: {exc}); in a container, mount /var/run/docker.sock"
+                    f"({exc.__class__.__name__}: {exc}); in Compose the docker-actions socket filter "
+                    "must be running (docker compose up -d docker-actions), elsewhere set DOCKER_HOST"
                 ) from None
         self.client = client
         self.project = project or detect_project(client)
