@@ -38,7 +38,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from proxy.config import Config
@@ -57,8 +57,11 @@ class Balancer(Protocol):
     hashing policies do, so the others cost nothing extra.
     """
 
-    name: str
-    needs_key: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_key(self) -> bool: ...
 
     def pick(
         self, endpoints: Sequence[Endpoint], exclude: Collection[Endpoint] = (), key: bytes | None = None
@@ -71,8 +74,8 @@ class _Policy:
     """Defaults shared by the policies that do not hash."""
 
     __slots__ = ()
-    name = ""
-    needs_key = False
+    name: ClassVar[str] = ""
+    needs_key: ClassVar[bool] = False
 
     def key_for(self, headers: Sequence[tuple[bytes, bytes]], client_ip: bytes) -> bytes | None:
         return None
@@ -89,7 +92,7 @@ class RoundRobin(_Policy):
     consecutive picks over an unchanged set visits each endpoint exactly once.
     """
 
-    name = "round_robin"
+    name: ClassVar[str] = "round_robin"
     __slots__ = ("_cursor",)
 
     def __init__(self, config: Config | None = None) -> None:
@@ -114,7 +117,7 @@ class RoundRobin(_Policy):
 class Random(_Policy):
     """Uniform choice: round robin's shape without a shared cursor (Envoy's RANDOM)."""
 
-    name = "random"
+    name: ClassVar[str] = "random"
     __slots__ = ("_random",)
 
     def __init__(self, config: Config | None = None, seed: int | None = None) -> None:
@@ -138,7 +141,7 @@ class LeastRequest(_Policy):
     go round robin instead of always to the first endpoint.
     """
 
-    name = "least_request"
+    name: ClassVar[str] = "least_request"
     __slots__ = ("_cursor",)
 
     def __init__(self, config: Config | None = None) -> None:
@@ -166,7 +169,7 @@ class LeastRequest(_Policy):
 class PowerOfTwo(_Policy):
     """Two distinct random endpoints; the one with fewer requests in flight wins (ties: the first)."""
 
-    name = "p2c"
+    name: ClassVar[str] = "p2c"
     __slots__ = ("_random",)
 
     def __init__(self, config: Config | None = None, seed: int | None = None) -> None:
@@ -202,7 +205,7 @@ class PeakEwma(PowerOfTwo):
     policy at runtime starts from warm numbers.
     """
 
-    name = "peak_ewma"
+    name: ClassVar[str] = "peak_ewma"
     __slots__ = ("_clock",)
 
     def __init__(
@@ -275,8 +278,8 @@ class ConsistentHash(_Policy):
     HAProxy's ``balance hdr()`` does when the header is missing.
     """
 
-    name = "consistent_hash"
-    needs_key = True
+    name: ClassVar[str] = "consistent_hash"
+    needs_key: ClassVar[bool] = True
     __slots__ = ("_factor", "_fallback", "_kind", "_name", "_owners", "_points", "_ring_of")
 
     def __init__(self, config: Config) -> None:
