@@ -153,7 +153,7 @@ class Admission:
 
     def retry_slot(self, preferred: Endpoint, tried: Collection[Endpoint], waiter: Waiter) -> Endpoint | None:
         """The endpoint a retry may take now: ``preferred`` if it still has room, else another
-        untried one with room, else None (the caller refuses it with ``reject(..., "retry")``).
+        untried one with room, else None (the caller refuses it with ``overflow``).
 
         A retry passes the cap like a first attempt, but is not queued: behind fresh requests it
         would wait out most of the queue timeout, and at the head of the queue it would block
@@ -200,6 +200,10 @@ class Admission:
                 return
             del waiting[waiter]
             self.reject(waiter, "timeout", f"no endpoint slot became free within {self.queue_timeout:g}s")
+
+    def overflow(self, waiter: Waiter) -> None:
+        """A retry found no endpoint under the cap (``retry_slot`` gave None): 503, not queued."""
+        self.reject(waiter, "retry", f"every other endpoint has {self.cap} requests in flight")
 
     def reject(self, waiter: Waiter, why: str, reason: str) -> None:
         """Answer ``waiter`` 503 with Retry-After because of the cap (``why``: full, timeout, retry)."""

@@ -133,8 +133,7 @@ class Attempt:
         self.t0 = perf_counter()
         self.conn: UpstreamConnection | None = None
         self.phase = SENDING
-        ep.in_flight += 1
-        ep.requests += 1
+        ep.acquire()  # counted in flight until _end (release)
 
     @property
     def over(self) -> bool:

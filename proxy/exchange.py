@@ -252,7 +252,7 @@ class Exchange:
             rs = self.retry
             slot = adm.retry_slot(nxt, rs.tried if rs is not None else (), self)
             if slot is None:
-                adm.reject(self, "retry", f"every other endpoint has {adm.cap} requests in flight")
+                adm.overflow(self)
                 return
             nxt = slot
         log.info(

@@ -9,10 +9,13 @@ named in ``--retry-on``, with the spelling Envoy's ``retry_on`` gives them (``RE
 
 - ``connect``: no connection (refused, unreachable, ``--connect-timeout``, or abandoned after
   ``--connect-slow-threshold``). Nothing was sent.
-- ``reset``: the connection closed after the request was written, before any response byte.
-  The application may or may not have seen the request.
+- ``reset``: the connection closed after the request was written, before any response byte
+  (the application may or may not have seen the request), or in the middle of the response.
 - ``timeout``: no response head within ``--upstream-timeout`` or ``--attempt-timeout``.
 - ``protocol``: the upstream sent bytes that are not an HTTP/1.x response.
+A failure after the response head went out cannot be answered any more: the client connection is
+closed, counted as ``responses_cut{reason}`` and logged as the access log's ``"error": "upstream
+<failure>"``.
 - ``read-timeout``: the response head arrived, then nothing for ``--upstream-read-timeout``
   (the client connection is closed: its status line is already out). Not reported to the
   endpoint as a gateway failure (its status was, when the head arrived).

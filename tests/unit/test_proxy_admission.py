@@ -354,3 +354,42 @@ def test_queued_requests_are_dispatched_as_soon_as_an_endpoint_becomes_available
                     assert f"/{how}" in [rq.target for rq in other.requests]
 
     run(main)
+
+
+def test_admission_acquire_queue_expiry_cancel_and_release_on_its_own_timer() -> None:
+    """The seam the request path uses: acquire, release, cancel; the queue's one timer is the admission's."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cfg = Config(max_in_flight_per_upstream=1, queue_size=2, queue_timeout=0.2)
+        group = UpstreamGroup.from_config(cfg, loop)
+        group.update([("10.0.0.1", 80)])
+        (ep,) = group.live
+        counters = Counters()
+        adm = Admission.from_config(cfg, group, make_balancer(cfg.policy, cfg), counters, loop)
+        assert adm is not None
+        first, second, third, fourth = _Waiter(), _Waiter(), _Waiter(), _Waiter()
+        adm.acquire(first, b"none")
+        assert first.got == [ep]
+        ep.acquire()  # what the admitted request's attempt does
+        adm.acquire(second, b"none")
+        adm.acquire(third, b"none")
+        assert list(adm.waiting) == [second, third] and adm.timer is not None
+        adm.acquire(fourth, b"none")
+        assert fourth.failed == [503] and counters.count("queue_overflow", "full") == 1
+        adm.cancel(third)  # its client went away
+        adm.cancel(third)  # and twice is harmless
+        assert list(adm.waiting) == [second]
+        adm.release(ep)  # the first request is done: the oldest waiter gets the slot at once
+        assert second.got == [ep] and not adm.waiting
+        ep.acquire()
+        late = _Waiter()
+        adm.acquire(late, b"none")
+        await asyncio.sleep(0.35)
+        assert late.failed == [503] and late.got == [] and not adm.waiting
+        assert counters.count("queue_overflow", "timeout") == 1 and counters.count("rejected", "503") == 2
+        assert third.got == [] and third.failed == [], "a cancelled waiter hears nothing more"
+        adm.close()
+        group.close()
+
+    run(main)

@@ -217,3 +217,18 @@ def test_upstream_read_timeout_flag_env_default_and_validation() -> None:
     )
     with pytest.raises(ConfigError, match="--upstream-read-timeout / PROXY_UPSTREAM_READ_TIMEOUT"):
         config_from(build_parser().parse_args(["--upstream-read-timeout", "soon"]), {})
+
+
+def test_a_response_cut_by_the_upstream_is_logged_with_its_failure(proxied: Proxied) -> None:
+    async def main(srv: ProxyServer, up: FakeUpstream) -> None:
+        r, w = await connect(srv.port)
+        w.write(get("/die"))  # Content-Length: 100, 7 bytes, then the upstream aborts
+        line, _headers = await read_head(r)
+        assert line.startswith("HTTP/1.1 200")
+        assert await asyncio.wait_for(r.read(), 3) == b"partial", "cut short: the client sees EOF"
+        w.close()
+        (entry,) = access_lines(srv)
+        assert entry["status"] == 200 and entry["error"] == "upstream reset"
+        assert srv.state is not None and srv.state.counters.count("responses_cut", "reset") == 1
+
+    proxied(main)
