@@ -218,6 +218,43 @@ def _owner_override(files: Sequence[str], path: Path, image_tag: str | None) -> 
     path.write_text(yaml.safe_dump(override, sort_keys=True))
 
 
+class LoadgenRun:
+    """A load generator started in the background, its output in a file.
+
+    A file, not a pipe: a test that samples the lab while the run goes on reads nothing until the
+    end, and a full pipe would stall Compose's relay of the container's output after the container
+    itself had finished (seen: a soak's runs done, ``docker compose run`` never exiting).
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def wait(self, timeout: float) -> str:
+        """Wait for the end (killed at ``timeout``); the output. Fails unless it exited 0."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the load generator ran over {timeout:g} s:\n{self.output()}") from None
+        finally:
+            self.stop()
+        assert self.process.returncode == 0, f"loadgen exited {self.process.returncode}:\n{self.output()}"
+        return self.output()
+
+
 class Lab:
     """A running lab stack under its own Compose project, reachable on ephemeral host ports."""
 
@@ -300,21 +337,18 @@ class Lab:
                     rss += int(line.split()[1]) * 1024
         return rss, fds
 
-    def loadgen(self, out: Path, *args: str, entrypoint: str | None = None) -> subprocess.Popen[str]:
+    def loadgen(self, out: Path, *args: str, entrypoint: str | None = None) -> LoadgenRun:
         """Start ``docker compose run`` of the loadgen service with ``out`` mounted at ``/out``.
 
         No live page, no results folder (each run would spend seconds drawing plots): a test asks
-        for ``--json /out/...`` and reads that. The caller waits for the process (``communicate``).
+        for ``--json /out/...`` and reads that. Its output goes to a file in ``out``.
         """
         cmd = [
             *self.compose.docker_compose_command(), "run", "--rm", "--no-deps", "-T",
             "-e", "LOADGEN_DASHBOARD=", "-e", "LOADGEN_RESULTS_DIR=", "-v", f"{out}:/out",
             *(("--entrypoint", entrypoint) if entrypoint else ()), "loadgen", *args,
         ]  # fmt: skip
-        env = {**os.environ, **self.env}
-        return subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        return LoadgenRun(cmd, {**os.environ, **self.env}, out / f"loadgen-{uuid.uuid4().hex[:6]}.log")
 
     # --- proxy ----------------------------------------------------------------------------
     def endpoints(self) -> list[dict]:
@@ -376,12 +410,12 @@ def own_lab(
     """A differently configured lab under its own project (``<prefix><name>-<rand>``, owner labels).
 
     ``env`` adds or overrides Compose variables, ``compose_files`` are override files (relative to
-    the repo) on top of docker-compose.yml, ``up`` ends the ``up -d --wait`` command line, ``build``
-    names the services whose images are built first (empty: all). Everything the project started
-    is removed at the end, pass or fail: containers, networks and volumes, also those ``down``
-    misses (a service started by a test that is not in ``up``). ``own_images`` builds and runs
-    images tagged for this project only (removed at the end): for tests long enough that a
-    concurrent rebuild of the shared ``:dev`` tags could otherwise change what they run.
+    the repo, or absolute) on top of docker-compose.yml, ``up`` ends the ``up -d --wait`` command
+    line, ``build`` names the services whose images are built first (empty: all). Everything the
+    project started is removed at the end, pass or fail: containers, networks and volumes, also
+    those ``down`` misses (a service started by a test that is not in ``up``). ``own_images``
+    builds and runs images tagged for this project only (removed at the end): for tests long
+    enough that a concurrent rebuild of the shared ``:dev`` tags could change what they run.
     """
     client = docker.from_env()
     stale = _stale_projects(client)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LABEL_PROJECT, Lab, free_port, own_lab, owner_labels, wait_until
+from .conftest import LABEL_PROJECT, Lab, LoadgenRun, free_port, own_lab, owner_labels, wait_until
 from .traffic import Trickle
 
 pytestmark = pytest.mark.integration
@@ -60,7 +59,7 @@ def _outdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _start_loadgen(lab: Lab, out: Path, seconds: int) -> subprocess.Popen[str]:
+def _start_loadgen(lab: Lab, out: Path, seconds: int) -> LoadgenRun:
     """An open-loop run through the proxy, its report in ``out/report.json``; returns once it sends."""
     run = lab.loadgen(
         out, "http://proxy:8000/", "--rate", str(RATE), "--duration", str(seconds),
@@ -69,7 +68,7 @@ def _start_loadgen(lab: Lab, out: Path, seconds: int) -> subprocess.Popen[str]:
     before = _proxy_requests(lab)
 
     def sending() -> bool:
-        assert run.poll() is None, run.communicate()[0]
+        assert run.running(), run.output()
         return _proxy_requests(lab) >= before + RATE  # a second's worth of its requests arrived
 
     wait_until(sending, 60, "the load generator's requests at the proxy", every=0.1)
@@ -80,14 +79,8 @@ def _proxy_requests(lab: Lab) -> int:
     return sum(int(e["requests"]) for e in lab.endpoints())
 
 
-def _finish(run: subprocess.Popen[str], out: Path) -> dict:
-    try:
-        output, _ = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-    assert run.returncode == 0, output
+def _finish(run: LoadgenRun, out: Path) -> dict:
+    run.wait(timeout=120)
     return json.loads((out / "report.json").read_text())
 
 

@@ -4,7 +4,9 @@ Opt-in (30 minutes by default): ``LAB_SOAK=1 ./lab test tests/integration/test_s
 ``LAB_SOAK_DURATION=600`` shortens it (seconds). Figures of a full run: docs/resilience.md.
 
 What it does, in one lab of its own (access log off: at thousands of lines a second for half an
-hour the engine's log files, not the proxy, would be what is measured):
+hour the engine's log files, not the proxy, would be what is measured; the dashboard's replay
+ring, ``--events-history``, cut to 60 s: at its default of 15 minutes it fills during the soak
+itself, and the first full run here counted its ~4 MB as growth, docs/resilience.md):
 
 1. Capacity: a closed-loop run (``CAPACITY_CONNECTIONS`` connections, ``CAPACITY_SECONDS``) through
    the proxy; its req/s is the capacity of this machine at this moment.
@@ -71,20 +73,16 @@ def _duration() -> float:
 def soak_lab(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     results = tmp_path_factory.mktemp("soak-results")
     env = {"PROXY_ACCESS_LOG": "false", "LOADGEN_RESULTS": str(results)}
+    override = results.parent / "soak-override.yml"  # Compose does not pass this one by itself
+    override.write_text("services:\n  proxy:\n    environment:\n      PROXY_EVENTS_HISTORY: '60'\n")
     build = ("backend", "proxy", "loadgen")
-    with own_lab(tmp_path_factory, "soak", env=env, build=build, own_images=True) as lab:
+    files = (str(override),)
+    with own_lab(tmp_path_factory, "soak", env=env, compose_files=files, build=build, own_images=True) as lab:
         yield lab
 
 
 def _loadgen(lab: Lab, out: Path, *args: str, timeout: float) -> None:
-    run = lab.loadgen(out, *args)
-    try:
-        output, _ = run.communicate(timeout=timeout)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-    assert run.returncode == 0, output
+    lab.loadgen(out, *args).wait(timeout)
 
 
 def _fds_at_rest(container: docker.models.containers.Container) -> int:
@@ -135,7 +133,7 @@ def test_half_capacity_for_the_duration_leaks_nothing(soak_lab: Lab, tmp_path: P
     samples: list[tuple[float, int, int]] = []  # (seconds since start, proxy RSS bytes, proxy fds)
     backend_samples: list[tuple[float, int, int]] = []  # the same, summed over the backends
     try:
-        while run.poll() is None:
+        while run.running():
             at = time.monotonic() - started
             rss, fds = Lab.usage(proxy)
             samples.append((at, rss, fds))
@@ -143,14 +141,12 @@ def test_half_capacity_for_the_duration_leaks_nothing(soak_lab: Lab, tmp_path: P
             backend_samples.append((at, sum(u[0] for u in usages), sum(u[1] for u in usages)))
             assert at < duration + 300, "the soak's loadgen runs did not end"
             time.sleep(SAMPLE_EVERY)  # a sampling period, not an ordering of events
-        output, _ = run.communicate()
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+    except BaseException:
+        run.stop()
+        raise
+    run.wait(timeout=60)
     elapsed = time.monotonic() - started
     fds_rest_after = _fds_at_rest(proxy)
-    assert run.returncode == 0, output
     reports = {name: json.loads((out / f"{name}.json").read_text()) for name, _ in segments}
 
     # The windows in sampler time: the first starts a few seconds in (the container starts).
@@ -214,4 +210,9 @@ def test_half_capacity_for_the_duration_leaks_nothing(soak_lab: Lab, tmp_path: P
     assert fds_rest_after <= fds_rest_before + FDS_AT_REST_SLACK, (
         f"proxy descriptors leaked: {figures['proxy_fds']}"
     )
+    # A generator that fell behind its rate measured the machine, not the proxy: say so, not "p99".
+    behind = {
+        name: r["rate_check"]["reason"] for name, r in reports.items() if not r["rate_check"]["kept_up"]
+    }
+    assert behind == {}, f"the machine could not keep the rate (other work on it?): {behind}"
     assert abs(p99_last - p99_first) <= P99_DRIFT_MAX * p99_first, f"p99 drifted: {figures['p99_ms']}"
