@@ -102,20 +102,36 @@ def test_readme_loadgen_table_names_exactly_the_parsers_flags() -> None:
 
 
 def test_readme_loadgen_table_env_variables_are_the_ones_the_config_reads() -> None:
-    from loadgen.config import load_config
+    """Each variable of a row, set alone, changes that row's flag's Config field (as expected)."""
+    from loadgen.config import ConfigError, _build_parser, load_config
 
     base = load_config(["http://x/"], {})
+    dests = {s: a.dest for a in _build_parser()._actions for s in a.option_strings}
     seen = set()
-    for cells in _loadgen_rows().values():
+    for flag, cells in _loadgen_rows().items():
         for env in re.findall(r"`(LOADGEN_[A-Z_]+)`", cells[1]):
             seen.add(env)
             if env in LOADGEN_ENV_BY_NAME:
                 continue
-            assert env in LOADGEN_ENV, f"README names {env}: give it a value in this test"
-            value, extra, field, want = LOADGEN_ENV[env]
             argv = [] if env == "LOADGEN_URL" else ["http://x/"]
-            cfg = load_config(argv, {**extra, env: value})
-            assert getattr(cfg, field) == want != getattr(base, field), f"{env} did not set {field}"
+            if env in LOADGEN_ENV:  # a value and what it must give
+                value, extra, field, want = LOADGEN_ENV[env]
+                cfg = load_config(argv, {**extra, env: value})
+                assert getattr(cfg, field) == want != getattr(base, field), f"{env} did not set {field}"
+                continue
+            # A variable this test has no value for (a new flag): some plain value must change
+            # the field of its row's flag, in closed or in open loop.
+            dest = dests[flag]
+            field = LOADGEN_FIELDS.get(dest, dest)
+            changed = False
+            for value in ("7", "123", "0", "1", "HEAD", "/tmp/x"):
+                for extra in ({}, {"LOADGEN_RATE": "100"}):
+                    try:
+                        cfg = load_config(argv, {**extra, env: value})
+                    except ConfigError:  # not a valid value for this one
+                        continue
+                    changed = changed or getattr(cfg, field) != getattr(base, field)
+            assert changed, f"{env} (README's row for {flag}) changes no value of Config.{field}"
     assert seen >= set(LOADGEN_ENV) | LOADGEN_ENV_BY_NAME, "variables this test knows but README lost"
 
 
