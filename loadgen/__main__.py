@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loadgen.config import ConfigError, load_config
 from loadgen.coordinator import CoordinatorError, coordinate
@@ -38,7 +38,7 @@ from loadgen.plan import make_plan
 from loadgen.record import SecondRecord, TickMerger
 from loadgen.report import build_report, format_summary, new_run_dir, result_files, succeeded, write_json
 from loadgen.run import execute
-from loadgen.shapes import Performer, Snapshot
+from loadgen.shapes import Performer, Report, Snapshot
 from loadgen.workers import WorkerError
 
 if TYPE_CHECKING:  # imported when --dashboard asks for it
@@ -63,7 +63,7 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _write_json_file(report: dict[str, Any], path: str) -> int:
+def _write_json_file(report: Report, path: str) -> int:
     """``--json FILE`` and ``FILE`` with ``.html`` beside it; 1 (said once) if either failed."""
     from loadgen.report_html import report_html
 
@@ -81,7 +81,7 @@ def _write_json_file(report: dict[str, Any], path: str) -> int:
     return 0
 
 
-def _write_results(report: dict[str, Any], results_dir: str, quiet: bool) -> int:
+def _write_results(report: Report, results_dir: str, quiet: bool) -> int:
     """``DIR/<stamp>/``: the text files, report.html, the plots; each whole or absent.
 
     A folder that fails (read-only now, disk full) gets ONE message naming it, what failed and

@@ -39,7 +39,7 @@ from typing import Any
 
 from loadgen.record import SecondRecord
 from loadgen.report_html import STATIC_FILES, live_page, report_doc
-from loadgen.shapes import ActionResult
+from loadgen.shapes import ActionResult, Report
 
 #: A comment line this often keeps proxies and browsers from timing an idle stream out.
 KEEPALIVE_S = 15.0
@@ -108,7 +108,7 @@ class Dashboard:
     def action(self, entry: ActionResult) -> None:
         self._append(_event("action", entry))
 
-    def finish(self, report: dict[str, Any]) -> None:
+    def finish(self, report: Report) -> None:
         """The run is over: hand viewers the final figures (what report.html shows)."""
         self._append(_event("end", report_doc(report)))
 

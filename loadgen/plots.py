@@ -23,7 +23,7 @@ container without X and in a process that draws several reports.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ _ERROR_COLORS = {
 _SPECTRUM_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999)
 
 
-def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_plots(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Draw the four PNGs into ``out_dir`` (created if needed); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
-def draw_plots(report: dict[str, Any]) -> list[tuple[Figure, str]]:
+def draw_plots(report: Mapping[str, Any]) -> list[tuple[Figure, str]]:
     """The four figures and their file names, in :data:`PLOT_FILES` order (tests read the data
     back from their artists: what is drawn, not how many pixels are coloured)."""
     timeline = report.get("timeline") or []
@@ -94,7 +94,7 @@ def save(fig: Figure, path: Path) -> None:
 # The HDR spectrum
 
 
-def report_spectrum(report: dict[str, Any], which: str = "corrected") -> list[tuple[float, float]]:
+def report_spectrum(report: Mapping[str, Any], which: str = "corrected") -> list[tuple[float, float]]:
     """(percentile, ms) points of the run's histogram ``which`` ("corrected"/"uncorrected").
 
     From the base64 HDR histogram in ``report["histograms"]`` when there is one (the exact
@@ -381,7 +381,7 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _title(report: dict[str, Any]) -> str:
+def _title(report: Mapping[str, Any]) -> str:
     parts = []
     if report.get("scenario"):
         name = report["scenario"]

@@ -34,10 +34,10 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from loadgen.client import ERROR_KINDS
 from loadgen.config import Config
@@ -46,6 +46,15 @@ from loadgen.histogram import LatencyHistogram, MergedRun, SecondSummary
 from loadgen.mix import labels
 from loadgen.plan import Plan
 from loadgen.run import Outcome
+from loadgen.shapes import (
+    EntrySecond,
+    MixEntry,
+    RateCheck,
+    Report,
+    RequestTotals,
+    StageMark,
+    TimelineEntry,
+)
 
 SCHEMA = 2
 #: Open loop: the generator "kept up" when it sent within this much of the intended rate.
@@ -71,7 +80,7 @@ def _status(counts: dict[int, int]) -> dict[str, int]:
     return {str(code): n for code, n in sorted(counts.items())}
 
 
-def _entry_second(s: SecondSummary | None) -> dict[str, Any]:
+def _entry_second(s: SecondSummary | None) -> EntrySecond:
     """One mix entry's figures for one second (a second in which it had no request: zeros)."""
     if s is None:
         s = SecondSummary(second=0)
@@ -89,7 +98,7 @@ def _entry_second(s: SecondSummary | None) -> dict[str, Any]:
 
 def _timeline_entry(
     s: SecondSummary, open_loop: bool, by_request: dict[str, MergedRun], target: float | None = None
-) -> dict[str, Any]:
+) -> TimelineEntry:
     """One second, with ``by_request``: each mix entry's own figures for it."""
     lat = s.latency_ms
     responses = sum(s.status.values())
@@ -122,11 +131,11 @@ def _timeline_entry(
     }
 
 
-def _stages(plan: Plan) -> list[dict[str, Any]]:
+def _stages(plan: Plan) -> list[StageMark]:
     """The scenario's stages as the reports mark them: kind, start/end seconds, levels."""
     out = []
     for st in plan.stages:
-        entry = {
+        entry: StageMark = {
             "kind": st.kind,
             "start_s": st.start,
             "end_s": st.end,
@@ -134,12 +143,13 @@ def _stages(plan: Plan) -> list[dict[str, Any]]:
             "to": st.level_to,
         }
         if st.kind == "spike":
-            entry.update(peak_start_s=st.peak_start, peak_end_s=st.peak_end)
+            entry["peak_start_s"] = st.peak_start
+            entry["peak_end_s"] = st.peak_end
         out.append(entry)
     return out
 
 
-def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
+def _rate_check(outcome: Outcome) -> RateCheck | None:
     """Open loop: did the generator send what was asked? (wrk2 would silently send less.)"""
     plan = outcome.plan
     if plan.mode != "open":
@@ -196,13 +206,22 @@ def _rate_check(outcome: Outcome) -> dict[str, Any] | None:
     }
 
 
-def _mix(plan: Plan) -> list[dict[str, Any]]:
+def _mix(plan: Plan) -> list[MixEntry]:
     return [
         {"weight": r.weight, "method": r.method, "path": r.path, "body_size": r.body_size} for r in plan.mix
     ]
 
 
-def _totals(run: MergedRun) -> dict[str, Any]:
+class _Totals(TypedDict):
+    requests: int
+    responses: int
+    failed: int
+    status: dict[str, int]
+    errors: dict[str, int]
+    backends: dict[str, int]
+
+
+def _totals(run: MergedRun) -> _Totals:
     """A run's (or one mix entry's) counts summed over its seconds, as the report shows them."""
     status: Counter[int] = Counter()
     errors: Counter[str] = Counter()
@@ -236,22 +255,26 @@ def _entry_runs(plan: Plan, merged: MergedRun) -> dict[str, MergedRun]:
     }
 
 
-def _by_request(plan: Plan, runs: dict[str, MergedRun]) -> dict[str, dict[str, Any]]:
+def _by_request(plan: Plan, runs: dict[str, MergedRun]) -> dict[str, RequestTotals]:
     """Per mix entry: what it is, then its counts and latency (see docs/loadgen.md)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, RequestTotals] = {}
     for (label, run), spec in zip(runs.items(), plan.mix, strict=True):
         counts = _totals(run)
         out[label] = {
             "method": spec.method,
             "path": spec.path,
             "weight": spec.weight,
-            **{k: counts[k] for k in ("requests", "responses", "failed", "status", "errors")},
+            "requests": counts["requests"],
+            "responses": counts["responses"],
+            "failed": counts["failed"],
+            "status": counts["status"],
+            "errors": counts["errors"],
             "latency_ms": run.corrected.summary_ms(),
         }
     return out
 
 
-def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
+def build_report(config: Config, outcome: Outcome) -> Report:
     """The report dict described in docs/loadgen.md ("Report files")."""
     plan = outcome.plan
     merged = outcome.merged
@@ -261,7 +284,7 @@ def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
     requests, responses, failed = totals["requests"], totals["responses"], totals["failed"]
     elapsed = outcome.elapsed_s
     methods = {r.method for r in plan.mix}
-    report = {
+    report: Report = {
         "schema": SCHEMA,
         "url": plan.url,
         "method": methods.pop() if len(methods) == 1 else "mix",
@@ -306,7 +329,7 @@ def build_report(config: Config, outcome: Outcome) -> dict[str, Any]:
     return _with_fleet(outcome, report)
 
 
-def _with_fleet(outcome: Outcome, report: dict[str, Any]) -> dict[str, Any]:
+def _with_fleet(outcome: Outcome, report: Report) -> Report:
     """A distributed run (loadgen/coordinator.py): the per-worker section, in each timeline entry
     the workers whose share of that second is missing or partial, and a failed rate check when a
     worker was lost (the run measured less than was asked)."""
@@ -336,7 +359,7 @@ def _seconds(xs: list[int]) -> str:
     return f"{xs[0]}-{xs[-1]} ({len(xs)})" if xs else "-"
 
 
-def _fleet_lines(r: dict[str, Any]) -> list[str]:
+def _fleet_lines(r: Report) -> list[str]:
     """The "Workers" table of a distributed run: each worker's share and what it measured."""
     fleet = r.get("distributed")
     if not fleet:
@@ -364,7 +387,7 @@ def _fleet_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def succeeded(report: dict[str, Any]) -> int:
+def succeeded(report: Report) -> int:
     """Requests that neither failed at the transport level nor got a 5xx."""
     return report["requests"] - report["failed"]
 
@@ -380,7 +403,7 @@ def _pct(n: int, total: int) -> str:
 LATENCY_KEYS = ("mean", "p50", "p90", "p99", "p99.9", "p99.99", "max")
 
 
-def format_summary(report: dict[str, Any]) -> str:
+def format_summary(report: Report) -> str:
     """The end-of-run summary as Markdown (readable raw in a terminal, rendered in a PR/README).
 
     Counts are plain integers (no thousands separators) so a script can find a report's numbers in
@@ -473,17 +496,18 @@ def format_summary(report: dict[str, Any]) -> str:
 FAILED_SECONDS_SHOWN = 8
 
 
-def failed_seconds(report: dict[str, Any], label: str) -> list[tuple[int, int]]:
+def failed_seconds(report: Report, label: str) -> list[tuple[int, int]]:
     """(second, failed) for each second in which mix entry ``label`` had failures."""
     out = []
     for e in report["timeline"]:
-        n = (e.get("by_request") or {}).get(label, {}).get("failed", 0)
+        entry = (e.get("by_request") or {}).get(label)
+        n = entry["failed"] if entry else 0
         if n:
             out.append((e["second"], n))
     return out
 
 
-def _by_request_lines(r: dict[str, Any]) -> list[str]:
+def _by_request_lines(r: Report) -> list[str]:
     """The "By request" table: which kind of request failed, and in which seconds."""
     rows = r.get("by_request")  # absent in reports written before it existed
     if not rows:
@@ -511,7 +535,7 @@ def _by_request_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def format_csv(report: dict[str, Any]) -> str:
+def format_csv(report: Report) -> str:
     """timeline.csv: the timeline's scalar columns, one ``backend:<id>`` column per backend, then
     one ``failed:<request>`` column per mix entry (``failed:POST /echo``); a distributed run ends
     with ``workers_incomplete`` (the workers whose share of the second is missing or partial)."""
@@ -522,21 +546,23 @@ def format_csv(report: dict[str, Any]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow([*CSV_COLUMNS, *(f"backend:{n}" for n in names), *(f"failed:{k}" for k in kinds), *fleet])
     for e in report["timeline"]:
-        row: list[Any] = []
+        row: list[object] = []
+        columns: Mapping[str, object] = e
         for col in CSV_COLUMNS:
             if col.startswith("errors_"):
                 row.append(e["errors_by_kind"].get(col[len("errors_") :], 0))
             else:
-                v = e[col]
+                v = columns[col]
                 row.append("" if v is None else v)
         row += [e["backends"].get(n, 0) for n in names]
-        row += [(e.get("by_request") or {}).get(k, {}).get("failed", 0) for k in kinds]
+        per = e.get("by_request") or {}
+        row += [per[k]["failed"] if k in per else 0 for k in kinds]
         row += [" ".join(e.get("workers_incomplete", [])) for _ in fleet]
         w.writerow(row)
     return out.getvalue()
 
 
-def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+def write_json(report: Report, path: str | os.PathLike[str]) -> Path:
     """Write the report whole (loadgen/files.py), creating parent directories (a results path is
     often fresh)."""
     p = Path(path)
@@ -566,7 +592,7 @@ def new_run_dir(results_dir: str | os.PathLike[str], started_at: datetime) -> Pa
             run_dir = base / f"{stamp}-{n}"
 
 
-def result_files(report: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:
+def result_files(report: Report) -> list[tuple[str, Callable[[], str]]]:
     """The text files of a run's folder, in the order written: report.json first, so whatever
     fails later (plots), the measurements are on disk."""
     return [
@@ -576,9 +602,7 @@ def result_files(report: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:
     ]
 
 
-def write_results_dir(
-    report: dict[str, Any], results_dir: str | os.PathLike[str], started_at: datetime
-) -> Path:
+def write_results_dir(report: Report, results_dir: str | os.PathLike[str], started_at: datetime) -> Path:
     """Write ``DIR/<stamp>/report.json``, ``timeline.csv`` and ``summary.md``; never overwrite a run.
 
     Each file is written whole or not at all (loadgen/files.py); an OSError goes to the caller.

@@ -10,7 +10,7 @@ change are ``NotRequired`` (an older worker does not send them) and read with ``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from loadgen.scenario import Action
@@ -122,3 +122,149 @@ class Snapshot(BucketView, total=False):
     # a distributed run (loadgen/coordinator.py): the worker's name; why it was lost mid-run
     worker: str
     lost: str
+
+
+# -- report.json (schema 2; docs/loadgen.md, "Report files") ------------------------------------
+
+#: ``latency_ms`` and friends: ``mean``, ``p50`` .. ``p99.99``, ``max`` in ms, None without data.
+Latency = dict[str, float | None]
+
+
+class RateCheck(TypedDict):
+    """``rate_check``: did an open-loop generator send what was asked?"""
+
+    intended_rps: float
+    achieved_rps: float
+    error_pct: float
+    kept_up: bool
+    reason: str | None
+    intended: int
+    sent: int
+    unsent: int
+    dropped: int
+    max_backlog: int
+    waited_for_connection: int
+    max_send_lag_ms: float
+    max_scheduler_lag_ms: float
+
+
+class EntrySecond(TypedDict):
+    """One mix entry's figures for one second (``timeline[i].by_request[label]``)."""
+
+    requests: int
+    responses: int
+    failed: int
+    errors: int
+    status: dict[str, int]
+    errors_by_kind: dict[str, int]
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class TimelineEntry(TypedDict):
+    """One whole second of ``timeline``; the open-loop counts are None in closed loop."""
+
+    second: int
+    intended: int | None
+    requests: int
+    responses: int
+    failed: int
+    errors: int
+    unsent: int | None
+    dropped: int | None
+    waited: int | None
+    rps: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    p99_9_ms: float | None
+    max_ms: float | None
+    uncorrected_p99_ms: float | None
+    status: dict[str, int]
+    errors_by_kind: dict[str, int]
+    backends: dict[str, int]
+    by_request: dict[str, EntrySecond]
+    target: float | None
+    workers_incomplete: NotRequired[list[str]]  # a distributed run only
+
+
+class RequestTotals(TypedDict):
+    """``by_request[label]``: one mix entry over the whole run."""
+
+    method: str
+    path: str
+    weight: float
+    requests: int
+    responses: int
+    failed: int
+    status: dict[str, int]
+    errors: dict[str, int]
+    latency_ms: Latency
+
+
+class MixEntry(TypedDict):
+    weight: float
+    method: str
+    path: str
+    body_size: int
+
+
+#: ``stages``: a scenario stage as the reports mark it ("from" is a keyword: functional syntax).
+StageMark = TypedDict(
+    "StageMark",
+    {
+        "kind": str,
+        "start_s": float,
+        "end_s": float,
+        "from": float,
+        "to": float,
+        "peak_start_s": NotRequired[float],  # a spike
+        "peak_end_s": NotRequired[float],
+    },
+)
+
+
+class Histograms(TypedDict):
+    corrected: str
+    uncorrected: str
+    unit: str
+
+
+class Report(TypedDict):
+    """report.json as ``loadgen.report.build_report`` writes it (schema 2)."""
+
+    schema: int
+    url: str
+    method: str
+    mode: str
+    concurrency: int | None
+    connections: int
+    rate: float | None
+    duration_s: float
+    elapsed_s: float
+    started_at: str
+    workers: int
+    scenario: str | None
+    mix: list[MixEntry]
+    requests: int
+    responses: int
+    failed: int
+    rps: float
+    rate_check: RateCheck | None
+    latency_ms: Latency
+    latency_uncorrected_ms: Latency
+    histograms: Histograms
+    status: dict[str, int]
+    errors: dict[str, int]
+    backends: dict[str, int]
+    by_request: dict[str, RequestTotals]
+    connections_used: int
+    connects: int
+    connections_retired: int
+    stopped_early: bool
+    actions: list[ActionResult]
+    tags: dict[str, str]
+    stages: list[StageMark]
+    timeline: list[TimelineEntry]
+    #: A distributed run (loadgen/coordinator.py): the per-worker section, as documented.
+    distributed: NotRequired[dict[str, Any]]  # its shape: loadgen/coordinator.py
