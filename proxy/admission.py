@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
 from engine.refusals import RETRY_AFTER_S, overload_response, with_retry_after
@@ -75,7 +75,7 @@ class Admission:
         queue_size: int,
         queue_timeout: float,
         group: UpstreamGroup,
-        balancer: Balancer,
+        balancer: Callable[[], Balancer],
         counters: Counters,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -83,6 +83,7 @@ class Admission:
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
         self.group = group
+        # The policy in use, asked at each pick: PUT /policy replaces the balancer object at runtime.
         self.balancer = balancer
         self.counters = counters
         self.loop = loop
@@ -96,7 +97,7 @@ class Admission:
         cls,
         cfg: Config,
         group: UpstreamGroup,
-        balancer: Balancer,
+        balancer: Callable[[], Balancer],
         counters: Counters,
         loop: asyncio.AbstractEventLoop,
     ) -> Admission | None:
@@ -109,7 +110,7 @@ class Admission:
 
     def full(self) -> frozenset[Endpoint]:
         cap = self.cap
-        return frozenset(ep for ep in self.group.live if ep.in_flight >= cap)
+        return frozenset(ep for ep in self.group.live if ep.load.in_flight >= cap)
 
     def exclude(self, also: Collection[Endpoint] = ()) -> Collection[Endpoint]:
         """What a pick must skip: unavailable endpoints, full ones, and ``also`` (already tried).
@@ -120,7 +121,7 @@ class Admission:
         group = self.group
         cap = self.cap
         for ep in group.live:
-            if ep.in_flight >= cap:
+            if ep.load.in_flight >= cap:
                 break
         else:
             if not also:
@@ -129,8 +130,8 @@ class Admission:
 
     def _pick(self, waiter: Waiter, also: Collection[Endpoint] = ()) -> Endpoint | None:
         group = self.group
-        ep = self.balancer.pick(group.live, self.exclude(also), waiter.hash_key)
-        return ep if ep is not None and ep.in_flight < self.cap else None
+        ep = self.balancer().pick(group.live, self.exclude(also), waiter.hash_key)
+        return ep if ep is not None and ep.load.in_flight < self.cap else None
 
     # -- the three calls -----------------------------------------------------------------------
     def acquire(self, waiter: Waiter, no_endpoints: bytes) -> None:
@@ -159,7 +160,7 @@ class Admission:
         would wait out most of the queue timeout, and at the head of the queue it would block
         requests that could take a slot on the replica it already tried (Envoy's retry overflow).
         """
-        if preferred.in_flight < self.cap and preferred.live:
+        if preferred.load.in_flight < self.cap and preferred.live:
             return preferred
         return self._pick(waiter, tried)
 

@@ -61,7 +61,7 @@ class ProxyState:
         # Retries (retry.py) and admission control (admission.py; None when the in-flight cap is off).
         self.retry_policy = RetryPolicy.from_config(config)
         self.retry_budget = RetryBudget.from_config(config)
-        self.admission = Admission.from_config(config, group, balancer, self.counters, loop)
+        self.admission = Admission.from_config(config, group, lambda: self.balancer, self.counters, loop)
         if self.admission is not None:
             group.on_capacity = self.admission.wake
         group.outlier = OutlierDetector.from_config(config, self.counters)

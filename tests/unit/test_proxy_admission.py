@@ -295,7 +295,8 @@ def test_admission_skips_full_and_unavailable_endpoints_and_reuses_the_cached_se
         group = UpstreamGroup.from_config(cfg, loop)
         group.update([("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)])
         a, b, c = group.live
-        adm = Admission.from_config(cfg, group, make_balancer(cfg.policy, cfg), Counters(), loop)
+        balancer = make_balancer(cfg.policy, cfg)
+        adm = Admission.from_config(cfg, group, lambda: balancer, Counters(), loop)
         assert adm is not None and adm.cap == 2
         # Per request while the cap is on: nothing full, nothing tried -> the group's cached set.
         assert adm.exclude() is group.unavailable()
@@ -309,7 +310,9 @@ def test_admission_skips_full_and_unavailable_endpoints_and_reuses_the_cached_se
         b.in_flight = 2
         assert adm.retry_slot(b, [b], _Waiter()) is None  # c is cooling, a and b are full
         assert (
-            Admission.from_config(Config(), group, make_balancer("round_robin", cfg), Counters(), loop)
+            Admission.from_config(
+                Config(), group, lambda: make_balancer("round_robin", cfg), Counters(), loop
+            )
             is None
         )
         group.close()
@@ -366,7 +369,8 @@ def test_admission_acquire_queue_expiry_cancel_and_release_on_its_own_timer() ->
         group.update([("10.0.0.1", 80)])
         (ep,) = group.live
         counters = Counters()
-        adm = Admission.from_config(cfg, group, make_balancer(cfg.policy, cfg), counters, loop)
+        policy = [make_balancer(cfg.policy, cfg)]  # what state.balancer is; PUT /policy replaces it
+        adm = Admission.from_config(cfg, group, lambda: policy[0], counters, loop)
         assert adm is not None
         first, second, third, fourth = _Waiter(), _Waiter(), _Waiter(), _Waiter()
         adm.acquire(first, b"none")
@@ -389,6 +393,23 @@ def test_admission_acquire_queue_expiry_cancel_and_release_on_its_own_timer() ->
         assert late.failed == [503] and late.got == [] and not adm.waiting
         assert counters.count("queue_overflow", "timeout") == 1 and counters.count("rejected", "503") == 2
         assert third.got == [] and third.failed == [], "a cancelled waiter hears nothing more"
+
+        class Recording:
+            """A policy that records being asked (the one switched to at runtime)."""
+
+            name = "recording"
+            needs_key = False
+            asked = 0
+
+            def pick(self, live: object, exclude: object, key: object) -> Endpoint | None:
+                Recording.asked += 1
+                return ep
+
+        policy[0] = Recording()  # type: ignore[assignment]
+        queued = _Waiter()
+        adm.acquire(queued, b"none")
+        adm.release(ep)
+        assert queued.got == [ep] and Recording.asked == 2, "the queue picks with the policy in use now"
         adm.close()
         group.close()
 
