@@ -111,6 +111,57 @@ class Merged(TypedDict):
     endpoints: dict[str, MergedEndpoint]
 
 
+class Event(TypedDict):
+    """Something viewers see on the charts' time axis: a replica joined, left, was ejected..."""
+
+    t: float
+    kind: str
+    addr: str | None
+    text: str
+
+
+class Replica(TypedDict):
+    """One row of the dashboard's replica table in a snapshot."""
+
+    addr: str
+    state: str
+    state_workers: int
+    since: float
+    drained: bool
+    in_flight: int
+    rps: float
+    classes: dict[str, float]
+    responses: dict[str, int]
+    errors: dict[str, int]
+    retries: int
+    ejections: int
+    connections_opened: int
+    reuse_ratio: float | None
+    ewma_ms: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    share: float | None
+
+
+class Snapshot(TypedDict):
+    """One second of the whole proxy, as /events sends it and /events/latest answers."""
+
+    t: float
+    interval: float
+    workers: int
+    reporting: int
+    policy: str
+    connections: int
+    in_flight: int
+    queued: int
+    rps: float
+    classes: dict[str, float]
+    p50_ms: float | None
+    p99_ms: float | None
+    replicas: list[Replica]
+    events: list[Event]
+
+
 # Where worker 0 gets its siblings' samples from (siblings.py in the server; a list in tests).
 SampleSource = Callable[[], Awaitable[list[Sample]]]
 
@@ -310,7 +361,7 @@ class LiveView:
         self.siblings = siblings
         self.clock = clock
         self.ring: deque[bytes] = deque(maxlen=max(1, int(history_s / INTERVAL_S)))
-        self.latest: dict[str, Any] | None = None
+        self.latest: Snapshot | None = None
         self.viewers: set[asyncio.StreamWriter] = set()
         self._prev: Merged | None = None
         self._prev_t = 0.0
@@ -338,14 +389,14 @@ class LiveView:
                     samples.append(s)
         return samples
 
-    def tick(self, samples: list[Sample]) -> dict[str, Any]:
+    def tick(self, samples: list[Sample]) -> Snapshot:
         """One second: the snapshot from ``samples`` against the previous ones; kept and sent."""
         now = self.clock()
         cur = merge(samples)
         prev = self._prev
         dt = max(1e-3, now - self._prev_t) if prev is not None else INTERVAL_S
         prev_eps: dict[str, MergedEndpoint] = prev["endpoints"] if prev is not None else {}
-        events: list[dict[str, Any]] = []
+        events: list[Event] = []
 
         def event(kind: str, text: str, addr: str | None = None) -> None:
             events.append({"t": round(now, 3), "kind": kind, "addr": addr, "text": text})
@@ -353,7 +404,7 @@ class LiveView:
         if prev is not None and cur["policy"] != prev["policy"]:
             event("policy", f"policy {prev['policy']} -> {cur['policy']}")
         total_hist: list[int] | None = None
-        replicas = []
+        replicas: list[Replica] = []
         attempts_total = 0
         deltas: dict[str, tuple[list[int], list[int]]] = {}
         for label, e in cur["endpoints"].items():
@@ -404,7 +455,7 @@ class LiveView:
                 self._since.pop(label, None)
                 event("left", f"{label} left", label)
         d_client = _delta(cur["responses"], prev["responses"] if prev else None)
-        snap = {
+        snap: Snapshot = {
             "t": round(now, 3),
             "interval": round(dt, 3),
             "workers": cur["workers"],
