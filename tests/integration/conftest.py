@@ -168,6 +168,13 @@ def _stale_projects(client: docker.DockerClient) -> set[str]:
     return {project for project in labels if is_stale(labels[project], age[project])}
 
 
+def sweep_stale(client: docker.DockerClient) -> set[str]:
+    """Remove every test project whose owner is gone (what a killed run left); their names."""
+    stale = _stale_projects(client)
+    _remove_projects(client, lambda project: project in stale)
+    return stale
+
+
 def _remove_projects(client: docker.DockerClient, wanted: Callable[[str], bool]) -> None:
     """Force-remove the containers, networks, volumes and own image tags of the projects `wanted` picks."""
     label = {"label": LABEL_PROJECT}
@@ -417,9 +424,7 @@ def own_lab(
     builds and runs images tagged for this project only (removed at the end): for tests long
     enough that a concurrent rebuild of the shared ``:dev`` tags could change what they run.
     """
-    client = docker.from_env()
-    stale = _stale_projects(client)
-    _remove_projects(client, lambda project: project in stale)
+    sweep_stale(docker.from_env())
     suffix = uuid.uuid4().hex[:8]
     project = f"{PROJECT_PREFIX}{name}-{suffix}"
     work = tmp_path_factory.mktemp(name)
