@@ -124,7 +124,7 @@ class Connection:
         self._head = head
         self._transport: asyncio.Transport | None = None
         self._wire: _Wire | None = None
-        self._connecting: asyncio.Task | None = None
+        self._connecting: asyncio.Task[tuple[asyncio.Transport, _Wire]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._closed = False
@@ -200,7 +200,7 @@ class Connection:
         self._connecting = task
         task.add_done_callback(self._connected)
 
-    def _connected(self, task: asyncio.Task) -> None:
+    def _connected(self, task: asyncio.Task[tuple[asyncio.Transport, _Wire]]) -> None:
         if task is not self._connecting:
             # Superseded (timed out or closed): just don't leak the socket.
             if not task.cancelled() and task.exception() is None:

@@ -75,13 +75,14 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 def error_count(report: dict[str, Any]) -> int:
     """Failed requests: transport errors plus 5xx responses, whichever way the report spells it."""
-    if isinstance(report.get("failed"), int):
-        return report["failed"]
+    failed = report.get("failed")
+    if isinstance(failed, int):
+        return failed
     errors = report.get("errors")
     if isinstance(errors, int):
         return errors
     transport = sum((errors or {}).values()) if isinstance(errors, dict) else 0
-    return transport + sum(n for code, n in (report.get("status") or {}).items() if str(code)[:1] == "5")
+    return transport + sum(int(n) for code, n in (report.get("status") or {}).items() if str(code)[:1] == "5")
 
 
 def rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:

@@ -282,11 +282,11 @@ def parse_header(raw: str, source: str) -> tuple[str, str]:
     return name, value
 
 
-def _number(raw: str, source: str, kind: type, minimum: float, inclusive: bool) -> float:
+def _number(raw: str, source: str, kind: type[int] | type[float], minimum: float, inclusive: bool) -> float:
     op = ">=" if inclusive else ">"
     want = f"{'an integer' if kind is int else 'a number'} {op} {minimum:g}"
     try:
-        value = kind(raw)
+        value: float = kind(raw)
     except ValueError:
         raise ConfigError(f"{source} must be {want}, got {raw!r}") from None
     if value != value or value in (float("inf"), float("-inf")):  # NaN / inf

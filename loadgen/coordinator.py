@@ -281,7 +281,8 @@ class Coordinator:
     def _handle(self, peer: Peer, msg: Message) -> None:
         kind = msg["type"]
         if kind == "tick":
-            snap: Snapshot = {**msg["snap"], "index": peer.index, "worker": peer.name}  # a JSON message
+            snap: Snapshot = msg["snap"]  # a JSON message: the shape the worker sent
+            snap["index"], snap["worker"] = peer.index, peer.name
             peer.snaps[int(msg["second"])] = snap
             peer.last_snap = snap
             for rec in msg.get("records", ()):

@@ -60,7 +60,7 @@ class LatencyHistogram:
 
     @property
     def count(self) -> int:
-        return self._h.get_total_count()
+        return int(self._h.get_total_count())
 
     def record_us(self, us: int, count: int = 1) -> None:
         """Record ``count`` samples of ``us`` microseconds, clamped into the trackable range.
@@ -89,7 +89,7 @@ class LatencyHistogram:
 
     def encode(self) -> str:
         """The standard HdrHistogram V2 compressed encoding, base64 (readable by every HDR port)."""
-        return self._h.encode().decode("ascii")
+        return str(self._h.encode().decode("ascii"))
 
     @classmethod
     def decode(cls, encoded: str | bytes) -> LatencyHistogram:
@@ -102,7 +102,7 @@ class LatencyHistogram:
         """The value at ``percentile`` (0-100) in ms, or None when empty (nothing to report)."""
         if not self.count:
             return None
-        return self._h.get_value_at_percentile(percentile) / 1000.0
+        return float(self._h.get_value_at_percentile(percentile)) / 1000.0
 
     def mean_ms(self) -> float | None:
         return self._h.get_mean_value() / 1000.0 if self.count else None

@@ -96,12 +96,15 @@ class SecondRecord:
 # What a worker puts in its tick snapshot about the second that just ended
 
 
-def bucket_snapshot(tl: Timeline, second: int) -> BucketView:
-    """The ``prev_*`` keys of a tick snapshot: second ``second`` of ``tl`` as it stands.
+def bucket_snapshot(tl: Timeline, second: int, into: BucketView | None = None) -> BucketView:
+    """The ``prev_*`` keys of a tick snapshot: second ``second`` of ``tl`` as it stands, set in
+    ``into`` (a snapshot being built) or a new view.
 
     Histograms travel as HDR encodings (small, picklable, exactly mergeable in the parent).
     """
-    out: BucketView = {"prev_hist": "", "prev_backends": {}}
+    out: BucketView = {} if into is None else into
+    out["prev_hist"] = ""
+    out["prev_backends"] = {}
     if not 0 <= second < len(tl.buckets):
         return out
     b = tl.buckets[second]
@@ -123,9 +126,7 @@ def recent_snapshots(tl: Timeline, upto: int, seen: dict[int, int], window: int)
     for sec in range(max(0, upto - window), min(upto, len(buckets))):
         n = buckets[sec].requests
         if sec in seen and seen[sec] != n:
-            view: BucketView = {"second": sec}
-            view.update(bucket_snapshot(tl, sec))
-            out.append(view)
+            out.append(bucket_snapshot(tl, sec, into={"second": sec}))
         seen[sec] = n
     if 0 <= upto < len(buckets):
         seen[upto] = buckets[upto].requests

@@ -464,8 +464,8 @@ class _Validator:
             self.fail(at, f"must be a mapping with a kind ({', '.join(kinds)}), got {_show(raw)}")
         if "kind" not in raw:
             self.fail(f"{at}.kind", f"required: one of {', '.join(kinds)}")
-        kind = raw["kind"]
-        if kind not in kinds:
+        kind: object = raw["kind"]
+        if not isinstance(kind, str) or kind not in kinds:
             self.fail(f"{at}.kind", f"must be one of {', '.join(kinds)}, got {_show(kind)}")
         return kind
 

@@ -255,7 +255,7 @@ class _Runner:
             "errors": tl.errors,
             "failed": tl.failed,
         }
-        snap.update(bucket_snapshot(tl, second - 1))
+        bucket_snapshot(tl, second - 1, into=snap)
         snap["recent"] = recent_snapshots(tl, second - 1, self._seen, int(self.plan.timeout_s) + 3)
         snap.update(self._snapshot_extra(perf_counter()))
         return snap
