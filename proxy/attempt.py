@@ -40,6 +40,10 @@ class Owner(ResponseSink, Protocol):
     @property
     def request_id(self) -> bytes: ...
 
+    @property
+    def head_sent(self) -> bool:
+        """The response's status line went to the client (a failure can no longer be answered)."""
+
     def connecting(self) -> None:
         """A new connection is being opened for the request (it may hold its body meanwhile)."""
 
@@ -72,6 +76,8 @@ class Owner(ResponseSink, Protocol):
         """The response cannot be completed (``read-timeout``, ``protocol``): close the client."""
 
     def accept_upgrade(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> bool: ...
+
+    def on_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
 
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
 
@@ -305,10 +311,11 @@ class Attempt:
         if phase == DISCARDING:
             self._discarded(conn, False)
             return
-        if phase == ANSWERED:
+        if phase == ANSWERED and self.owner.head_sent:
             self.owner.response_cut(reason, PROTOCOL)
             return
-        self.observe(0, PROTOCOL)
+        if phase != ANSWERED:  # (a head the owner refused to pass on was reported with its status)
+            self.observe(0, PROTOCOL)
         self._end()
         self.owner.attempt_failed(self, PROTOCOL, reason, False)
 
@@ -327,6 +334,10 @@ class Attempt:
         self.observe(101, None)
         self.phase = ANSWERED
         return True
+
+    def on_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.phase != OVER:
+            self.owner.on_interim(status, headers)
 
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """After the 101 the connection is the tunnel's, not the pool's; the try is over."""

@@ -25,7 +25,15 @@ from proxy.admission import with_retry_after
 from proxy.attempt import OVER, Attempt, reason_of
 from proxy.failure import CONNECT, RESET, TIMEOUT, Failure
 from proxy.flow import CLIENT_BUSY, UPSTREAM_BUSY, WAITING_UPSTREAM
-from proxy.headers import CHUNKED, LENGTH, NO_BODY, UpstreamRequest, rewrite_response, simple_response
+from proxy.headers import (
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    UpstreamRequest,
+    interim_head,
+    rewrite_response,
+    simple_response,
+)
 from proxy.retry import RetryState, Trigger
 from proxy.tunnel import Tunnel
 
@@ -419,16 +427,29 @@ class Exchange:
 
     # -- Upgrade (WebSocket) ---------------------------------------------------------------------
     def accept_upgrade(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> bool:
-        """The upstream answered 101: forward it if this request asked to switch protocols."""
-        if self.upgrade is None or self.finished:
+        """The upstream answered 101: forward it if this request asked to switch to that protocol.
+
+        RFC 9110 7.8: a server MUST NOT switch to a protocol the client did not ask for; a 101
+        naming another protocol (or none) is an invalid answer, and the client gets a 502.
+        """
+        asked = self.upgrade
+        if asked is None or self.finished:
+            return False
+        proto = next((v for n, v in headers if n.lower() == b"upgrade"), b"").strip()
+        if proto.lower() != asked.strip().lower():
             return False
         resp = rewrite_response(101, headers, self.req.request_id, True)
-        proto = next((v for n, v in headers if n.lower() == b"upgrade"), self.upgrade)
         resp.parts += (b"Connection: Upgrade\r\nUpgrade: ", proto, b"\r\n\r\n")
         self.status = 101
         self.head_sent = True
         self.out.append(b"".join(resp.parts))
         return True
+
+    def on_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A backend's 1xx (103 Early Hints...): forwarded to an HTTP/1.1 client before the response
+        (RFC 9110 15.2: a proxy MUST forward 1xx responses it did not ask for; HTTP/1.0 has none)."""
+        if self.client_http11 and not self.head_sent and not self.finished:
+            self.down.write(interim_head(status, headers))
 
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """After the 101: hand both connections to a Tunnel; this exchange ends here (logged as 101)."""

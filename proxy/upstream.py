@@ -41,7 +41,10 @@ class AttemptEvents(Protocol):
     ) -> None: ...
 
     def accept_upgrade(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> bool:
-        """A 101 arrived: True if the request asked to switch protocols (else it is invalid)."""
+        """A 101 arrived: True if the request asked to switch to that protocol (else it is invalid)."""
+
+    def on_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx other than 100 and 101 (103 Early Hints...): a proxy forwards it (RFC 9110 15.2)."""
 
     def upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """After an accepted 101: ``rest`` is the first tunnel bytes; the connection is the tunnel's."""
@@ -237,7 +240,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.attempt = self.sink = None
             self.abort()
             if not att.over:
-                att.upstream_failed(self, f"invalid response from {self.endpoint.label}: {exc}")
+                # Raised in one of our callbacks (an unexpected 101, a head headers.py refuses):
+                # httptools wraps it as "User callback error"; the original says what was wrong.
+                why = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+                att.upstream_failed(self, f"invalid response from {self.endpoint.label}: {why or exc}")
             return
         if sink is not None:
             sink.flush()
@@ -255,13 +261,15 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
-            # Interim responses (100/103) are swallowed: the proxy answers Expect itself.
+            # A 100 is swallowed (the proxy answers Expect itself); other 1xx are forwarded.
             # 101 is only valid as the answer to an Upgrade request (WebSocket, see tunnel.py).
+            att = self.attempt
             if status == 101:
-                att = self.attempt
                 if att is None or not att.accept_upgrade(self, self.headers):
                     raise httptools.HttpParserError("unexpected 101 Switching Protocols")
                 self.deadline = 0.0
+            elif status != 100 and att is not None:
+                att.on_interim(status, self.headers)
             self.interim = True
             return
         self.deadline = 0.0

@@ -232,3 +232,77 @@ def test_a_response_cut_by_the_upstream_is_logged_with_its_failure(proxied: Prox
         assert srv.state is not None and srv.state.counters.count("responses_cut", "reset") == 1
 
     proxied(main)
+
+
+class Canned(LocalServer):
+    """Reads a request head, answers ``raw`` as it is, then reads on until the proxy hangs up."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_head(reader)
+            writer.write(self.raw)
+            await writer.drain()
+            await reader.read()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_a_backends_103_early_hints_reach_the_client_before_its_response() -> None:
+    """RFC 9110 15.2: a proxy MUST forward the 1xx it did not ask for (100 Continue is its own)."""
+
+    async def main() -> None:
+        raw = (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"
+            b"Connection: X-Hop\r\nX-Hop: 1\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+        async with Canned(raw) as up, proxy(endpoints=[up.address]) as srv:
+            r, w = await connect(srv.port)
+            w.write(get("/"))
+            line, headers = await read_head(r)
+            assert line == "HTTP/1.1 103 Early Hints"
+            assert ("Link", "</style.css>; rel=preload") in headers
+            assert not any(k.lower() == "x-hop" for k, _ in headers), "hop-by-hop headers stay behind"
+            resp = await read_response(r)
+            assert resp.status == 200 and resp.body == b"ok"
+            w.close()
+            (entry,) = access_lines(srv)
+            assert entry["status"] == 200
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"unexpected 101",
+        ),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: \r\nConnection: Upgrade\r\n\r\n", b"unexpected 101"),
+        (b"HTTP/1.1 603 Nope\r\nContent-Length: 0\r\n\r\n", b"603"),
+    ],
+)
+def test_a_response_head_the_proxy_cannot_pass_on_is_a_502(raw: bytes, why: bytes) -> None:
+    """A 101 switching to a protocol the client did not ask for (RFC 9110 7.8), or a status no
+    client can read: nothing went to the client yet, so it gets a 502, not a cut connection."""
+
+    async def main() -> None:
+        async with Canned(raw) as up, proxy(endpoints=[up.address]) as srv:
+            ws = get(
+                "/ws",
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            )
+            resp = await fetch(srv.port, ws)
+            assert resp.status == 502, why
+            assert b"invalid response from" in resp.body and why in resp.body, resp.body
+            assert srv.state is not None
+            assert srv.state.counters.count("responses_cut") == 0
+
+    run(main)
