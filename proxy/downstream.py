@@ -109,7 +109,8 @@ class DownstreamProtocol(HTTPConnection):
     """A client connection of the proxy: the engine's, plus the names ``Exchange`` and ``Tunnel`` call."""
 
     __slots__ = ("state", "tunnel")
-    site: ProxySite
+    # ``site`` stays the engine's ``Site`` (not narrowed to ProxySite): mypyc refuses a redeclared
+    # attribute, and the proxy's own needs go through ``state``.
 
     def __init__(self, site: ProxySite) -> None:
         super().__init__(site)

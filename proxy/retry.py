@@ -283,7 +283,7 @@ class RetryState:
                 return None
             self.retries_left -= 1
         events.inc("retries", label)  # attempts sent again: connect-failure, reset, timeout or the status
-        failed.retries += 1  # per endpoint, for the dashboard: the attempt that was retried
+        failed.stats.retries += 1  # per endpoint, for the dashboard: the attempt that was retried
         if nxt is not failed:
             tried.append(nxt)
         return nxt

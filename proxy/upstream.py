@@ -126,7 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.gate = ReadGate(self.transport)
-        self.endpoint.connects += 1  # upstream_connections_opened_total in /metrics
+        self.endpoint.stats.connects += 1  # upstream_connections_opened_total in /metrics
 
     def reusable(self) -> bool:
         return not (self.closed or self.eof or self.transport.is_closing())
