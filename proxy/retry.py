@@ -233,7 +233,8 @@ class RetryState:
           yet, each once; neither budgeted nor counted against ``--max-retries``.
         - ``reset`` (``--retry-on reset``): a ``--retry-methods`` method whose body, if any, was
           kept; retries left; the budget; another endpoint, else a fresh connection to ``failed``.
-        - ``timeout`` (``--attempt-timeout`` on): as ``reset``, but only another endpoint.
+        - ``timeout`` (``--attempt-timeout`` on): as ``reset``, once the whole request body was
+          received (``body_done``), and only another endpoint.
         - a status in ``--retry-on``: as ``reset``, once the whole request body was received
           (``body_done``), and only another endpoint (else the response is forwarded).
         A ``protocol`` failure (and anything else) is never retried.
@@ -249,7 +250,7 @@ class RetryState:
             if trigger == RESET:
                 ok = policy.on_reset
             elif trigger == TIMEOUT:
-                ok = policy.on_timeout
+                ok = policy.on_timeout and body_done  # else the slowness may be the client's upload
             elif isinstance(trigger, int):
                 ok = trigger in policy.statuses and body_done
             else:
