@@ -321,7 +321,10 @@ class Attempt:
 
     def read_timed_out(self) -> None:
         """The response body stalled for --upstream-read-timeout: the client connection is closed."""
-        if self.phase == OVER:
+        if self.phase == DISCARDING and self.conn is not None:
+            self._discarded(self.conn, False)  # the error's body stalled: give up its connection, retry
+            return
+        if self.phase != ANSWERED:
             return
         limit = self.state.config.upstream_read_timeout
         self.owner.response_cut(

@@ -306,3 +306,23 @@ def test_a_response_head_the_proxy_cannot_pass_on_is_a_502(raw: bytes, why: byte
             assert srv.state.counters.count("responses_cut") == 0
 
     run(main)
+
+
+def test_a_retriable_error_whose_body_stalls_is_retried_not_cut_by_the_read_timeout() -> None:
+    """A 503's body is read and dropped before the retry; a read timeout shorter than the discard's
+    own limit gives up that connection and retries, it does not cut the client (nothing was sent)."""
+
+    async def main() -> None:
+        stalled = b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\nbusy"  # 96 bytes never come
+        async with (
+            Canned(stalled) as bad,
+            FakeUpstream() as good,
+            proxy(endpoints=[bad.address, addr(good)], upstream_read_timeout=0.1, health_interval=0) as srv,
+        ):
+            resps = [await fetch(srv.port, get("/")) for _ in range(2)]
+            assert [(r.status, r.body) for r in resps] == [(200, b"ok GET /")] * 2
+            assert srv.state is not None
+            assert srv.state.counters.count("retries", "503") >= 1
+            assert srv.state.counters.count("responses_cut") == 0
+
+    run(main)
