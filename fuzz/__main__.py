@@ -4,8 +4,9 @@
     python -m fuzz run TARGET [--runs N] [--time S] [--workdir DIR]   one target, in this process
     python -m fuzz replay TARGET FILE...                      feed saved inputs once (no atheris)
 
-``--runs``/``--time`` are the whole budget; ``all`` splits it evenly between the targets and
-stops each at whichever limit comes first. Every run starts from the committed seeds
+``--runs``/``--time`` are the whole budget; ``all`` runs the targets one after the other, each
+with an even share of what is left (so what the first does not use goes to the next), each
+stopping at whichever limit comes first. Every run starts from the committed seeds
 (fuzz/seeds/TARGET) plus the working corpus in ``--workdir`` (default results/fuzz), which
 keeps what coverage the fuzzer found for the next run; an input that breaks an invariant is
 saved there as ``crash-*`` and the exit status is 1. A found bug's input goes into
@@ -26,7 +27,9 @@ from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
-TARGETS = {"proxy": "fuzz.proxy_path", "loadgen": "fuzz.loadgen_response"}
+# The fast target first: what it leaves of the budget (it usually stops at its share of the
+# inputs) goes to the slow one, so a run uses its whole time or input budget.
+TARGETS = {"loadgen": "fuzz.loadgen_response", "proxy": "fuzz.proxy_path"}
 INSTRUMENT = ["engine", "proxy", "loadgen", "fuzz"]
 PER_INPUT_TIMEOUT_S = 10
 RSS_LIMIT_MB = 1024
@@ -85,9 +88,11 @@ def run_all(runs: int, seconds: int, workdir: Path, json_path: str | None) -> in
     """Each target in its own process (libFuzzer owns the process); a summary line per target."""
     results = []
     status = 0
-    for target in TARGETS:
-        share_runs = runs // len(TARGETS) if runs else 0
-        share_time = max(1, seconds // len(TARGETS)) if seconds else 0
+    runs_left, time_left = runs, float(seconds)
+    for i, target in enumerate(TARGETS):
+        todo = len(TARGETS) - i
+        share_runs = runs_left // todo if runs else 0
+        share_time = max(1, int(time_left / todo)) if seconds else 0
         cmd = [sys.executable, "-m", "fuzz", "run", target, "--workdir", str(workdir)]
         cmd += ["--runs", str(share_runs), "--time", str(share_time)]
         t0 = time.monotonic()
@@ -99,6 +104,8 @@ def run_all(runs: int, seconds: int, workdir: Path, json_path: str | None) -> in
         done = _DONE.search(proc.stderr)
         execs = _EXECS.search(proc.stderr)
         inputs = int(done.group(1)) if done else int(execs.group(1)) if execs else 0
+        runs_left = max(0, runs_left - inputs)
+        time_left = max(0.0, time_left - elapsed)
         rss = _RSS.search(proc.stderr)
         crashes = sorted(p.name for p in (workdir / "artifacts" / target).glob("*-*"))
         ok = proc.returncode == 0 and inputs > 0
