@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -81,7 +80,7 @@ class BackendMetrics:
 
 def route_of(scope: Scope) -> str:
     """The route template Starlette matched (it records it in the scope), or UNMATCHED."""
-    route: Any = scope.get("route")
+    route: object = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED
 

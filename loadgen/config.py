@@ -57,9 +57,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "LOADGEN_"
@@ -472,7 +471,7 @@ def _worker_config(
 
 
 def _coordinator(
-    args: argparse.Namespace, pick: Any, workers: int
+    args: argparse.Namespace, pick: Callable[[str | None, str], tuple[str | None, str]], workers: int
 ) -> tuple[tuple[str, int] | None, int | None]:
     """``--coordinator [HOST:]PORT`` with ``--expect-workers N``, validated together."""
     from loadgen.protocol import parse_address

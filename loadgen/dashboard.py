@@ -34,6 +34,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -133,7 +134,7 @@ class Dashboard:
 
     # -- called from the viewers' threads -------------------------------------------------------
 
-    def stream(self, write: Any) -> None:
+    def stream(self, write: Callable[[bytes], None]) -> None:
         """Write the history, then each new event, until the run is over (or the viewer leaves)."""
         sent = 0
         with self._cond:
@@ -159,7 +160,7 @@ class Dashboard:
         return self._page
 
 
-def _event(name: str, data: Any) -> bytes:
+def _event(name: str, data: object) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
@@ -206,5 +207,5 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the viewer closed the tab
             dash.stream(write)
 
-    def log_message(self, format: str, *args: Any) -> None:  # no access log on the run's stderr
+    def log_message(self, format: str, *args: object) -> None:  # no access log on the run's stderr
         pass

@@ -27,10 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 from loadgen.histogram import LatencyHistogram, SecondBucket, Timeline
-from loadgen.shapes import BucketView
+from loadgen.shapes import BucketView, Snapshot
+
+K = TypeVar("K")
 
 #: The latency figures of a second, corrected (from the intended send time) in open loop.
 LATENCY_KEYS: tuple[str, ...] = ("p50", "p90", "p99", "p99.9", "max")
@@ -153,7 +155,7 @@ def _bucket_view(b: SecondBucket, open_loop: bool) -> BucketView:
 # Merging the workers' snapshots into one record
 
 
-def _add(into: dict[Any, int], items: Mapping[Any, int]) -> None:
+def _add(into: dict[K, int], items: Mapping[K, int]) -> None:
     for k, n in items.items():
         into[k] = into.get(k, 0) + n
 
@@ -162,7 +164,7 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-def behind_note(intended: float, achieved: float, snaps: Sequence[Mapping[str, Any]]) -> str:
+def behind_note(intended: float, achieved: float, snaps: Sequence[Snapshot]) -> str:
     """The BEHIND note for an open-loop interval, or "" when the generator kept up."""
     backlog = sum(s.get("backlog", 0) for s in snaps)
     age = max((s.get("backlog_age_s", 0.0) for s in snaps), default=0.0)
@@ -181,7 +183,7 @@ def behind_note(intended: float, achieved: float, snaps: Sequence[Mapping[str, A
     return note
 
 
-def _fill(r: SecondRecord, views: Sequence[Mapping[str, Any]], open_loop: bool) -> None:
+def _fill(r: SecondRecord, views: Sequence[BucketView], open_loop: bool) -> None:
     """Set a record's per-second counts and latencies from every worker's view of that second."""
     hist, hist_u = LatencyHistogram(), LatencyHistogram()
     status: dict[int, int] = {}
@@ -244,11 +246,11 @@ class TickMerger:
         self._last_due = 0
         self._last_sent = 0
         self._last_time: float | None = None
-        self._views: dict[int, dict[int, Mapping[str, Any]]] = {}  # second -> worker -> its view
+        self._views: dict[int, dict[int, BucketView]] = {}  # second -> worker -> its view
         self._records: dict[int, SecondRecord] = {}
         self.revised: list[SecondRecord] = []
 
-    def __call__(self, tick: int, snaps: Sequence[Mapping[str, Any]]) -> SecondRecord:
+    def __call__(self, tick: int, snaps: Sequence[Snapshot]) -> SecondRecord:
         now = perf_counter()
         since = self._last_time if self._last_time is not None else now - 1.0
         interval = max(now - since, 1e-9)

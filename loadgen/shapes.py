@@ -64,6 +64,15 @@ class RunStats(TypedDict, total=False):
     connects: int
 
 
+class WorkerDone(TypedDict):
+    """What a ``--workers`` process hands its parent at the end (pickled through a queue)."""
+
+    export: TimelineExport
+    elapsed_s: float
+    stopped_early: bool
+    stats: RunStats
+
+
 class ActionResult(TypedDict, total=False):
     """A scenario action as it went (``actions`` in the report), from ``Performer.run`` plus
     when it ran."""

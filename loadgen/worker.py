@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from loadgen.config import DEFAULT_MAX_BACKLOG, Config, ConfigError, parse_target
 from loadgen.histogram import Timeline, merge_exports
@@ -44,6 +44,9 @@ from loadgen.plan import Plan, make_plan
 from loadgen.protocol import HEARTBEAT_S, PROTOCOL_VERSION, LineSocket, Message, ProtocolError
 from loadgen.schedule import ClosedLoop, OpenLoop, RunResult
 from loadgen.shapes import Snapshot, TimelineExport
+
+if TYPE_CHECKING:
+    from loadgen.scenario import Scenario
 
 Say = Callable[[str], None]
 #: Between two connection attempts to a coordinator that is not there (yet).
@@ -294,7 +297,7 @@ def run_worker(config: Config, say: Say) -> int:
     return status
 
 
-def _scenario(config: Config) -> Any:
+def _scenario(config: Config) -> Scenario | None:
     if not config.scenario_path:
         return None
     from loadgen.scenario import load_scenario

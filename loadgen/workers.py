@@ -29,12 +29,11 @@ import queue as queue_mod
 import signal
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 from loadgen.config import Config
 from loadgen.plan import Plan, make_plan
 from loadgen.schedule import ClosedLoop, OpenLoop, RunResult
-from loadgen.shapes import Snapshot
+from loadgen.shapes import Snapshot, WorkerDone
 
 #: Seconds between starting the processes and second 0 of the run (imports take ~0.3 s each).
 START_LEAD_S = 1.5
@@ -99,22 +98,23 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _worker_main(config: Config, index: int, count: int, start_wall: float, q: Any) -> None:
+#: (kind, worker index, payload): ("tick", i, Snapshot), ("done", i, WorkerDone), ("error", i, traceback)
+WorkerMessage = tuple[str, int, Snapshot | WorkerDone | str]
+
+
+def _worker_main(
+    config: Config, index: int, count: int, start_wall: float, q: mp.Queue[WorkerMessage]
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C as SIGTERM
     try:
         result = run_one(config, index, count, start_wall, lambda second, snap: q.put(("tick", index, snap)))
-        q.put(
-            (
-                "done",
-                index,
-                {
-                    "export": result.timeline.export(),
-                    "elapsed_s": result.elapsed_s,
-                    "stopped_early": result.stopped_early,
-                    "stats": result.stats,
-                },
-            )
-        )
+        done: WorkerDone = {
+            "export": result.timeline.export(),
+            "elapsed_s": result.elapsed_s,
+            "stopped_early": result.stopped_early,
+            "stats": result.stats,
+        }
+        q.put(("done", index, done))
     except BaseException:
         q.put(("error", index, traceback.format_exc()))
 
@@ -129,7 +129,7 @@ def run_workers(
     start_wall: float,
     on_tick: Callable[[int, list[Snapshot]], None] | None,
     stop_requested: Callable[[], bool],
-) -> list[dict[str, Any]]:
+) -> list[WorkerDone]:
     """Run ``count`` workers and return their results (ordered by index); raises WorkerError."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -139,7 +139,7 @@ def run_workers(
     ]
     for p in procs:
         p.start()
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, WorkerDone] = {}
     ticks: dict[int, dict[int, Snapshot]] = {}
     forwarded = False
     try:
