@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
@@ -149,7 +150,7 @@ def spectrum_x(points: Sequence[tuple[float, float]]) -> tuple[list[float], list
     return xs, ys
 
 
-def draw_spectrum(ax: Any, series: Iterable[tuple[str, Sequence[tuple[float, float]]]]) -> bool:
+def draw_spectrum(ax: Axes, series: Iterable[tuple[str, Sequence[tuple[float, float]]]]) -> bool:
     """Draw labelled spectra on ``ax``; False when none had a point. Shared with ``compare``."""
     drawn = False
     top = 1.0
@@ -341,7 +342,7 @@ def _backends(timeline: list[dict[str, Any]], actions: list[dict[str, Any]], tit
 # Shared pieces
 
 
-def _mark_actions(ax: Any, actions: list[dict[str, Any]], labels: bool = True) -> None:
+def _mark_actions(ax: Axes, actions: list[dict[str, Any]], labels: bool = True) -> None:
     """A vertical line per scenario action, labelled ``kill backend:1`` at the top (red: failed)."""
     for a in actions:
         at = a.get("at_s")
@@ -365,16 +366,16 @@ def _mark_actions(ax: Any, actions: list[dict[str, Any]], labels: bool = True) -
                                            "pad": 1})  # fmt: skip
 
 
-def _x_range(ax: Any, timeline: list[dict[str, Any]]) -> None:
+def _x_range(ax: Axes, timeline: list[dict[str, Any]]) -> None:
     if timeline:
         ax.set_xlim(timeline[0]["second"], timeline[-1]["second"] + 1)
 
 
-def _no_data(ax: Any, message: str) -> None:
+def _no_data(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="tab:gray")
 
 
-def _colors(n: int) -> list[Any]:
+def _colors(n: int) -> list[tuple[float, float, float, float]]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
