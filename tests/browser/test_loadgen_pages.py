@@ -3,6 +3,7 @@ compare.html opened from file:// with every network request refused."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -119,6 +120,25 @@ def test_report_html_opens_offline_and_draws_every_chart(browser_page: Any, runs
     assert all(n >= DRAWN for n in drawn.values()), drawn
     report = json.loads((runs[0] / "report.json").read_text())
     assert page.text_content("#lg-card-requests .lg-card-value") == f"{report['requests']:,}"
+    # What the charts drew, read back from the uPlot instances, against the run's timeline.csv
+    # (drawn from the same report): the data, not how many pixels are coloured.
+    drew = page.evaluate(
+        """() => Object.fromEntries(['throughput', 'latency'].map(name => {
+             const plot = window.LoadgenPage.view[name].plot;
+             return [name, Object.fromEntries(plot.series.map((s, i) => [s.label, plot.data[i]]))];
+           }))"""
+    )
+    with (runs[0] / "timeline.csv").open() as f:
+        rows_csv = list(csv.DictReader(f))
+
+    def column(name: str) -> list[float | None]:
+        return [float(r[name]) if r[name] not in ("", "0", "0.0") else None for r in rows_csv]
+
+    assert drew["throughput"]["s"] == [int(r["second"]) for r in rows_csv]
+    assert drew["throughput"]["req/s"] == [float(r["rps"]) for r in rows_csv]
+    assert drew["throughput"]["failed/s"] == [int(r["failed"]) for r in rows_csv]
+    for label, name in (("p50", "p50_ms"), ("p99", "p99_ms"), ("max", "max_ms")):
+        assert drew["latency"][label] == column(name), label
     rows = page.locator("#lg-latency-table tbody tr").all_inner_texts()
     assert rows[0].split("\t")[0] == "corrected" and rows[1].split("\t")[0] == "uncorrected"
     assert blocked == []  # not one request left the file
