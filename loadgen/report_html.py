@@ -25,9 +25,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen.record import records_from_report
+
+if TYPE_CHECKING:
+    from loadgen.config import Config
+    from loadgen.plan import Plan
 
 STATIC = Path(__file__).resolve().parent / "static"
 VENDOR = STATIC / "vendor"
@@ -92,7 +96,7 @@ def meta_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def meta_from_plan(config: Any, plan: Any) -> dict[str, Any]:
+def meta_from_plan(config: Config, plan: Plan) -> dict[str, Any]:
     """The same header for a run that has not happened yet (the live page's first event)."""
     from loadgen.mix import labels
 
@@ -211,7 +215,7 @@ def compare_doc(reports: Sequence[Mapping[str, Any]], names: Sequence[str]) -> d
 # HTML
 
 
-def _json_for_script(doc: Any) -> str:
+def _json_for_script(doc: object) -> str:
     """JSON safe inside <script>: no ``</script>`` or ``<!--`` can end or confuse the element."""
     return json.dumps(doc, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
 
