@@ -10,7 +10,7 @@
   exit 1, and nothing else lost (no request sent for nothing; when the disk fills at the end,
   the summary and the ``--json`` report are still whole).
 
-Part of the integration suite (about two minutes). The figures are printed (``-s``) and quoted
+Part of the integration suite (about a minute). The figures are printed (``-s``) and quoted
 in docs/resilience.md.
 """
 
