@@ -411,12 +411,9 @@ class Exchange:
             self.on_response_end(conn)  # EOF is how a close-delimited body ends
             return
         label = self.upstream_label
-        self._abort_midstream(f"upstream {label} closed mid-response: {reason_of(exc)}", RESET)
+        self.response_cut(f"upstream {label} closed mid-response: {reason_of(exc)}", RESET)
 
     def response_cut(self, reason: str, failure: Failure) -> None:
-        self._abort_midstream(reason, failure)
-
-    def _abort_midstream(self, reason: str, failure: Failure) -> None:
         # The status line is already out: the only honest signal left is closing the client.
         self.flush()
         log.warning("%s (request %s)", reason, self.req.request_id.decode("latin-1"))

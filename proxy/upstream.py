@@ -261,6 +261,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
+            if status < 100:  # llhttp takes any three digits: "000" is no response at all
+                raise httptools.HttpParserError(f"invalid status {status:03d}")
             # A 100 is swallowed (the proxy answers Expect itself); other 1xx are forwarded.
             # 101 is only valid as the answer to an Upgrade request (WebSocket, see tunnel.py).
             att = self.attempt

@@ -286,6 +286,7 @@ def test_a_backends_103_early_hints_reach_the_client_before_its_response() -> No
         ),
         (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: \r\nConnection: Upgrade\r\n\r\n", b"unexpected 101"),
         (b"HTTP/1.1 603 Nope\r\nContent-Length: 0\r\n\r\n", b"603"),
+        (b"HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n", b"invalid status 000"),  # found by the fuzzer
     ],
 )
 def test_a_response_head_the_proxy_cannot_pass_on_is_a_502(raw: bytes, why: bytes) -> None:
