@@ -490,6 +490,8 @@
     const failed = new Chart(charts, 'failed', 'Failed requests per second', {yLabel: 'per second'});
     failed.set(series, [seconds].concat(runs.map(r => column(r, x => x.failed))));
     created.push(tput, p99, failed);
+    // Tests read what was drawn from here (the charts' data), as from a RunView.
+    window.LoadgenPage.view = {throughput: tput, latency: p99, failed};
     if (runs.some(r => (r.spectrum.corrected || []).length)) {
       const spec = new Chart(charts, 'spectrum', 'Latency by percentile, whole run (HDR)', spectrumOpts());
       spec.set(series, spectrumData(runs.map(r => r.spectrum.corrected || [])));

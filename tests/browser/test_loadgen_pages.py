@@ -155,5 +155,19 @@ def test_compare_html_overlays_the_runs_offline(browser_page: Any, runs: list[Pa
     assert all(n >= DRAWN for n in drawn.values()), drawn
     labels = page.locator("#lg-runs-table tbody tr td:first-child").all_inner_texts()
     assert labels == ["policy=round_robin", "policy=least_request"]
+    # Each run's line is its own timeline.csv, second by second (read back from the charts).
+    drew = page.evaluate(
+        """() => Object.fromEntries(['throughput', 'failed'].map(name => {
+             const plot = window.LoadgenPage.view[name].plot;
+             return [name, Object.fromEntries(plot.series.map((s, i) => [s.label, plot.data[i]]))];
+           }))"""
+    )
+    for run_dir, label in zip(runs, labels, strict=True):
+        with (run_dir / "timeline.csv").open() as f:
+            rows_csv = list(csv.DictReader(f))
+        seconds = [int(r["second"]) for r in rows_csv]
+        assert drew["throughput"]["s"][: len(seconds)] == seconds
+        assert drew["throughput"][label][: len(seconds)] == [float(r["rps"]) for r in rows_csv], label
+        assert drew["failed"][label][: len(seconds)] == [int(r["failed"]) for r in rows_csv], label
     assert blocked == []
     browser_page.assert_no_console_errors()
