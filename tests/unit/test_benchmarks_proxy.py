@@ -22,6 +22,7 @@ from benchmarks.proxy import (
     PROXY,
     OpenLoopRow,
     last_line,
+    open_loop_rate,
     p99_added,
     summary,
 )
@@ -122,6 +123,14 @@ def test_an_open_loop_path_with_errors_or_a_missed_rate_has_no_p99_added(
     assert any(expect in m for m in messages), messages
 
 
+def test_the_open_loop_runs_at_half_of_the_slowest_round() -> None:
+    f = Figures(PROXY)
+    for rps in (24_000.0, 9_130.0, 30_000.0):  # a loaded minute in round 2
+        f.runs.append(WrkResult(rps, 1.0, 2.0, 0, int(rps * 3)))
+    assert open_loop_rate(f) == 4_600.0  # 9,130 / 2, to the nearest 100
+    assert open_loop_rate(Figures(PROXY, failed="did not start")) == 1000.0
+
+
 def test_main_end_to_end_with_fake_processes(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,7 +158,7 @@ def test_main_end_to_end_with_fake_processes(
     p99 = {DIRECT: 1.0, PROXY: 1.8, NGINX: 1.3}
 
     def fake_open_loop(url: str, *, rate: float, **_: object) -> OpenLoopResult:
-        assert rate == 12_000.0  # half this proxy's median capacity
+        assert rate == 12_000.0  # half this proxy's capacity (every round the same here)
         v = p99[names[int(url.rsplit(":", 1)[1].strip("/"))]]
         return OpenLoopResult(rate, rate, int(rate), 0, v / 2, v, True, None)
 
