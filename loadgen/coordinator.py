@@ -40,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from loadgen.config import Config
 from loadgen.histogram import SecondBucket, merge_exports
@@ -48,7 +47,17 @@ from loadgen.plan import Plan
 from loadgen.protocol import LOST_AFTER_S, MAX_LINE, PROTOCOL_VERSION, Message, ProtocolError, decode, encode
 from loadgen.run import ActionHook, Outcome, TicksHook, TimedActions
 from loadgen.schedule import DRAIN_GRACE_S
-from loadgen.shapes import ActionResult, Performer, RunStats, SecondExport, Snapshot, TimelineExport
+from loadgen.shapes import (
+    ActionResult,
+    Fleet,
+    FleetWorker,
+    Performer,
+    RunStats,
+    SecondExport,
+    Snapshot,
+    TimelineExport,
+    WorkerShare,
+)
 from loadgen.workers import START_LEAD_S
 
 Say = Callable[[str], None]
@@ -130,11 +139,12 @@ class Peer:
         return snap
 
 
-def shares(plan: Plan, count: int) -> list[dict[str, Any]]:
+def shares(plan: Plan, count: int) -> list[WorkerShare]:
     """What each of ``count`` workers is given: the plan's own split (loadgen.plan), remainders
     to the lowest indices."""
-    out = []
+    out: list[WorkerShare] = []
     for i in range(count):
+        share: WorkerShare
         if plan.mode == "open":
             rate = None if plan.constant is None else plan.constant / count
             share = {
@@ -469,7 +479,7 @@ class Coordinator:
             p.done is not None and p.done["stopped_early"] for p in self.peers
         )
         total_seconds = max(len(merged.seconds), math.ceil(self.plan.duration_s))
-        workers = []
+        workers: list[FleetWorker] = []
         for p, export, share, st in zip(
             self.peers, exports, shares(self.plan, self.expected), stats, strict=True
         ):
@@ -505,7 +515,7 @@ class Coordinator:
                     "rtt_ms": round(p.rtt_s * 1000, 3),
                 }
             )
-        distributed = {
+        distributed: Fleet = {
             "protocol": PROTOCOL_VERSION,
             "expected_workers": self.expected,
             "lost": [w["name"] for w in workers if w["status"] == "lost"],

@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from loadgen.config import Config
 from loadgen.histogram import MergedRun, merge_exports
 from loadgen.plan import Plan
 from loadgen.scenario import Action
-from loadgen.shapes import ActionResult, Performer, RunStats, Snapshot
+from loadgen.shapes import ActionResult, Fleet, Performer, RunStats, Snapshot
 from loadgen.workers import START_LEAD_S, run_one, run_workers
 
 Say = Callable[[str], None]
@@ -47,7 +46,7 @@ class Outcome:
     stats: list[RunStats]  # one per worker
     actions: list[ActionResult] = field(default_factory=list)
     #: A distributed run (loadgen/coordinator.py): the per-worker section of the report.
-    distributed: dict[str, Any] | None = None
+    distributed: Fleet | None = None
 
 
 class TimedActions:

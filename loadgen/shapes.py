@@ -10,7 +10,7 @@ change are ``NotRequired`` (an older worker does not send them) and read with ``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from loadgen.scenario import Action
@@ -239,6 +239,48 @@ class Histograms(TypedDict):
     unit: str
 
 
+class WorkerShare(TypedDict, total=False):
+    """What one distributed worker was given: its connections; open loop also its rate."""
+
+    connections: int
+    rate: float | None
+    rate_fraction: float
+
+
+class FleetWorker(TypedDict):
+    """``distributed.workers[i]``: one worker of a distributed run and what it measured."""
+
+    index: int
+    name: str
+    address: str
+    status: str  # "done" or "lost"
+    lost_at_s: float | None
+    reason: str | None
+    share: WorkerShare
+    requests: int
+    responses: int
+    failed: int
+    rps: float
+    elapsed_s: float
+    latency_ms: Latency
+    rate_check: RateCheck | None
+    histogram: str
+    seconds_missed: list[int]
+    seconds_partial: list[int]
+    clock_offset_ms: float
+    rtt_ms: float
+
+
+class Fleet(TypedDict):
+    """``distributed``: the per-worker section of a distributed run (loadgen/coordinator.py)."""
+
+    protocol: int
+    expected_workers: int
+    lost: list[str]
+    rejected: list[str]
+    workers: list[FleetWorker]
+
+
 class Report(TypedDict):
     """report.json as ``loadgen.report.build_report`` writes it (schema 2)."""
 
@@ -276,4 +318,4 @@ class Report(TypedDict):
     stages: list[StageMark]
     timeline: list[TimelineEntry]
     #: A distributed run (loadgen/coordinator.py): the per-worker section, as documented.
-    distributed: NotRequired[dict[str, Any]]  # its shape: loadgen/coordinator.py
+    distributed: NotRequired[Fleet]
