@@ -139,7 +139,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def expect_head(self, timeout: float) -> None:
         """The request is written: the attempt's ``head_timed_out`` runs if no head arrives in time."""
-        self._due(self.endpoint.group.loop.time() + timeout)
+        # _due, inlined (per request): the timer is usually armed already, for an earlier deadline.
+        self.deadline = deadline = self.endpoint.group.loop.time() + timeout
+        if self.timer is None or deadline < self.armed:
+            self._due(deadline)
 
     def _due(self, deadline: float) -> None:
         """Set the pending deadline. The timer is only moved when it would fire too late (a
