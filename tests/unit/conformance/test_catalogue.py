@@ -43,11 +43,7 @@ def test_case(case: Case, target: str, servers: Servers) -> None:
         wait_close=0.3 if case.keep_open else 2.0,
     )
     seen = [t for t in SEEN[mark:] if t != "/health" and not t.startswith("/raw/")]
-    if case.gap is not None:
-        assert case.gap_expect is not None
-        case.gap_expect(result, seen)  # today's behaviour; when it fails, the gap is fixed: drop it
-    else:
-        case.expect(result, seen)
+    case.expect(result, seen)
 
 
 def test_the_catalogue_is_complete_and_well_formed() -> None:
@@ -60,7 +56,6 @@ def test_the_catalogue_is_complete_and_well_formed() -> None:
         assert re.fullmatch(r"RFC 91(10|12) §\d+(\.\d+)*", c.rfc), (c.id, c.rfc)
         assert c.rule and c.send and set(c.targets) <= {"proxy", "asgilab"}, c.id
         assert c.deviation is None or c.level == "SHOULD", f"{c.id}: a MUST is never waived"
-        assert c.gap is None or (c.level == "MUST" and c.gap_expect is not None), c.id
     # Every category is represented.
     assert set(Counter(c.category for c in CASES)) == set(CATEGORIES)
 
@@ -68,7 +63,7 @@ def test_the_catalogue_is_complete_and_well_formed() -> None:
 def test_docs_list_every_should_not_followed_with_its_reason() -> None:
     text = DOCS.read_text()
     for c in CASES:
-        if c.deviation is not None or c.gap is not None:
+        if c.deviation is not None:
             assert f"`{c.id}`" in text, f"docs/conformance.md does not list {c.id}"
     # The summary counts in the docs are the catalogue's.
     total = re.search(r"(\d+) cases", text)
