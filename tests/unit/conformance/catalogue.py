@@ -2272,3 +2272,25 @@ add(
         ),
     ),
 )
+
+add(
+    Case(
+        "LAB-RESP-101-WRONG-UPGRADE",
+        "compliance",
+        "RFC 9110 §7.8",
+        "MUST",
+        "a 101 to a protocol the client did not ask for (here an empty Upgrade) is never passed on: 502",
+        (
+            req(
+                b"GET /raw/LAB-RESP-101-WRONG-UPGRADE HTTP/1.1",
+                b"Connection: Upgrade",
+                b"Upgrade: websocket",
+                b"Sec-WebSocket-Version: 13",
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ),
+        ),
+        that(lambda r, s: not r.interim and r.statuses == [502], "502, no 101"),
+        targets=("proxy",),
+        raw=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: \r\nConnection: Upgrade\r\n\r\n",
+    )
+)
