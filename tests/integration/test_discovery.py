@@ -62,11 +62,14 @@ def slow_request_then_stop(lab: Lab) -> dict:
     client = BackgroundGet(f"{lab.base_url}/delay/{SLOW_MS}", timeout=15)
     deadline = time.monotonic() + 5
     serving = None
+    # The proxy's own view is exact: the one endpoint with a request in flight serves the slow one
+    # (a backend's /stats counts a request only once its response starts, 3 s too late here).
+    by_address = {lab.address(c): c for c in lab.containers("backend")}
     while serving is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-        for c in lab.containers("backend"):
-            if f"/delay/{SLOW_MS}" in lab.stats(c)["by_path"]:
-                serving = c
+        time.sleep(0.05)
+        busy = [e["address"] for e in lab.endpoints() if e["in_flight"] > 0]
+        if len(busy) == 1 and busy[0] in by_address:
+            serving = by_address[busy[0]]
     assert serving is not None, "no replica is serving the slow request"
     address = lab.address(serving)
     serving_id = serving.attrs["Config"]["Hostname"]
