@@ -161,7 +161,8 @@ def test_failing_replica_stops_getting_requests_after_ejection(caplog: pytest.Lo
                 admin_host=None,
                 health_interval=0,
                 outlier_consecutive_5xx=3,
-                outlier_base_ejection=0.3,
+                # Long enough that the 20 requests below end inside it on a loaded machine too.
+                outlier_base_ejection=1.5,
             )
             srv = ProxyServer(cfg, access_log_stream=io.StringIO(), endpoints=[good.address, bad.address])
             await srv.start()
@@ -170,7 +171,10 @@ def test_failing_replica_stops_getting_requests_after_ejection(caplog: pytest.Lo
                 assert bad.paths["/"] == 3, "ejected after its third 500 in a row"
                 assert statuses.count(500) == 3 and statuses.count(200) == 17
                 assert srv.state is not None and srv.state.counters.count("ejections", "5xx") == 1
-                await asyncio.sleep(0.35)
+                deadline = asyncio.get_running_loop().time() + 10
+                while "back in rotation" not in caplog.text:  # the ejection's end, not a guessed sleep
+                    assert asyncio.get_running_loop().time() < deadline, "never back in rotation"
+                    await asyncio.sleep(0.05)
                 await asyncio.gather(*(_get(srv.port) for _ in range(4)))
                 assert bad.paths["/"] > 3, "after the ejection time it gets traffic again"
             finally:
