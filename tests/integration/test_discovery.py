@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .conftest import Lab, own_lab
+from .conftest import Lab, own_lab, wait_until
 from .traffic import BackgroundGet, Trickle
 
 SLOW_MS = 3000
@@ -74,7 +74,7 @@ def slow_request_then_stop(lab: Lab) -> dict:
     address = lab.address(serving)
     serving_id = serving.attrs["Config"]["Hostname"]
     with Trickle(f"{lab.base_url}/") as trickle:
-        time.sleep(0.3)
+        wait_until(lambda: len(trickle.outcomes) >= 5, 30, "the trickle is flowing")
         stopping = threading.Thread(target=serving.stop, kwargs={"timeout": 15})  # SIGTERM
         stopped_at = time.monotonic()
         stopping.start()
@@ -109,7 +109,7 @@ def test_docker_discovery_follows_scale_up_and_down(docker_lab: Lab) -> None:
     print(f"\nscale 3->5: proxy had the new replicas {took_up:.2f}s after `up --wait` returned")
     assert took_up < FOLLOW_S
     with Trickle(f"{lab.base_url}/") as trickle:
-        time.sleep(0.3)
+        wait_until(lambda: len(trickle.outcomes) >= 5, 30, "the trickle is flowing")
         started = time.monotonic()
         lab.run("up", "-d", "--no-recreate", "--scale", "backend=2", "backend")
         returned = time.monotonic() - started

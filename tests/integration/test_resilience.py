@@ -8,7 +8,7 @@ import time
 import httpx
 from websockets.sync.client import connect as ws_connect
 
-from .conftest import Lab
+from .conftest import Lab, wait_until
 from .traffic import Trickle
 
 
@@ -36,7 +36,7 @@ def test_kill_9_one_of_three_backends_under_steady_get_load_fails_no_request(lab
     try:
         for client in clients:
             client.__enter__()
-        time.sleep(1.5)
+        wait_until(lambda: all(len(c.outcomes) >= 3 for c in clients), 30, "every client has had answers")
         served_before = {o.backend for c in clients for o in c.outcomes}
         victim.kill(signal="SIGKILL")
         killed_at = time.monotonic()

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from .conftest import Lab
+from .conftest import Lab, wait_until
 from .traffic import Trickle
 
 
@@ -26,7 +26,7 @@ def test_scale_out_reaches_new_replicas_within_two_seconds_and_scale_in_loses_no
     assert took <= 2.0, f"new replicas got traffic only after {took:.2f}s"
 
     with Trickle(f"{lab3.base_url}/") as trickle:
-        time.sleep(0.5)
+        wait_until(lambda: len(trickle.outcomes) >= 5, 30, "the trickle is flowing")
         lab3.run("up", "-d", "--no-recreate", "--scale", "backend=2", "backend")
         scaled = time.monotonic()
         remaining = {c.attrs["Config"]["Hostname"] for c in lab3.containers("backend")}
