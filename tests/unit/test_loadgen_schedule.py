@@ -347,4 +347,6 @@ def test_a_generator_too_busy_to_send_on_time_says_so() -> None:
     assert not rc["kept_up"] and rc["max_send_lag_ms"] >= 300 and rc["max_scheduler_lag_ms"] >= 300
     assert "sent after the end" in rc["reason"] and "ms late (CPU-bound: add --workers)" in rc["reason"]
     assert rc["waited_for_connection"] == 0 and "raise --connections" not in rc["reason"]
-    assert report["latency_ms"]["max"] >= 300 > 50 > report["latency_uncorrected_ms"]["p99"]
+    # Uncorrected, only the one or two requests in flight when the loop froze waited through it
+    # (their share of 200 sits above p99 on a loaded machine): p90 is the steady figure.
+    assert report["latency_ms"]["max"] >= 300 > 50 > report["latency_uncorrected_ms"]["p90"]
