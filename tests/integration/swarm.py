@@ -122,6 +122,8 @@ def one_node_swarm() -> Iterator[str]:
     with _users_lock, _locked():
         state, node, manager = _node()
         if state == "inactive":
+            if not docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$").strip():
+                (STATE / "gwbridge").write_text("")  # swarm init creates it; leaving does not remove it
             docker("swarm", "init", "--advertise-addr", "127.0.0.1")
             state, node, manager = _node()
             (STATE / "created").write_text(node)  # tests made it: the last session leaves it
@@ -146,6 +148,9 @@ def one_node_swarm() -> Iterator[str]:
                     elif not docker("service", "ls", "-q").strip():
                         docker("swarm", "leave", "--force")
                         created.unlink()
+                        if (STATE / "gwbridge").exists():
+                            docker("network", "rm", "docker_gwbridge", check=False)
+                            (STATE / "gwbridge").unlink()
 
 
 # --- stacks -------------------------------------------------------------------------------------
